@@ -1,0 +1,299 @@
+"""Every tensor that crosses ranks goes through this module.
+
+The losses never call ``torch.distributed`` directly: they ask :func:`current` for a
+:class:`Transport` and call its three operations,
+
+* ``all_gather(tensor, label)``: concatenate every rank's tensor along dim 0;
+* ``reduce_scatter(tensor, label)``: sum over ranks, keep this rank's slice of dim 0;
+* ``start_p2p(sends, recvs, label)``: post point-to-point sends and receives together
+  (``torch.distributed.batch_isend_irecv``) and return a handle whose ``wait()`` returns
+  the filled receive buffers.
+
+Because all traffic funnels through here, counting bytes, timing waits and faking peers
+(emulated ranks) are each one place. :func:`record` opens a recorder on the current
+transport; every operation adds to it.
+
+Byte convention (per rank, what a ring algorithm moves; NCCL and gloo both use rings):
+
+* all-gather of ``n`` bytes per rank: sent = received = ``(W-1)·n``, ``W-1`` messages;
+* reduce-scatter producing ``n`` bytes per rank: sent = received = ``(W-1)·n``;
+* point-to-point: the bytes of the tensors themselves, one message per send.
+
+This equals nccl-tests' ``busbw × time`` for the collectives, so measured bytes and
+bus bandwidth agree by construction. ``exposed_s`` is host time spent blocked inside an
+operation (on CPU backends the communication the computation could not hide); on CUDA
+the host does not block on NCCL work, so it is only meaningful with the gloo backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "CommRecord",
+    "OpStats",
+    "TorchDistributedTransport",
+    "Transport",
+    "current",
+    "record",
+    "use_transport",
+]
+
+
+@dataclass(slots=True)
+class OpStats:
+    """Traffic of one kind of operation (``"<op>:<label>"``) on this rank."""
+
+    calls: int = 0
+    messages: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    exposed_s: float = 0.0
+
+
+@dataclass(slots=True)
+class CommRecord:
+    """What :func:`record` yields: totals and a per-operation breakdown for this rank."""
+
+    ops: dict[str, OpStats] = field(default_factory=dict)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(s.bytes_sent for s in self.ops.values())
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(s.bytes_received for s in self.ops.values())
+
+    @property
+    def messages(self) -> int:
+        return sum(s.messages for s in self.ops.values())
+
+    @property
+    def exposed_s(self) -> float:
+        return sum(s.exposed_s for s in self.ops.values())
+
+    def add(self, key: str, *, messages: int, sent: int, received: int, exposed_s: float) -> None:
+        stats = self.ops.setdefault(key, OpStats())
+        stats.calls += 1
+        stats.messages += messages
+        stats.bytes_sent += sent
+        stats.bytes_received += received
+        stats.exposed_s += exposed_s
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        """Plain-data view, for JSON records."""
+        return {
+            key: {
+                "calls": s.calls,
+                "messages": s.messages,
+                "bytes_sent": s.bytes_sent,
+                "bytes_received": s.bytes_received,
+                "exposed_s": s.exposed_s,
+            }
+            for key, s in sorted(self.ops.items())
+        }
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+class PendingP2P:
+    """Handle for posted point-to-point operations; ``wait()`` returns the receive buffers."""
+
+    def __init__(self, transport: Transport, key: str, works: list, recv_buffers: list):
+        self._transport = transport
+        self._key = key
+        self._works = works
+        self._buffers = recv_buffers
+        self._done = False
+
+    def wait(self) -> list[torch.Tensor]:
+        if not self._done:
+            start = time.perf_counter()
+            for work in self._works:
+                work.wait()
+            self._transport._charge_wait(self._key, time.perf_counter() - start)
+            self._done = True
+        return self._buffers
+
+
+class Transport:
+    """Moves tensors between ranks and counts what it moves.
+
+    Subclasses implement ``_all_gather``, ``_reduce_scatter`` and ``_post_p2p``; this
+    class does the bookkeeping, so a real and an emulated transport count identically.
+    """
+
+    rank: int
+    world_size: int
+
+    def __init__(self) -> None:
+        self._recorders: list[CommRecord] = []
+        self._lock = threading.Lock()
+
+    # -- the operations the losses use -------------------------------------------------
+    def all_gather(self, tensor: torch.Tensor, label: str) -> torch.Tensor:
+        tensor = tensor.contiguous()
+        start = time.perf_counter()
+        out = self._all_gather(tensor)
+        n = _nbytes(tensor) * (self.world_size - 1)
+        self._charge(
+            f"all_gather:{label}",
+            messages=self.world_size - 1,
+            sent=n,
+            received=n,
+            exposed_s=time.perf_counter() - start,
+        )
+        return out
+
+    def reduce_scatter(self, tensor: torch.Tensor, label: str) -> torch.Tensor:
+        tensor = tensor.contiguous()
+        if tensor.shape[0] % self.world_size:
+            raise ValueError(
+                f"reduce_scatter({label}): dim 0 ({tensor.shape[0]}) is not a multiple of "
+                f"the world size ({self.world_size})"
+            )
+        start = time.perf_counter()
+        out = self._reduce_scatter(tensor)
+        n = _nbytes(out) * (self.world_size - 1)
+        self._charge(
+            f"reduce_scatter:{label}",
+            messages=self.world_size - 1,
+            sent=n,
+            received=n,
+            exposed_s=time.perf_counter() - start,
+        )
+        return out
+
+    def start_p2p(
+        self,
+        sends: Sequence[tuple[torch.Tensor, int]],
+        recvs: Sequence[tuple[torch.Tensor, int]],
+        label: str,
+    ) -> PendingP2P:
+        """Post sends ``(tensor, dst)`` and receives ``(buffer, src)``; returns a handle."""
+        sends = [(t.contiguous(), peer) for t, peer in sends]
+        for _, peer in list(sends) + list(recvs):
+            if peer == self.rank or not 0 <= peer < self.world_size:
+                raise ValueError(f"p2p({label}): bad peer {peer} for rank {self.rank}")
+        key = f"p2p:{label}"
+        self._charge(
+            key,
+            messages=len(sends),
+            sent=sum(_nbytes(t) for t, _ in sends),
+            received=sum(_nbytes(b) for b, _ in recvs),
+            exposed_s=0.0,
+        )
+        works = self._post_p2p(sends, recvs) if (sends or recvs) else []
+        return PendingP2P(self, key, works, [b for b, _ in recvs])
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _charge(self, key: str, **amounts) -> None:
+        with self._lock:
+            for rec in self._recorders:
+                rec.add(key, **amounts)
+
+    def _charge_wait(self, key: str, seconds: float) -> None:
+        with self._lock:
+            for rec in self._recorders:
+                rec.ops.setdefault(key, OpStats()).exposed_s += seconds
+
+    # -- to implement --------------------------------------------------------------------
+    def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _reduce_scatter(self, tensor: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _post_p2p(self, sends, recvs) -> list:
+        raise NotImplementedError
+
+
+# torch 2.13 renamed the tensor collectives; keep working on torch >= 2.4.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class TorchDistributedTransport(Transport):
+    """The default process group of ``torch.distributed`` (gloo, NCCL, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "no process group: the distributed losses need torch.distributed to be "
+                "initialised (torch.distributed.init_process_group, torchrun, or "
+                "profiling.launch) before the first forward"
+            )
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.backend = dist.get_backend()
+        self.group = dist.group.WORLD
+
+    def _all_gather(self, tensor):
+        out = tensor.new_empty((self.world_size * tensor.shape[0], *tensor.shape[1:]))
+        _all_gather_single(out, tensor)
+        return out
+
+    def _reduce_scatter(self, tensor):
+        out = tensor.new_empty((tensor.shape[0] // self.world_size, *tensor.shape[1:]))
+        _reduce_scatter_single(out, tensor)
+        return out
+
+    def _post_p2p(self, sends, recvs):
+        ops = [dist.P2POp(dist.isend, t, peer) for t, peer in sends]
+        ops += [dist.P2POp(dist.irecv, b, peer) for b, peer in recvs]
+        return dist.batch_isend_irecv(ops)
+
+
+# The process-wide transport (one per process group), and a per-thread override used by
+# emulated ranks, where several simulated ranks share one process.
+_default: TorchDistributedTransport | None = None
+_override = threading.local()
+
+
+def current() -> Transport:
+    """The transport the calling code should use; raises if there is no process group."""
+    stack = getattr(_override, "stack", None)
+    if stack:
+        return stack[-1]
+    global _default
+    if _default is None or not dist.is_initialized() or _default.group is not dist.group.WORLD:
+        _default = TorchDistributedTransport()
+    return _default
+
+
+@contextlib.contextmanager
+def use_transport(transport: Transport) -> Iterator[Transport]:
+    """Make ``transport`` current in this thread (emulated ranks, tests)."""
+    stack = getattr(_override, "stack", None)
+    if stack is None:
+        stack = _override.stack = []
+    stack.append(transport)
+    try:
+        yield transport
+    finally:
+        stack.pop()
+
+
+@contextlib.contextmanager
+def record(transport: Transport | None = None) -> Iterator[CommRecord]:
+    """Count this rank's traffic (forward and backward alike) while the block runs."""
+    transport = transport or current()
+    rec = CommRecord()
+    with transport._lock:
+        transport._recorders.append(rec)
+    try:
+        yield rec
+    finally:
+        with transport._lock:
+            transport._recorders.remove(rec)

@@ -1,0 +1,116 @@
+"""Block math: the loss and its gradients over one block of pairs, tiled.
+
+Every strategy reduces to calling these on blocks ``x (m×d)`` against ``y (n×d)`` in the
+block-math dtype (fp32 for half inputs). A block is cut into tiles of at most
+``tile × tile`` pairs so that the transient buffers (a few ``tile×tile`` matrices) stay
+bounded whatever ``b``. ``diag`` is the column offset of row 0's positive pair in the
+block (``None``: the block holds negatives only); inside a tile the positives are a
+diagonal, found with ``Tensor.diagonal(offset)``.
+
+Sigmoid, per pair ``l = t·x·y + β``, ``z = +1`` on positives, ``-1`` elsewhere::
+
+    loss  = Σ softplus(l) − Σ_pos l                    (= Σ −log σ(z·l))
+    G     = ∂loss/∂l = σ(l) − [pos]
+    dx   += t·G·y,   dy += t·Gᵀ·x,   dt += Σ G⊙(x·yᵀ),   dβ += Σ G
+
+Softmax, with ``S = t·x·yᵀ``: :func:`softmax_stats` folds a block into running row and
+column log-sum-exps; :func:`softmax_grad` forms
+``G = c_row·exp(S − lse_row) + c_col·exp(S − lse_col) − (c_row + c_col)·[pos]`` and
+accumulates ``dx``, ``dy`` and ``dt``; :func:`softmax_rows_fused` does loss and gradient
+of the row term in one pass over a full ``b×N`` block (all-gather methods).
+
+Matmul FLOPs per tile of ``m×n`` pairs: ``2·m·n·d`` for the logits, and as much again for
+each of ``dx`` and ``dy``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def tile_ranges(n: int, tile: int | None):
+    step = n if tile is None else max(1, min(tile, n))
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _tiles(x, y, tile, diag):
+    """Yield (row slice, col slice, diagonal offset inside the tile or None)."""
+    for i0, i1 in tile_ranges(x.shape[0], tile):
+        for j0, j1 in tile_ranges(y.shape[0], tile):
+            k = None
+            if diag is not None:
+                k = i0 + diag - j0
+                # the tile holds positives only if the diagonal passes through it
+                if not (-(i1 - i0) < k < (j1 - j0)):
+                    k = None
+            yield slice(i0, i1), slice(j0, j1), k
+
+
+def sigmoid_block(x, y, t: float, bias: float, *, diag, tile, dx, dy, sums) -> None:
+    """Add the sigmoid loss of ``x`` vs ``y`` to ``sums[0]``; gradients into ``dx``, ``dy``.
+
+    ``sums`` is a 3-vector (loss, dt, dβ); ``dx``/``dy`` None skips the gradient work.
+    """
+    want_grad = dx is not None
+    for rows, cols, k in _tiles(x, y, tile, diag):
+        xt, yt = x[rows], y[cols]
+        cos = xt @ yt.T
+        logits = torch.mul(cos, t).add_(bias)
+        sums[0] += F.softplus(logits).sum()
+        if k is not None:
+            sums[0] -= logits.diagonal(k).sum()
+        if not want_grad:
+            continue
+        g = logits.sigmoid_()
+        if k is not None:
+            g.diagonal(k).sub_(1)
+        sums[1] += torch.dot(g.view(-1), cos.view(-1))
+        sums[2] += g.sum()
+        dx[rows].addmm_(g, yt, alpha=t)
+        dy[cols].addmm_(g.T, xt, alpha=t)
+
+
+def softmax_stats(x, y, t: float, *, tile, row_lse, col_lse) -> None:
+    """Fold ``S = t·x·yᵀ`` into running log-sum-exps over rows and columns (in place)."""
+    for rows, cols, _ in _tiles(x, y, tile, None):
+        s = (x[rows] @ y[cols].T).mul_(t)
+        torch.logaddexp(row_lse[rows], torch.logsumexp(s, 1), out=row_lse[rows])
+        torch.logaddexp(col_lse[cols], torch.logsumexp(s, 0), out=col_lse[cols])
+
+
+def softmax_grad(x, y, t: float, *, tile, row_lse, row_coef, col_lse, col_coef, diag, dx, dy, sums):
+    """Accumulate ``dx``, ``dy`` and ``sums[1]`` (dt) for the softmax loss over one block.
+
+    ``row_coef``/``col_coef`` are 0-d tensors: upstream gradient / (2b) of the rank that
+    owns the rows (images) and of the rank that owns the columns (texts).
+    """
+    for rows, cols, k in _tiles(x, y, tile, diag):
+        xt, yt = x[rows], y[cols]
+        cos = xt @ yt.T
+        s = torch.mul(cos, t)
+        g = (s - row_lse[rows, None]).exp_().mul_(row_coef)
+        g.add_(s.sub_(col_lse[None, cols]).exp_().mul_(col_coef))
+        del s
+        if k is not None:
+            g.diagonal(k).sub_(row_coef + col_coef)
+        sums[1] += torch.dot(g.view(-1), cos.view(-1))
+        dx[rows].addmm_(g, yt, alpha=t)
+        dy[cols].addmm_(g.T, xt, alpha=t)
+
+
+def softmax_rows_fused(x, y, t: float, *, diag: int, dx, dy, sums) -> None:
+    """Row term of the softmax loss over a full block, one pass; unscaled (coefficient 1).
+
+    ``sums[0] += Σ_rows (lse − S_pos)``, ``sums[1] += Σ G⊙cos`` with ``G = softmax − onehot``;
+    ``dx += t·G·y``, ``dy += t·Gᵀ·x``. Used by the all-gather method on ``b×N`` blocks.
+    """
+    cos = x @ y.T
+    s = torch.mul(cos, t)
+    lse = torch.logsumexp(s, 1)
+    sums[0] += lse.sum() - t * cos.diagonal(diag).sum()
+    g = s.sub_(lse[:, None]).exp_()
+    g.diagonal(diag).sub_(1)
+    sums[1] += torch.dot(g.view(-1), cos.view(-1))
+    dx.addmm_(g, y, alpha=t)
+    dy.addmm_(g.T, x, alpha=t)

@@ -1,0 +1,194 @@
+"""The method registry: one description per loss strategy, read by every consumer.
+
+A strategy module builds one :class:`Method` and calls :func:`register`. The profiler
+builds the loss by name, the cost model (``simulator``) reads its :class:`Schedule` and
+memory terms, the plots and docs read its name, kind and summary. Adding a method is one
+new module plus one import in ``profiling/losses/__init__.py``.
+
+The cost description is written beside the code it describes, as functions of a
+:class:`Shape` whose fields may be numpy arrays (they broadcast), so a single call
+prices a whole grid:
+
+* :class:`Schedule`: the phases one loss step runs through, each repeated ``repeat``
+  times, with its matmul FLOPs, its elementwise work and the :class:`Transfer` s it
+  makes. Summing the transfers gives the exact bytes ``profiling.comm`` counts.
+* ``memory_terms(shape)``: the peak bytes one rank holds during a forward and backward
+  of the loss, as named terms (inputs excluded; their gradients included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Pass = Literal["forward", "backward"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Shape:
+    """One configuration (or a broadcast grid of them) as the cost functions see it."""
+
+    world: Any
+    """W, ranks (int or integer numpy array)."""
+    batch: Any
+    """b, examples per rank."""
+    dim: Any
+    """d, embedding width."""
+    elem_bytes: int
+    """s, bytes per element of the features (8 fp64, 4 fp32, 2 bf16/fp16)."""
+    compute_bytes: int
+    """Bytes per element of the block math: fp32 for half types, else ``elem_bytes``."""
+    tile: int | None = None
+    """Largest block side a ring method computes at once (None: b)."""
+    overlap: bool = True
+    """Ring methods: post the next exchange before computing the current block."""
+
+    @staticmethod
+    def of(world, batch, dim, dtype="fp32", tile=None, overlap=True) -> Shape:
+        s = dtype_bytes(dtype)
+        return Shape(
+            world=np.asarray(world, dtype=np.int64),
+            batch=np.asarray(batch, dtype=np.int64),
+            dim=np.asarray(dim, dtype=np.int64),
+            elem_bytes=s,
+            compute_bytes=max(s, 4),
+            tile=tile,
+            overlap=overlap,
+        )
+
+    @property
+    def global_batch(self):
+        return self.world * self.batch
+
+    @property
+    def tile_side(self):
+        """Side of the blocks actually computed: min(tile, b)."""
+        return self.batch if self.tile is None else np.minimum(self.tile, self.batch)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Transfer:
+    """Traffic of one operation, per repetition of its phase, on one rank."""
+
+    op: Literal["all_gather", "reduce_scatter", "p2p"]
+    label: str
+    """Matches the label the code passes to ``profiling.comm`` (key ``op:label``)."""
+    bytes_sent: Any
+    bytes_received: Any
+    messages: Any
+    peer: Literal["ring", "neighbor", "direct"] = "ring"
+    """Collectives: "ring". p2p: "neighbor" (next rank on the ring) or "direct" (a
+    rank further away; the topology decides which link it crosses)."""
+    directions: int = 1
+    """Links used at once: 2 when a bidirectional ring sends both ways in one round."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.op}:{self.label}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Phase:
+    """A stretch of one step that the time model prices as a unit."""
+
+    name: str
+    pass_: Pass
+    repeat: Any
+    """How many times the phase runs per step (e.g. W-1 ring rounds)."""
+    matmul_flops: Any = 0
+    """Per repetition: 2·m·n·k summed over the matrix products."""
+    pointwise_elems: Any = 0
+    """Per repetition: elements through transcendental elementwise math (exp, log1p)."""
+    transfers: tuple[Transfer, ...] = ()
+    overlapped: bool = False
+    """True when these transfers run while the previous repetition computes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    phases: tuple[Phase, ...]
+
+    def flops(self, pass_: Pass | None = None):
+        return sum(
+            np.asarray(p.repeat) * p.matmul_flops
+            for p in self.phases
+            if pass_ is None or p.pass_ == pass_
+        )
+
+    def bytes_by_op(self) -> dict[str, dict[str, Any]]:
+        """Totals per ``op:label`` key, as :class:`profiling.comm.CommRecord` reports them."""
+        out: dict[str, dict[str, Any]] = {}
+        for phase in self.phases:
+            for t in phase.transfers:
+                row = out.setdefault(t.key, {"bytes_sent": 0, "bytes_received": 0, "messages": 0})
+                row["bytes_sent"] = row["bytes_sent"] + np.asarray(phase.repeat) * t.bytes_sent
+                row["bytes_received"] = row["bytes_received"] + np.asarray(phase.repeat) * t.bytes_received
+                row["messages"] = row["messages"] + np.asarray(phase.repeat) * t.messages
+        return out
+
+    def bytes_sent(self):
+        return sum(row["bytes_sent"] for row in self.bytes_by_op().values())
+
+    def bytes_received(self):
+        return sum(row["bytes_received"] for row in self.bytes_by_op().values())
+
+    def messages(self):
+        return sum(row["messages"] for row in self.bytes_by_op().values())
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Method:
+    name: str
+    kind: Literal["sigmoid", "softmax"]
+    summary: str
+    """One line for tables and plots."""
+    module: type[torch.nn.Module]
+    """Constructed as ``module(**options)``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Allowed options and their defaults."""
+    schedule: Callable[[Shape], Schedule]
+    memory_terms: Callable[[Shape], dict[str, Any]]
+    ring: bool = False
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown method {name!r}; known methods: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def registered() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+_DTYPE_BYTES = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
+TORCH_DTYPES = {
+    "fp64": torch.float64,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return _DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(_DTYPE_BYTES)}") from None
