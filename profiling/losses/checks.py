@@ -59,7 +59,9 @@ def as_scalar(name: str, value, like: torch.Tensor) -> torch.Tensor:
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
         if value.device != like.device:
-            raise ValueError(f"mismatched devices: {name} on {value.device}, features on {like.device}")
+            raise ValueError(
+                f"mismatched devices: {name} on {value.device}, features on {like.device}"
+            )
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
         return value.reshape(()).to(target)

@@ -126,7 +126,9 @@ class Schedule:
             for t in phase.transfers:
                 row = out.setdefault(t.key, {"bytes_sent": 0, "bytes_received": 0, "messages": 0})
                 row["bytes_sent"] = row["bytes_sent"] + np.asarray(phase.repeat) * t.bytes_sent
-                row["bytes_received"] = row["bytes_received"] + np.asarray(phase.repeat) * t.bytes_received
+                row["bytes_received"] = (
+                    row["bytes_received"] + np.asarray(phase.repeat) * t.bytes_received
+                )
                 row["messages"] = row["messages"] + np.asarray(phase.repeat) * t.messages
         return out
 
