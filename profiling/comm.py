@@ -224,9 +224,12 @@ _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.re
 
 
 class TorchDistributedTransport(Transport):
-    """The default process group of ``torch.distributed`` (gloo, NCCL, ...)."""
+    """A ``torch.distributed`` process group (gloo, NCCL, ...): the default one, or ``group``.
 
-    def __init__(self) -> None:
+    Ranks are ranks within the group; point-to-point peers are translated to global ranks.
+    """
+
+    def __init__(self, group=None) -> None:
         super().__init__()
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
@@ -234,24 +237,25 @@ class TorchDistributedTransport(Transport):
                 "initialised (torch.distributed.init_process_group, torchrun, or "
                 "profiling.launch) before the first forward"
             )
-        self.rank = dist.get_rank()
-        self.world_size = dist.get_world_size()
-        self.backend = dist.get_backend()
-        self.group = dist.group.WORLD
+        self.group = group if group is not None else dist.group.WORLD
+        self.rank = dist.get_rank(self.group)
+        self.world_size = dist.get_world_size(self.group)
+        self.backend = dist.get_backend(self.group)
+        self._global = [dist.get_global_rank(self.group, r) for r in range(self.world_size)]
 
     def _all_gather(self, tensor):
         out = tensor.new_empty((self.world_size * tensor.shape[0], *tensor.shape[1:]))
-        _all_gather_single(out, tensor)
+        _all_gather_single(out, tensor, group=self.group)
         return out
 
     def _reduce_scatter(self, tensor):
         out = tensor.new_empty((tensor.shape[0] // self.world_size, *tensor.shape[1:]))
-        _reduce_scatter_single(out, tensor)
+        _reduce_scatter_single(out, tensor, group=self.group)
         return out
 
     def _post_p2p(self, sends, recvs):
-        ops = [dist.P2POp(dist.isend, t, peer) for t, peer in sends]
-        ops += [dist.P2POp(dist.irecv, b, peer) for b, peer in recvs]
+        ops = [dist.P2POp(dist.isend, t, self._global[peer], self.group) for t, peer in sends]
+        ops += [dist.P2POp(dist.irecv, b, self._global[peer], self.group) for b, peer in recvs]
         return dist.batch_isend_irecv(ops)
 
 

@@ -46,9 +46,11 @@ class Shape:
     """Largest block side a ring method computes at once (None: b)."""
     overlap: bool = True
     """Ring methods: post the next exchange before computing the current block."""
+    check_ranks: bool = True
+    """Whether the 32-byte cross-rank shape check runs each forward."""
 
     @staticmethod
-    def of(world, batch, dim, dtype="fp32", tile=None, overlap=True) -> Shape:
+    def of(world, batch, dim, dtype="fp32", tile=None, overlap=True, check_ranks=True) -> Shape:
         s = dtype_bytes(dtype)
         return Shape(
             world=np.asarray(world, dtype=np.int64),
@@ -58,6 +60,7 @@ class Shape:
             compute_bytes=max(s, 4),
             tile=tile,
             overlap=overlap,
+            check_ranks=check_ranks,
         )
 
     @property

@@ -1,0 +1,46 @@
+"""Distributed contrastive losses, registered by name.
+
+Every method here drops into DDP training the way open_clip's losses do. With
+L2-normalised features and ``b`` rows per rank:
+
+* ``forward(image_features, text_features, logit_scale, logit_bias=None)`` returns this
+  rank's loss; the mean over ranks equals :func:`reference_loss` over the global batch;
+* after every rank calls ``backward``, each rank's feature gradients equal ``W ×`` the
+  reference gradients of its rows, and the mean over ranks of the ``logit_scale`` and
+  ``logit_bias`` gradients equals the reference's (DDP averages them).
+
+``logit_scale`` is the multiplier ``t`` itself (pass ``log_t.exp()``), a float or a
+one-element tensor; sigmoid methods need ``logit_bias``, softmax methods refuse one.
+Half-precision features are supported; the block math runs in fp32 and the loss is
+returned in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Importing a strategy module registers it; the order here is the order in tables.
+from profiling.losses import (  # noqa: F401
+    sigmoid_allgather,
+    sigmoid_ring,
+    sigmoid_ring_bidir,
+    softmax_allgather,
+    softmax_ring,
+)
+from profiling.losses.reference import reference_loss
+from profiling.losses.registry import Method, Shape, get_method, registered
+
+METHODS: tuple[str, ...] = registered()
+
+
+def build_loss(method: str, **options) -> torch.nn.Module:
+    """The loss module of a registered method, with options checked against its own."""
+    spec = get_method(method)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        allowed = ", ".join(spec.options) or "none"
+        raise ValueError(f"method {method!r} has no option {unknown[0]!r}; allowed: {allowed}")
+    return spec.module(**options)
+
+
+__all__ = ["METHODS", "Method", "Shape", "build_loss", "get_method", "reference_loss"]

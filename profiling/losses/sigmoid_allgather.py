@@ -1,0 +1,180 @@
+"""``sigmoid-allgather``: SigLIP over all-gathered texts (open_clip ``gather``, big_vision).
+
+Math: as ``sigmoid-ring``, each rank's loss is its ``b`` rows of the global loss,
+``L_r = 1/b Σ_{i∈r} Σ_{j<N} softplus(−z_ij·(t·x_i·y_j + β))``, computed in one ``b×N``
+block against every text; the positives of rank ``r`` sit at columns ``r·b + i``.
+
+Communication: all-gather the texts (``N×d``) in forward; the forward also forms the
+gradient of the gathered texts (``N×d``, kept for backward), which backward scales by
+the upstream gradient and reduce-scatters home. Per rank per step::
+
+    sent = received = (W−1)·b·d·s  (all-gather)  +  (W−1)·b·d·c  (reduce-scatter)
+                    + (W−1)·32      (cross-rank shape check)
+
+Peak memory per rank grows with W (``N = W·b``)::
+
+    gathered texts                 N·d·s   (+ N·d·c fp32 copy for half inputs)
+    their gradient                 N·d·c
+    dx                             b·d·c   (+ b·d·c fp32 copy of x for half inputs)
+    logit block                    3·b·N·c (cosines, logits, softplus)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from profiling import comm
+from profiling.losses import blocks
+from profiling.losses.checks import (
+    as_scalar,
+    check_bias,
+    check_features,
+    check_ranks,
+    compute_dtype,
+)
+from profiling.losses.costs import block_flops, rank_check_phase
+from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, register
+
+
+class _SigmoidAllGatherFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, scale, bias, transport, want_grad):
+        cdt = compute_dtype(x.dtype)
+        b = x.shape[0]
+        xc = x.to(cdt)
+        texts = transport.all_gather(y, "sigmoid.texts").to(cdt)
+        sums = torch.zeros(3, dtype=cdt, device=x.device)
+        dx = torch.zeros_like(xc) if want_grad else None
+        dtexts = torch.zeros_like(texts) if want_grad else None
+        blocks.sigmoid_block(
+            xc,
+            texts,
+            float(scale),
+            float(bias),
+            diag=transport.rank * b,
+            tile=None,
+            dx=dx,
+            dy=dtexts,
+            sums=sums,
+        )
+        del texts
+        if want_grad:
+            inv_b = 1.0 / b
+            ctx.grads = (dx.mul_(inv_b), dtexts.mul_(inv_b), sums[1] * inv_b, sums[2] * inv_b)
+            ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
+            ctx.transport = transport
+        return sums[0] / b
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        dx, dtexts, dt, dbias = ctx.grads
+        del ctx.grads
+        dy = ctx.transport.reduce_scatter(dtexts.mul_(grad_loss), "sigmoid.text_grads")
+        del dtexts
+        x_dtype, y_dtype, scale_dtype, bias_dtype = ctx.dtypes
+        return (
+            (grad_loss * dx).to(x_dtype),
+            dy.to(y_dtype),
+            (grad_loss * dt).to(scale_dtype),
+            (grad_loss * dbias).to(bias_dtype),
+            None,
+            None,
+        )
+
+
+class SigmoidAllGatherLoss(torch.nn.Module):
+    """SigLIP loss over all-gathered texts; gradients go home by reduce-scatter."""
+
+    kind = "sigmoid"
+
+    def __init__(self, *, check_ranks: bool = True):
+        super().__init__()
+        self.check_ranks = check_ranks
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None):
+        check_bias(self.kind, logit_bias)
+        check_features(image_features, text_features)
+        scale = as_scalar("logit_scale", logit_scale, image_features)
+        bias = as_scalar("logit_bias", logit_bias, image_features)
+        transport = comm.current()
+        if self.check_ranks:
+            check_ranks(transport, image_features)
+        inputs = (image_features, text_features, scale, bias)
+        want_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        return _SigmoidAllGatherFunction.apply(*inputs, transport, want_grad)
+
+
+def schedule(shape: Shape) -> Schedule:
+    b, d, w = shape.batch, shape.dim, shape.world
+    gathered = (w - 1) * b * d * shape.elem_bytes
+    scattered = (w - 1) * b * d * shape.compute_bytes
+    return Schedule(
+        (
+            rank_check_phase(shape),
+            Phase(
+                name="gather texts",
+                pass_="forward",
+                repeat=1,
+                transfers=(
+                    Transfer(
+                        op="all_gather",
+                        label="sigmoid.texts",
+                        bytes_sent=gathered,
+                        bytes_received=gathered,
+                        messages=w - 1,
+                    ),
+                ),
+            ),
+            Phase(
+                name="b×N block",
+                pass_="forward",
+                repeat=1,
+                matmul_flops=block_flops(b, w * b, d),
+                pointwise_elems=b * w * b,
+            ),
+            Phase(
+                name="scatter text gradients",
+                pass_="backward",
+                repeat=1,
+                transfers=(
+                    Transfer(
+                        op="reduce_scatter",
+                        label="sigmoid.text_grads",
+                        bytes_sent=scattered,
+                        bytes_received=scattered,
+                        messages=w - 1,
+                    ),
+                ),
+            ),
+        )
+    )
+
+
+def memory_terms(shape: Shape):
+    b, d, s, c, n = (
+        shape.batch,
+        shape.dim,
+        shape.elem_bytes,
+        shape.compute_bytes,
+        shape.global_batch,
+    )
+    half = int(s < c)
+    return {
+        "gathered texts": n * d * s + half * n * d * c,
+        "gathered text gradients": n * d * c,
+        "dx": b * d * c + half * b * d * c,
+        "logit block": 3 * b * n * c,
+    }
+
+
+register(
+    Method(
+        name="sigmoid-allgather",
+        kind="sigmoid",
+        summary="SigLIP over all-gathered texts, b×N block; memory grows with W",
+        module=SigmoidAllGatherLoss,
+        options={"check_ranks": True},
+        schedule=schedule,
+        memory_terms=memory_terms,
+    )
+)

@@ -1,0 +1,172 @@
+"""``softmax-allgather``: CLIP local loss over all-gathered embeddings (open_clip ClipLoss).
+
+Math: rank ``r``'s loss is its share of the symmetric cross-entropy,
+``L_r = 1/(2b) Σ_{i∈r} [(lse_j S_ij − S_ii) + (lse_j S'_ij − S'_ii)]`` with
+``S = t·x_r·Yᵀ`` (its images against all ``N`` texts) and ``S' = t·y_r·Xᵀ`` (its texts
+against all ``N`` images); positives at columns ``r·b + i``. The mean over ranks is the
+reference loss. This is open_clip's ``ClipLoss(local_loss=True, gather_with_grad=True)``.
+
+Communication: all-gather images and texts (``N×d`` each) in forward; the forward also
+forms the gradients of both gathered tensors (``softmax − onehot``, one pass per
+``b×N`` block), which backward scales and reduce-scatters home. Per rank per step::
+
+    sent = received = 2·(W−1)·b·d·s  (two all-gathers)
+                    + 2·(W−1)·b·d·c  (two reduce-scatters)  +  (W−1)·32  (shape check)
+
+Peak memory per rank grows with W (``N = W·b``)::
+
+    gathered images and texts      2·N·d·s (+ 2·N·d·c fp32 copies for half inputs)
+    their gradients                2·N·d·c
+    dx, dy                         2·b·d·c (+ 2·b·d·c fp32 copies for half inputs)
+    logit block                    2·b·N·c (cosines, then logits turned into G in place)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from profiling import comm
+from profiling.losses import blocks
+from profiling.losses.checks import (
+    as_scalar,
+    check_bias,
+    check_features,
+    check_ranks,
+    compute_dtype,
+)
+from profiling.losses.costs import block_flops, rank_check_phase
+from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, register
+
+
+class _SoftmaxAllGatherFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, scale, transport, want_grad):
+        cdt = compute_dtype(x.dtype)
+        b = x.shape[0]
+        t = float(scale)
+        xc, yc = x.to(cdt), y.to(cdt)
+        sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss·2b, dt·2b
+        images = transport.all_gather(x, "softmax.images").to(cdt)
+        texts = transport.all_gather(y, "softmax.texts").to(cdt)
+        dx, dy = torch.zeros_like(xc), torch.zeros_like(yc)
+        dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)
+        diag = transport.rank * b
+        blocks.softmax_rows_fused(xc, texts, t, diag=diag, dx=dx, dy=dtexts, sums=sums)
+        blocks.softmax_rows_fused(yc, images, t, diag=diag, dx=dy, dy=dimages, sums=sums)
+        del images, texts
+        coef = 1.0 / (2 * b)
+        if want_grad:
+            ctx.grads = (dx.mul_(coef), dy.mul_(coef), dimages.mul_(coef), dtexts.mul_(coef))
+            ctx.dscale = sums[1] * coef
+            ctx.dtypes = (x.dtype, y.dtype, scale.dtype)
+            ctx.transport = transport
+        return sums[0] * coef
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        dx, dy, dimages, dtexts = ctx.grads
+        del ctx.grads
+        tp = ctx.transport
+        dx = dx.mul_(grad_loss).add_(
+            tp.reduce_scatter(dimages.mul_(grad_loss), "softmax.image_grads")
+        )
+        del dimages
+        dy = dy.mul_(grad_loss).add_(
+            tp.reduce_scatter(dtexts.mul_(grad_loss), "softmax.text_grads")
+        )
+        del dtexts
+        x_dtype, y_dtype, scale_dtype = ctx.dtypes
+        return dx.to(x_dtype), dy.to(y_dtype), (grad_loss * ctx.dscale).to(scale_dtype), None, None
+
+
+class SoftmaxAllGatherLoss(torch.nn.Module):
+    """CLIP loss over all-gathered images and texts; gradients go home by reduce-scatter."""
+
+    kind = "softmax"
+
+    def __init__(self, *, check_ranks: bool = True):
+        super().__init__()
+        self.check_ranks = check_ranks
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None):
+        check_bias(self.kind, logit_bias)
+        check_features(image_features, text_features)
+        scale = as_scalar("logit_scale", logit_scale, image_features)
+        transport = comm.current()
+        if self.check_ranks:
+            check_ranks(transport, image_features)
+        inputs = (image_features, text_features, scale)
+        want_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        return _SoftmaxAllGatherFunction.apply(*inputs, transport, want_grad)
+
+
+def schedule(shape: Shape) -> Schedule:
+    b, d, w = shape.batch, shape.dim, shape.world
+    gathered = (w - 1) * b * d * shape.elem_bytes
+    scattered = (w - 1) * b * d * shape.compute_bytes
+
+    def collective(op, label, nbytes):
+        return Transfer(
+            op=op, label=label, bytes_sent=nbytes, bytes_received=nbytes, messages=w - 1
+        )
+
+    return Schedule(
+        (
+            rank_check_phase(shape),
+            Phase(
+                name="gather images and texts",
+                pass_="forward",
+                repeat=1,
+                transfers=(
+                    collective("all_gather", "softmax.images", gathered),
+                    collective("all_gather", "softmax.texts", gathered),
+                ),
+            ),
+            Phase(
+                name="two b×N blocks",
+                pass_="forward",
+                repeat=1,
+                matmul_flops=2 * block_flops(b, w * b, d),
+                pointwise_elems=2 * b * w * b,
+            ),
+            Phase(
+                name="scatter gradients",
+                pass_="backward",
+                repeat=1,
+                transfers=(
+                    collective("reduce_scatter", "softmax.image_grads", scattered),
+                    collective("reduce_scatter", "softmax.text_grads", scattered),
+                ),
+            ),
+        )
+    )
+
+
+def memory_terms(shape: Shape):
+    b, d, s, c, n = (
+        shape.batch,
+        shape.dim,
+        shape.elem_bytes,
+        shape.compute_bytes,
+        shape.global_batch,
+    )
+    half = int(s < c)
+    return {
+        "gathered images and texts": 2 * n * d * s + half * 2 * n * d * c,
+        "gathered gradients": 2 * n * d * c,
+        "dx, dy": 2 * b * d * c + half * 2 * b * d * c,
+        "logit block": 2 * b * n * c,
+    }
+
+
+register(
+    Method(
+        name="softmax-allgather",
+        kind="softmax",
+        summary="CLIP local loss over all-gathered images and texts; memory grows with W",
+        module=SoftmaxAllGatherLoss,
+        options={"check_ranks": True},
+        schedule=schedule,
+        memory_terms=memory_terms,
+    )
+)

@@ -1,0 +1,242 @@
+"""``softmax-ring``: the CLIP loss by a ring with online log-sum-exp; nothing b×N is kept.
+
+Math. With ``S = t·X·Yᵀ`` over the global batch, rank ``r``'s loss is
+``L_r = 1/(2b) Σ_{i∈r} [(lse_row_i − S_ii) + (lse_col_i − S_ii)]``: its images' rows and
+its texts' columns. The row normaliser of an image only needs blocks computed where the
+image lives; the column normaliser of a text needs every rank's images. A log-sum-exp
+merges block by block (``logaddexp``), so both can be built online.
+
+Forward (trip 1). Texts travel a one-way ring; each rank folds every ``b×b`` block into
+its own images' row log-sum-exps (kept at home) and into a running column log-sum-exp
+for the visiting texts, which follows the texts one round behind and is sent home after
+their last stop: one float per text, not the two running statistics of a max/sum pair.
+
+Backward (trip 2). ``G_ij = c_row·softmax_row(S)_ij + c_col·softmax_col(S)_ij −
+(c_row + c_col)·[i=j]`` needs the row normaliser (home) and the column normaliser (at the
+texts' home). The texts travel again, carrying their column log-sum-exps and their
+owner's upstream gradient (``b+1`` floats); every rank recomputes its block (one extra
+matmul: four per block in all, about 1.33× the compute of stored blocks), adds ``t·G·Y``
+to its image gradient and a ``t·Gᵀ·X`` contribution to a text-gradient accumulator that
+follows the texts home. Exact for any per-rank upstream gradient.
+
+Traffic per rank per step, ``s`` bytes per feature element, ``c`` per block-math
+element::
+
+    forward   (W−1)·b·d·s (texts) + (W−1)·b·c (column lse)           + (W−1)·32 (shape check)
+    backward  (W−1)·(b·d·s + (b+1)·c) (texts, lse, scale) + (W−1)·b·d·c (text gradients)
+
+sent and received alike, against ``4(W−1)·b·d`` elements for the all-gather method.
+
+Peak memory per rank, independent of W; ``T = min(tile, b)``: the image gradient and
+the home text gradient (``2·b·d·c``), two payloads in flight (``2·b·d·s`` plus their
+column statistics), three text-gradient buffers in flight (``3·b·d·c``), fp32 copies of
+x and the held texts for half inputs (``2·b·d·c``) and a few ``T×T`` tiles (``3·T²·c``).
+Saved for backward: only the row and column log-sum-exps (``2·b·c``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from profiling import comm
+from profiling.losses import blocks, ring
+from profiling.losses.checks import (
+    as_scalar,
+    check_bias,
+    check_features,
+    check_ranks,
+    compute_dtype,
+)
+from profiling.losses.costs import rank_check_phase
+from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, register
+
+
+def _logaddexp_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
+    return torch.logaddexp(received, contribution, out=received)
+
+
+class _SoftmaxRingFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, scale, transport, tile, overlap):
+        cdt = compute_dtype(x.dtype)
+        b = x.shape[0]
+        t = float(scale)
+        xc = x.to(cdt)
+        row_lse = torch.full((b,), -torch.inf, dtype=cdt, device=x.device)
+
+        def visit(payload, owner):
+            col_lse = torch.full_like(row_lse, -torch.inf)
+            blocks.softmax_stats(
+                xc, payload[0].to(cdt), t, tile=tile, row_lse=row_lse, col_lse=col_lse
+            )
+            return col_lse
+
+        col_lse, returned = ring.ring_pass(
+            transport,
+            [y],
+            ring.one_way(transport.world_size),
+            visit,
+            _logaddexp_,
+            overlap=overlap,
+            label="softmax.fwd",
+        )
+        for part in returned:
+            _logaddexp_(col_lse, part)
+        positives = (xc * y.to(cdt)).sum(1).mul_(t)
+        loss = (row_lse.sum() + col_lse.sum() - 2 * positives.sum()) / (2 * b)
+        ctx.save_for_backward(x, y)
+        ctx.lse = (row_lse, col_lse)
+        ctx.setup = (t, transport, tile, overlap, scale.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        x, y = ctx.saved_tensors
+        row_lse, col_lse = ctx.lse
+        t, transport, tile, overlap, scale_dtype = ctx.setup
+        cdt = compute_dtype(x.dtype)
+        b = x.shape[0]
+        xc = x.to(cdt)
+        coef = grad_loss.to(cdt) / (2 * b)
+        dx = torch.zeros_like(xc)
+        sums = torch.zeros(2, dtype=cdt, device=x.device)  # unused, dt
+
+        def visit(payload, owner):
+            texts, stats = payload[0].to(cdt), payload[1]
+            dy = torch.zeros_like(texts)
+            blocks.softmax_grad(
+                xc,
+                texts,
+                t,
+                tile=tile,
+                row_lse=row_lse,
+                row_coef=coef,
+                col_lse=stats[:b],
+                col_coef=stats[b],
+                diag=0 if owner == transport.rank else None,
+                dx=dx,
+                dy=dy,
+                sums=sums,
+            )
+            return dy
+
+        stats = torch.cat([col_lse, coef.reshape(1)])
+        dy, returned = ring.ring_pass(
+            transport,
+            [y, stats],
+            ring.one_way(transport.world_size),
+            visit,
+            lambda received, contribution: received.add_(contribution),
+            overlap=overlap,
+            label="softmax.bwd",
+        )
+        for part in returned:
+            dy.add_(part)
+        return dx.to(x.dtype), dy.to(y.dtype), sums[1].to(scale_dtype), None, None, None
+
+
+class SoftmaxRingLoss(torch.nn.Module):
+    """CLIP loss by a one-way ring with online log-sum-exp and a recomputing backward."""
+
+    kind = "softmax"
+
+    def __init__(self, *, overlap: bool = True, tile: int | None = None, check_ranks: bool = True):
+        super().__init__()
+        if tile is not None and (not isinstance(tile, int) or tile < 1):
+            raise ValueError(f"tile must be a positive int or None, got {tile!r}")
+        self.overlap = overlap
+        self.tile = tile
+        self.check_ranks = check_ranks
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None):
+        check_bias(self.kind, logit_bias)
+        check_features(image_features, text_features)
+        scale = as_scalar("logit_scale", logit_scale, image_features)
+        transport = comm.current()
+        if self.check_ranks:
+            check_ranks(transport, image_features)
+        return _SoftmaxRingFunction.apply(
+            image_features, text_features, scale, transport, self.tile, self.overlap
+        )
+
+
+def schedule(shape: Shape) -> Schedule:
+    b, d, w = shape.batch, shape.dim, shape.world
+    s, c = shape.elem_bytes, shape.compute_bytes
+    texts = b * d * s
+
+    def p2p(label, nbytes):
+        return Transfer(
+            op="p2p",
+            label=label,
+            bytes_sent=nbytes,
+            bytes_received=nbytes,
+            messages=1,
+            peer="neighbor",
+        )
+
+    def block(name, pass_, flops, transfers=(), repeat=1):
+        return Phase(
+            name=name,
+            pass_=pass_,
+            repeat=repeat,
+            matmul_flops=flops,
+            pointwise_elems=b * b,
+            transfers=transfers,
+            overlapped=shape.overlap,
+        )
+
+    logits = 2 * b * b * d
+    return Schedule(
+        (
+            rank_check_phase(shape),
+            block("home block (statistics)", "forward", logits),
+            block(
+                "ring round (statistics)",
+                "forward",
+                logits,
+                repeat=w - 1,
+                transfers=(p2p("softmax.fwd.payload", texts), p2p("softmax.fwd.acc", b * c)),
+            ),
+            block("home block (gradients)", "backward", 3 * logits),
+            block(
+                "ring round (gradients)",
+                "backward",
+                3 * logits,
+                repeat=w - 1,
+                transfers=(
+                    p2p("softmax.bwd.payload", texts + (b + 1) * c),
+                    p2p("softmax.bwd.acc", b * d * c),
+                ),
+            ),
+        )
+    )
+
+
+def memory_terms(shape: Shape):
+    b, d, s, c = shape.batch, shape.dim, shape.elem_bytes, shape.compute_bytes
+    half = int(s < c)
+    ringing = shape.world > 1
+    tile = shape.tile_side
+    return {
+        "dx, home dy": 2 * b * d * c,
+        "payloads in flight": ringing * 2 * (b * d * s + (b + 1) * c),
+        "accumulators in flight": ringing * 3 * b * d * c,
+        "block-math copies": half * 2 * b * d * c,
+        "row and column lse": 2 * b * c,
+        "tile": 3 * tile * tile * c,
+    }
+
+
+register(
+    Method(
+        name="softmax-ring",
+        kind="softmax",
+        summary="CLIP by a one-way ring, online log-sum-exp, recomputing backward; flat in W",
+        module=SoftmaxRingLoss,
+        options={"overlap": True, "tile": None, "check_ranks": True},
+        schedule=schedule,
+        memory_terms=memory_terms,
+        ring=True,
+    )
+)
