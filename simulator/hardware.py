@@ -1,0 +1,346 @@
+"""Hardware profiles: small validated classes loaded from JSON files with units in their keys.
+
+A profile says how fast one rank computes and how fast ranks talk. Every number in the
+file is an object ``{"value": <number>, "source": "<where it comes from>"}`` (a datasheet,
+NCCL's ``tuning.cc``, or "calibrated on <host> at <time> by <command>"), and every key
+carries its unit (``_us``, ``_GBps``, ``_GiB``, ``_TFLOPs``, ``_Gelem_per_s``,
+``_us_per_MB``). Units are converted once, here, to seconds, bytes and FLOP/s.
+
+Layout (see ``simulator/hardware/h100-sxm.json``)::
+
+    name, summary, backend ("nccl" | "gloo"), device ("cuda" | "cpu")
+    memory_GiB            memory one rank may fill (GiB = 2^30 bytes)
+    cores                 compute units per node that ranks share (CPU cores; GPUs)
+    threads_per_rank      compute units one rank keeps busy (torch threads on CPU; 1 GPU)
+    ranks_per_node        ranks on one node; value null: every rank on one host
+    comm_uses_cores       true when moving bytes needs the same cores (gloo on CPU)
+    compute.matmul_TFLOPs.<dtype>, compute.pointwise_Gelem_per_s.<dtype>
+    compute.phase_overhead_us   fixed cost of one phase repetition (dispatch, Python)
+    intra_node / inter_node:    one network level each (inter_node may be null)
+        link.latency_us, link.bandwidth_GBps          (per direction, line rate)
+        all_gather / reduce_scatter: base_us, alpha_us, beta_us_per_MB
+        p2p: alpha_us, beta_us_per_MB, duplex_efficiency
+
+MB is 10^6 bytes and GB 10^9 bytes; ``beta_us_per_MB = 1e3 / bandwidth_GBps``.
+A file with a missing key, an unknown key or a wrong unit suffix is refused with one
+line naming the key and the file (:class:`HardwareError`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUNDLED_DIR = Path(__file__).with_name("hardware")
+CACHE_DIR = Path.home() / ".cache" / "sigsim" / "hardware"
+DEFAULT_PROFILE = "h100-sxm"
+"""Used when no hardware is named and this machine has no calibrated profile."""
+DTYPES = ("fp64", "fp32", "bf16", "fp16")
+
+
+class HardwareError(ValueError):
+    """A profile that cannot be used; the message names the key and the file."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Link:
+    """One direction of a link: line rate and one-way latency."""
+
+    latency_s: float
+    bandwidth_Bps: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CollectiveFit:
+    """Ring collective cost: ``base + messages·alpha + bytes·beta`` (bytes per rank)."""
+
+    base_s: float
+    alpha_s: float
+    beta_s_per_byte: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class P2PFit:
+    """Point-to-point cost ``messages·alpha + bytes·beta``; two directions at once run at
+    ``duplex_efficiency`` of full speed each (1: full duplex, 0.5: they share)."""
+
+    alpha_s: float
+    beta_s_per_byte: float
+    duplex_efficiency: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NetworkLevel:
+    """The links and collective fits of one level (inside a node, or between nodes)."""
+
+    link: Link
+    all_gather: CollectiveFit
+    reduce_scatter: CollectiveFit
+    p2p: P2PFit
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Compute:
+    matmul_flops_per_s: dict[str, float]
+    pointwise_elems_per_s: dict[str, float]
+    phase_overhead_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Hardware:
+    """A loaded profile, in SI units (seconds, bytes, FLOP/s)."""
+
+    name: str
+    summary: str
+    backend: str
+    device: str
+    memory_bytes: float
+    cores: int
+    threads_per_rank: int
+    ranks_per_node: int | None
+    """None: every rank runs on one host."""
+    comm_uses_cores: bool
+    compute: Compute
+    intra_node: NetworkLevel
+    inter_node: NetworkLevel | None
+    path: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Dotted key → source string, for every number in the file."""
+
+
+# -- the schema -------------------------------------------------------------------------
+NUM, NUM_OR_NULL, BOOL, STR = "number", "number or null", "bool", "string"
+_COLLECTIVE = {"base_us": NUM, "alpha_us": NUM, "beta_us_per_MB": NUM}
+_LEVEL = {
+    "link": {"latency_us": NUM, "bandwidth_GBps": NUM},
+    "all_gather": _COLLECTIVE,
+    "reduce_scatter": _COLLECTIVE,
+    "p2p": {"alpha_us": NUM, "beta_us_per_MB": NUM, "duplex_efficiency": NUM},
+}
+_DTYPE_MAP = "dtype map"
+SCHEMA: dict[str, Any] = {
+    "name": STR,
+    "summary": STR,
+    "backend": STR,
+    "device": STR,
+    "memory_GiB": NUM,
+    "cores": NUM,
+    "threads_per_rank": NUM,
+    "ranks_per_node": NUM_OR_NULL,
+    "comm_uses_cores": BOOL,
+    "compute": {
+        "matmul_TFLOPs": _DTYPE_MAP,
+        "pointwise_Gelem_per_s": _DTYPE_MAP,
+        "phase_overhead_us": NUM,
+    },
+    "intra_node": _LEVEL,
+    "inter_node": _LEVEL,
+}
+_OPTIONAL_NULL = {"inter_node"}
+_UNIT_START = re.compile(r"^(.*?)_(?:[A-Z]|(?:us|ms|ns|s|per)(?:_|$))")
+
+
+def _stem(key: str) -> str:
+    """The key without its unit: ``beta_us_per_MB`` → ``beta``, ``memory_GiB`` → ``memory``."""
+    m = _UNIT_START.match(key)
+    return m.group(1) if m else key
+
+
+class _Reader:
+    """Walks a parsed file against :data:`SCHEMA`, collecting values and sources."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.sources: dict[str, str] = {}
+
+    def fail(self, message: str):
+        raise HardwareError(f"{message} in {self.where}")
+
+    def section(self, data: Any, spec: dict, prefix: str) -> dict:
+        if not isinstance(data, dict):
+            self.fail(f"{prefix or 'profile'} must be an object")
+        for key in data:
+            if key not in spec and not (key.startswith("_") or key == "schema"):
+                expected = [k for k in spec if _stem(k) == _stem(key)]
+                if expected:
+                    self.fail(
+                        f"key {prefix}{key!r} has the wrong unit: expected {prefix}{expected[0]!r}"
+                    )
+                self.fail(f"unknown key {prefix}{key!r}")
+        out = {}
+        for key, kind in spec.items():
+            path = f"{prefix}{key}"
+            if key not in data:
+                self.fail(f"missing key {path!r}")
+            value = data[key]
+            if value is None and key in _OPTIONAL_NULL:
+                out[key] = None
+            elif isinstance(kind, dict):
+                out[key] = self.section(value, kind, f"{path}.")
+            elif kind == _DTYPE_MAP:
+                out[key] = self.dtype_map(value, path)
+            else:
+                out[key] = self.leaf(value, kind, path)
+        return out
+
+    def dtype_map(self, data: Any, path: str) -> dict[str, float]:
+        if not isinstance(data, dict) or not data:
+            self.fail(f"{path!r} must map dtypes ({', '.join(DTYPES)}) to numbers")
+        out = {}
+        for dtype, value in data.items():
+            if dtype not in DTYPES:
+                self.fail(f"unknown dtype key {path}.{dtype!r} (known: {', '.join(DTYPES)})")
+            out[dtype] = self.positive(self.leaf(value, NUM, f"{path}.{dtype}"), f"{path}.{dtype}")
+        return out
+
+    def leaf(self, data: Any, kind: str, path: str):
+        if kind == STR:
+            if not isinstance(data, str):
+                self.fail(f"{path!r} must be a string")
+            return data
+        if not (isinstance(data, dict) and set(data) == {"value", "source"}):
+            self.fail(f"{path!r} must be an object {{'value': ..., 'source': '...'}}")
+        source, value = data["source"], data["value"]
+        if not isinstance(source, str) or not source.strip():
+            self.fail(f"{path!r} has no source string")
+        self.sources[path] = source
+        if kind == BOOL:
+            if not isinstance(value, bool):
+                self.fail(f"{path!r} value must be true or false")
+            return value
+        if value is None and kind == NUM_OR_NULL:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            self.fail(f"{path!r} value must be a number, got {value!r}")
+        if value < 0:
+            self.fail(f"{path!r} must not be negative, got {value}")
+        return float(value)
+
+    def positive(self, value: float, path: str) -> float:
+        if value <= 0:
+            self.fail(f"{path!r} must be positive")
+        return value
+
+
+def _level(raw: dict) -> NetworkLevel:
+    def fit(c):
+        return CollectiveFit(
+            base_s=c["base_us"] * 1e-6,
+            alpha_s=c["alpha_us"] * 1e-6,
+            beta_s_per_byte=c["beta_us_per_MB"] * 1e-12,
+        )
+
+    p2p = raw["p2p"]
+    return NetworkLevel(
+        link=Link(
+            latency_s=raw["link"]["latency_us"] * 1e-6,
+            bandwidth_Bps=raw["link"]["bandwidth_GBps"] * 1e9,
+        ),
+        all_gather=fit(raw["all_gather"]),
+        reduce_scatter=fit(raw["reduce_scatter"]),
+        p2p=P2PFit(
+            alpha_s=p2p["alpha_us"] * 1e-6,
+            beta_s_per_byte=p2p["beta_us_per_MB"] * 1e-12,
+            duplex_efficiency=p2p["duplex_efficiency"],
+        ),
+    )
+
+
+def parse_profile(data: Any, where: str) -> Hardware:
+    """Validate parsed JSON against the schema and convert units; ``where`` names the file."""
+    reader = _Reader(where)
+    raw = reader.section(data, SCHEMA, "")
+    for key in ("memory_GiB", "cores", "threads_per_rank"):
+        reader.positive(raw[key], key)
+    for key in ("cores", "threads_per_rank", "ranks_per_node"):
+        if raw[key] is not None and raw[key] != int(raw[key]):
+            reader.fail(f"{key!r} must be a whole number")
+    if raw["ranks_per_node"] is not None and raw["ranks_per_node"] < 1:
+        reader.fail("'ranks_per_node' must be at least 1 (or null: one host)")
+    if raw["ranks_per_node"] is not None and raw["inter_node"] is None:
+        reader.fail("'inter_node' is null but 'ranks_per_node' is set (ranks span nodes)")
+    for level in ("intra_node", "inter_node"):
+        if raw[level] is None:
+            continue
+        reader.positive(raw[level]["link"]["bandwidth_GBps"], f"{level}.link.bandwidth_GBps")
+        line_GBps = raw[level]["link"]["bandwidth_GBps"]
+        for op in ("all_gather", "reduce_scatter", "p2p"):
+            beta = raw[level][op]["beta_us_per_MB"]
+            if beta > 0 and 1e3 / beta > 1.05 * line_GBps:
+                reader.fail(
+                    f"'{level}.{op}.beta_us_per_MB' = {beta} means {1e3 / beta:.4g} GB/s, faster "
+                    f"than the link's {line_GBps:g} GB/s (a unit slip?)"
+                )
+        eff = raw[level]["p2p"]["duplex_efficiency"]
+        if not 0 < eff <= 1:
+            reader.fail(f"'{level}.p2p.duplex_efficiency' must be in (0, 1], got {eff}")
+    compute = raw["compute"]
+    return Hardware(
+        name=raw["name"],
+        summary=raw["summary"],
+        backend=raw["backend"],
+        device=raw["device"],
+        memory_bytes=raw["memory_GiB"] * 2**30,
+        cores=int(raw["cores"]),
+        threads_per_rank=int(raw["threads_per_rank"]),
+        ranks_per_node=None if raw["ranks_per_node"] is None else int(raw["ranks_per_node"]),
+        comm_uses_cores=raw["comm_uses_cores"],
+        compute=Compute(
+            matmul_flops_per_s={k: v * 1e12 for k, v in compute["matmul_TFLOPs"].items()},
+            pointwise_elems_per_s={k: v * 1e9 for k, v in compute["pointwise_Gelem_per_s"].items()},
+            phase_overhead_s=compute["phase_overhead_us"] * 1e-6,
+        ),
+        intra_node=_level(raw["intra_node"]),
+        inter_node=None if raw["inter_node"] is None else _level(raw["inter_node"]),
+        path=where,
+        sources=reader.sources,
+    )
+
+
+def load_profile(path: str | Path) -> Hardware:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise HardwareError(f"cannot read hardware profile {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise HardwareError(f"{path} is not valid JSON: {err}") from None
+    return parse_profile(data, str(path))
+
+
+def host_profile_path(host: str | None = None) -> Path:
+    """Where calibration writes this machine's profile by default."""
+    return CACHE_DIR / f"{host or socket.gethostname()}.json"
+
+
+def available_profiles() -> dict[str, Path]:
+    """Profile name → file: the bundled ones, then calibrated ones in the cache."""
+    found = {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.json"))}
+    if CACHE_DIR.is_dir():
+        found.update({p.stem: p for p in sorted(CACHE_DIR.glob("*.json"))})
+    return found
+
+
+def resolve_hardware(hardware: Hardware | str | Path | None = None) -> Hardware:
+    """A profile object, a profile name, a path to a JSON file, or None (the default:
+    this host's calibrated profile if one exists, else :data:`DEFAULT_PROFILE`)."""
+    if isinstance(hardware, Hardware):
+        return hardware
+    if hardware is None:
+        own = host_profile_path()
+        return load_profile(own if own.is_file() else BUNDLED_DIR / f"{DEFAULT_PROFILE}.json")
+    text = str(hardware)
+    profiles = available_profiles()
+    if text in profiles:
+        return load_profile(profiles[text])
+    if text.endswith(".json") or Path(text).is_file():
+        return load_profile(text)
+    raise HardwareError(
+        f"unknown hardware {text!r}; known profiles: {', '.join(profiles)} (or a .json path)"
+    )

@@ -1,0 +1,334 @@
+"""The analytic cost model: a method's own cost description, priced on a hardware profile.
+
+What is counted comes from the method, unchanged: FLOPs, bytes and messages are sums
+over its :class:`~profiling.losses.registry.Schedule`, peak memory is the sum of its
+``memory_terms``. This module adds only time, from a :class:`~simulator.hardware.Hardware`.
+
+Math, per point ``(W, b, d)``. A schedule is a list of phases ``p``, each repeated ``r_p``
+times per step. With ``f`` the core share (below), one repetition costs::
+
+    compute_p = f · (o + F_p / R_mm(dtype) + E_p / R_pw(dtype))      (o only if F_p+E_p > 0)
+    comm_p    = g · Σ_transfers T(transfer)                          (g = f if comm uses cores)
+
+    T(all_gather | reduce_scatter) = base·[m>0] + m·α + B·β          (m = W−1 messages,
+                                                                     B = (W−1)·n ring bytes)
+    T(p2p)                         = (m/k)·α + (B/k)·β / e_k         (k = directions,
+                                                                     e_1 = 1, e_2 = duplex eff.)
+
+    overlapped phase:  time_p = max(compute_p, comm_p),  exposed_p = max(0, comm_p − compute_p)
+    otherwise:         time_p = compute_p + comm_p,      exposed_p = comm_p
+
+    step_time = Σ_p r_p · time_p = compute_s + exposed_comm_s
+
+``F_p`` are the phase's matmul FLOPs, ``E_p`` its elementwise elements, ``o`` the
+profile's fixed cost per phase repetition, ``B = max(sent, received)`` per repetition.
+``R_mm`` and ``R_pw`` are read for the block-math dtype (fp32 for bf16/fp16 inputs,
+the input dtype otherwise), as ``profiling.losses.blocks`` computes.
+
+Topology: ranks fill nodes of ``ranks_per_node``; when ``W > ranks_per_node`` every
+collective and every ring round crosses a node boundary somewhere, and since a ring
+round or a ring collective is as slow as its slowest hop, the whole transfer is priced
+on the inter-node fits. ``directions = 2`` (a bidirectional ring) sends half the bytes
+each way at once; on full-duplex links (``e_2 = 1``) the two directions do not share
+bandwidth.
+
+Core sharing (CPU backends): ``q = min(W, ranks_per_node)`` ranks share a node's
+``cores``; each keeps ``threads_per_rank`` busy, so ``f = max(1, q·threads_per_rank /
+cores)`` and, when the profile says moving bytes needs the cores too (gloo), ``g = f``.
+Points with ``q > cores`` are flagged ``oversubscribed``: they are priced, never hidden.
+
+Assumptions: every rank does the same work (the slowest rank sets the step, and they
+are all equal); transfers of one phase run one after the other on the link; a phase's
+compute time is linear in its FLOPs and elements at the profile's rates, plus ``o``;
+the first exchange of an overlapped ring is priced like the others.
+
+Not modelled: contention with traffic outside the loss (gradient all-reduce of the
+model), NCCL protocol switches with message size (LL / LL128 / Simple), congestion in
+the inter-node fabric, allocator rounding and the CUDA context in memory (the peak is
+bytes of live tensors, as ``profiling.memory`` measures), cache effects of block sizes,
+thermal or frequency changes, and stragglers.
+
+Numbers: ``world``, ``batch`` and ``dim`` broadcast together; counts are int64 while
+exact and fall back to float64 where int64 would overflow (e.g. a ``b×N`` block at
+``N = 10^8``), so every quantity is finite to ``W = 10^5`` and ``N = 10^8`` and beyond.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from profiling.losses.registry import Method, Schedule, Shape, Transfer
+from simulator.hardware import Hardware, NetworkLevel, resolve_hardware
+
+_SHAPE_ARGS = ("world", "batch", "dim", "dtype")
+OPTIONS: tuple[str, ...] = tuple(
+    name for name in inspect.signature(Shape.of).parameters if name not in _SHAPE_ARGS
+)
+"""Keyword options of :func:`predict`: those of ``Shape.of`` (tile, overlap, ...)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prediction:
+    """What :func:`predict` returns; every array has the broadcast shape of the inputs."""
+
+    method: str
+    hardware: str
+    dtype: str
+    options: dict[str, Any]
+    world: np.ndarray
+    batch: np.ndarray
+    dim: np.ndarray
+    flops: np.ndarray
+    """Matmul FLOPs per rank per step, forward + backward."""
+    flops_forward: np.ndarray
+    flops_backward: np.ndarray
+    bytes_sent: np.ndarray
+    """Per rank per step, as ``profiling.comm`` counts them."""
+    bytes_received: np.ndarray
+    messages: np.ndarray
+    bytes_by_op: dict[str, dict[str, np.ndarray]]
+    """``op:label`` → bytes_sent, bytes_received, messages."""
+    peak_memory_bytes: np.ndarray
+    """Sum of ``memory_terms``: peak bytes of tensors created in one step (inputs excluded)."""
+    memory_terms: dict[str, np.ndarray]
+    compute_s: np.ndarray
+    comm_s: np.ndarray
+    """All communication time, hidden or not."""
+    exposed_comm_s: np.ndarray
+    """The part of ``comm_s`` not hidden behind compute."""
+    step_time_s: np.ndarray
+    """compute_s + exposed_comm_s."""
+    forward_time_s: np.ndarray
+    backward_time_s: np.ndarray
+    fits: np.ndarray
+    """peak_memory_bytes ≤ the profile's memory per rank."""
+    crosses_nodes: np.ndarray
+    """W > ranks_per_node: transfers priced on the inter-node link."""
+    core_share: np.ndarray
+    """f ≥ 1: how many times slower compute runs because ranks share cores."""
+    oversubscribed: np.ndarray
+    """More ranks on a node than it has cores."""
+
+    def point(self, index) -> dict[str, Any]:
+        """One point as plain numbers (``index`` into the broadcast shape)."""
+        out: dict[str, Any] = {"method": self.method, "hardware": self.hardware}
+        out["dtype"] = self.dtype
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                out[f.name] = value[index].item()
+        out["memory_terms"] = {k: v[index].item() for k, v in self.memory_terms.items()}
+        return out
+
+
+def resolve_method(method: Method | str) -> Method:
+    if isinstance(method, Method):
+        return method
+    if not isinstance(method, str):
+        raise ValueError(f"method must be a registered name or a Method, got {method!r}")
+    from profiling.losses import get_method  # importing registers every method
+
+    return get_method(method)
+
+
+def _grid(world, batch, dim) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    arrays = []
+    for name, value in (("world", world), ("batch", batch), ("dim", dim)):
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number or an array of numbers") from None
+        if arr.size == 0:
+            raise ValueError(f"{name} is empty")
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"{name} must be whole numbers, got {value!r}")
+        if np.any(arr < 1):
+            raise ValueError(f"{name} must be at least 1, got {arr.min():g}")
+        if np.any(arr > 2**53):
+            raise ValueError(f"{name} is too large ({arr.max():g})")
+        arrays.append(arr)
+    try:
+        grid = np.broadcast_arrays(*arrays)
+    except ValueError:
+        shapes = ", ".join(str(a.shape) for a in arrays)
+        raise ValueError(f"world, batch and dim do not broadcast together: {shapes}") from None
+    world, batch, dim = (a.astype(np.int64) for a in grid)
+    return world, batch, dim
+
+
+def _exact(int_value, float_value, shape) -> np.ndarray:
+    """int64 where the int64 evaluation did not overflow, else the float64 one."""
+    i = np.broadcast_to(np.asarray(int_value), shape)
+    f = np.broadcast_to(np.asarray(float_value, dtype=np.float64), shape)
+    if np.issubdtype(i.dtype, np.integer) and np.allclose(i, f, rtol=1e-9, atol=0.5):
+        return np.array(i, dtype=np.int64)
+    return np.array(f, dtype=np.float64)
+
+
+def _counts(method: Method, shape: Shape):
+    """Schedule and memory terms, evaluated in int64 and in float64 (overflow guard)."""
+    with np.errstate(over="ignore"):
+        schedule = method.schedule(shape)
+        terms = method.memory_terms(shape)
+        as_float = dataclasses.replace(
+            shape,
+            world=shape.world.astype(np.float64),
+            batch=shape.batch.astype(np.float64),
+            dim=shape.dim.astype(np.float64),
+        )
+        float_schedule = method.schedule(as_float)
+        float_terms = method.memory_terms(as_float)
+    return schedule, terms, float_schedule, float_terms
+
+
+def _compute_dtype(dtype: str, shape: Shape) -> str:
+    return dtype if shape.compute_bytes == shape.elem_bytes else "fp32"
+
+
+def _rate(table: dict[str, float], dtype: str, what: str, hw: Hardware) -> float:
+    try:
+        return table[dtype]
+    except KeyError:
+        raise ValueError(
+            f"hardware {hw.name!r} has no {what} rate for {dtype} (has: {', '.join(table)})"
+        ) from None
+
+
+def transfer_time_s(transfer: Transfer, level: NetworkLevel) -> np.ndarray:
+    """Seconds for one repetition of ``transfer`` on ``level`` (α-β, see module docstring)."""
+    messages = np.asarray(transfer.messages, dtype=np.float64)
+    nbytes = np.maximum(
+        np.asarray(transfer.bytes_sent, dtype=np.float64),
+        np.asarray(transfer.bytes_received, dtype=np.float64),
+    )
+    if transfer.op == "p2p":
+        fit = level.p2p
+        directions = np.maximum(np.asarray(transfer.directions, dtype=np.float64), 1.0)
+        duplex = np.where(directions > 1, fit.duplex_efficiency, 1.0)
+        return (
+            messages / directions * fit.alpha_s + nbytes / directions * fit.beta_s_per_byte / duplex
+        )
+    if transfer.op not in ("all_gather", "reduce_scatter"):
+        raise ValueError(f"transfer {transfer.key!r}: unknown op {transfer.op!r}")
+    fit = level.all_gather if transfer.op == "all_gather" else level.reduce_scatter
+    return (
+        np.where(messages > 0, fit.base_s, 0.0)
+        + messages * fit.alpha_s
+        + nbytes * fit.beta_s_per_byte
+    )
+
+
+def predict(
+    method: Method | str,
+    world,
+    batch,
+    dim,
+    dtype: str = "fp32",
+    hardware: Hardware | str | None = None,
+    **options,
+) -> Prediction:
+    """Price ``method`` at every broadcast point of (world, batch, dim) on ``hardware``.
+
+    ``method``: a registered name or a :class:`Method`; ``hardware``: a profile name, a
+    path to a profile, a :class:`Hardware`, or None (this host's calibrated profile if
+    any, else ``h100-sxm``); ``options``: those of ``Shape.of`` (``tile``, ``overlap``, ...).
+    """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
+    spec = resolve_method(method)
+    hw = resolve_hardware(hardware)
+    world, batch, dim = _grid(world, batch, dim)
+    shape = Shape.of(world, batch, dim, dtype, **options)
+    grid = world.shape
+    schedule, terms, float_schedule, float_terms = _counts(spec, shape)
+
+    totals = {}
+    for name, fn in (
+        ("flops", Schedule.flops),
+        ("bytes_sent", Schedule.bytes_sent),
+        ("bytes_received", Schedule.bytes_received),
+        ("messages", Schedule.messages),
+    ):
+        totals[name] = _exact(fn(schedule), fn(float_schedule), grid)
+    flops_forward = _exact(schedule.flops("forward"), float_schedule.flops("forward"), grid)
+    flops_backward = _exact(schedule.flops("backward"), float_schedule.flops("backward"), grid)
+    by_op_float = float_schedule.bytes_by_op()
+    bytes_by_op = {
+        key: {k: _exact(v, by_op_float[key][k], grid) for k, v in row.items()}
+        for key, row in schedule.bytes_by_op().items()
+    }
+    memory_terms = {k: _exact(v, float_terms[k], grid) for k, v in terms.items()}
+    peak = _exact(sum(terms.values()), sum(float_terms.values()), grid)
+
+    times = _times(float_schedule, shape, hw, _compute_dtype(dtype, shape), world)
+    return Prediction(
+        method=spec.name,
+        hardware=hw.name,
+        dtype=dtype,
+        options=dict(options),
+        world=world,
+        batch=batch,
+        dim=dim,
+        flops=totals["flops"],
+        flops_forward=flops_forward,
+        flops_backward=flops_backward,
+        bytes_sent=totals["bytes_sent"],
+        bytes_received=totals["bytes_received"],
+        messages=totals["messages"],
+        bytes_by_op=bytes_by_op,
+        peak_memory_bytes=peak,
+        memory_terms=memory_terms,
+        fits=np.asarray(peak, dtype=np.float64) <= hw.memory_bytes,
+        **times,
+    )
+
+
+def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, world):
+    """Time terms of every phase, summed (module docstring)."""
+    matmul_rate = _rate(hw.compute.matmul_flops_per_s, compute_dtype, "matmul", hw)
+    pointwise_rate = _rate(hw.compute.pointwise_elems_per_s, compute_dtype, "pointwise", hw)
+    w = world.astype(np.float64)
+    on_node = w if hw.ranks_per_node is None else np.minimum(w, hw.ranks_per_node)
+    core_share = np.maximum(1.0, on_node * hw.threads_per_rank / hw.cores)
+    comm_share = core_share if hw.comm_uses_cores else np.ones_like(core_share)
+    crosses = np.zeros(w.shape, dtype=bool) if hw.ranks_per_node is None else w > hw.ranks_per_node
+    zeros = np.zeros(w.shape)
+    acc = {k: zeros.copy() for k in ("compute", "comm", "exposed", "forward", "backward")}
+    for phase in schedule.phases:
+        repeat = np.asarray(phase.repeat, dtype=np.float64)
+        flops = np.asarray(phase.matmul_flops, dtype=np.float64)
+        elems = np.asarray(phase.pointwise_elems, dtype=np.float64)
+        overhead = np.where(flops + elems > 0, hw.compute.phase_overhead_s, 0.0)
+        compute = core_share * (overhead + flops / matmul_rate + elems / pointwise_rate)
+        comm = zeros.copy()
+        for transfer in phase.transfers:
+            t = transfer_time_s(transfer, hw.intra_node)
+            if hw.inter_node is not None and crosses.any():
+                t = np.where(crosses, transfer_time_s(transfer, hw.inter_node), t)
+            comm = comm + t
+        comm = comm * comm_share
+        if phase.overlapped:
+            step, exposed = np.maximum(compute, comm), np.maximum(0.0, comm - compute)
+        else:
+            step, exposed = compute + comm, comm
+        acc["compute"] = acc["compute"] + repeat * compute
+        acc["comm"] = acc["comm"] + repeat * comm
+        acc["exposed"] = acc["exposed"] + repeat * exposed
+        acc[phase.pass_] = acc[phase.pass_] + repeat * step
+    return {
+        "compute_s": acc["compute"],
+        "comm_s": acc["comm"],
+        "exposed_comm_s": acc["exposed"],
+        "step_time_s": acc["compute"] + acc["exposed"],
+        "forward_time_s": acc["forward"],
+        "backward_time_s": acc["backward"],
+        "crosses_nodes": crosses,
+        "core_share": core_share,
+        "oversubscribed": on_node > hw.cores,
+    }
