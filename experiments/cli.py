@@ -1,0 +1,178 @@
+"""The ``sigsim`` command line (also ``python -m experiments``).
+
+``sigsim run`` with no argument runs the default experiment: calibrate this machine if it
+has no profile, measure every method on gloo CPU processes at W = 1, 2, 4, 8 over a
+ladder of local batches, validate the model against the measurements, and write plots
+and a Markdown report into a new ``./runs/<timestamp>-default/``. The other subcommands
+redo one stage each. Bad input (a config key, a method, a profile, a run directory)
+gets one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from experiments import commands
+from experiments import config as sweep_config
+
+EPILOG = (
+    "Units: W ranks, b examples per rank, N = b·W examples, d elements; "
+    "times in ms, memory and traffic in MiB (2^20 bytes) per rank unless stated."
+)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=34)
+
+
+def _hardware_option(parser: argparse.ArgumentParser, default_text: str) -> None:
+    parser.add_argument(
+        "--hardware",
+        default=None,
+        help=f"hardware profile name or JSON path (default: {default_text})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sigsim",
+        description="Profile and simulate distributed SigLIP / CLIP losses.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    shipped = ", ".join(sorted(sweep_config.shipped()))
+
+    run = sub.add_parser(
+        "run",
+        help="measure a sweep, validate the model, write plots and report",
+        description="Run a sweep config into a new run directory ./runs/<UTC time>-<name>/ "
+        "(results.jsonl, validation.json, plots, report.md); prints its path at the end.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    run.add_argument(
+        "config",
+        nargs="?",
+        default="default",
+        help=f"TOML file or shipped config name ({shipped})",
+    )
+    run.add_argument("--runs-dir", default="runs", help="folder that receives run directories")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run in place (finished points are skipped)",
+    )
+    _hardware_option(run, "the config's, else this machine's calibrated profile")
+    run.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="do not calibrate a machine without a profile (validate against the default)",
+    )
+    run.add_argument(
+        "--quick-calibration",
+        action="store_true",
+        help="fewer calibration samples (seconds instead of a minute; coarser fit)",
+    )
+    run.set_defaults(handler=commands.cmd_run)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit this machine's compute and communication costs; write its profile",
+        description="Microbenchmarks (matmul and pointwise throughput per dtype; send/recv, "
+        "all-gather and reduce-scatter α-β fits) written as this machine's profile.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    calibrate.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
+    calibrate.add_argument("--quick", action="store_true", help="fewer samples")
+    calibrate.set_defaults(handler=commands.cmd_calibrate)
+
+    predict = sub.add_parser(
+        "predict",
+        help="the model's FLOPs, bytes, memory and step time for given shapes",
+        description="Predict per-rank cost. Lists are comma-separated; their product is "
+        "printed, one row per point. Output: GFLOP per rank per step, MiB sent/received "
+        "per rank per step, peak loss memory per rank (MiB), times in ms.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    predict.add_argument("--method", default="all", help="method name(s), comma-separated")
+    predict.add_argument("--world", default="8", help="world sizes W (ranks)")
+    predict.add_argument("--batch", default="1024", help="local batches b (examples per rank)")
+    predict.add_argument("--dim", default="512", help="embedding widths d (elements)")
+    predict.add_argument("--dtype", default="fp32", choices=sweep_config.DTYPES)
+    predict.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
+    predict.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
+    _hardware_option(predict, "this machine's calibrated profile, else h100-sxm")
+    predict.set_defaults(handler=commands.cmd_predict)
+
+    for name, handler, what in (
+        ("validate", commands.cmd_validate, "print predicted vs measured for a run directory"),
+        ("plot", commands.cmd_plot, "redraw a run directory's plots from its results"),
+        ("report", commands.cmd_report, "rewrite a run directory's validation, plots, report"),
+    ):
+        sub_parser = sub.add_parser(
+            name,
+            help=what,
+            description=what[0].upper() + what[1:] + " (nothing is rerun).",
+            epilog=EPILOG,
+            formatter_class=_formatter,
+        )
+        sub_parser.add_argument("run_dir", metavar="RUN_DIR", help="a ./runs/... directory")
+        _hardware_option(sub_parser, "the profile the run recorded")
+        sub_parser.set_defaults(handler=handler)
+
+    maxbatch = sub.add_parser(
+        "maxbatch",
+        help="largest local and global batch each method fits in a given memory",
+        description="Largest local batch b (examples per rank) and global batch N = b·W "
+        "whose peak loss memory per rank fits, from the model; with --run, also the largest "
+        "measured batch that fitted among that run's points (emulated ranks included).",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    maxbatch.add_argument("--method", default="all", help="method name(s), comma-separated")
+    maxbatch.add_argument(
+        "--worlds", default="1,8,64,512,4096", help="world sizes W (ranks), comma-separated"
+    )
+    maxbatch.add_argument("--dim", type=int, default=1024, help="embedding width d (elements)")
+    maxbatch.add_argument("--dtype", default="bf16", choices=sweep_config.DTYPES)
+    maxbatch.add_argument(
+        "--memory-GiB",
+        dest="memory_GiB",
+        type=float,
+        default=0.0,
+        help="memory one rank may fill, GiB (2^30 bytes); 0: the profile's device memory",
+    )
+    _hardware_option(maxbatch, "this machine's calibrated profile, else h100-sxm")
+    maxbatch.add_argument("--run", metavar="RUN_DIR", help="overlay this run's measurements")
+    maxbatch.add_argument("--out", metavar="DIR", help="write maxbatch.png and .svg here")
+    maxbatch.set_defaults(handler=commands.cmd_maxbatch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        # ConfigError, HardwareError and bad names are ValueErrors with one clear line;
+        # SIGSIM_DEBUG=1 shows the traceback instead.
+        if os.environ.get("SIGSIM_DEBUG"):
+            raise
+        print(f"sigsim {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sigsim {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""What each ``sigsim`` subcommand does; :mod:`experiments.cli` parses the arguments.
+
+Each ``cmd_*`` function takes the parsed arguments, prints to a rich console (tables,
+progress bars with ETA) and returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from experiments import analysis, backends, plots, rundir
+from experiments import config as sweep_config
+from experiments.records import rows
+
+console = Console()
+MiB = 2**20
+
+
+def progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in str(text).split(",") if part.strip()]
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+def measure(run: rundir.RunDir, config: sweep_config.SweepConfig) -> None:
+    """Run the config's grid (real, then emulated ranks) into the run's results file."""
+    points = config.grid() + config.emulated_grid()
+    with progress() as bar:
+        task = bar.add_task("measuring", total=len(points))
+
+        def on_point(record: dict) -> None:
+            c = record.get("config", {})
+            status = record.get("status", "?")
+            bar.update(
+                task,
+                advance=1,
+                description=f"{c.get('method')} W={c.get('world')} b={c.get('batch')}: {status}",
+            )
+
+        backends.run_points(
+            points,
+            run.results,
+            steps=config.steps,
+            warmup=config.warmup,
+            backend=config.backend,
+            device=config.device,
+            timeout_s=config.timeout_s,
+            seed=config.seed,
+            on_point=on_point,
+        )
+
+
+def ensure_hardware(config: sweep_config.SweepConfig, args, run: rundir.RunDir):
+    """The profile to validate against; calibrates this machine first when it has none."""
+    name = args.hardware or config.hardware
+    if not name and backends.local_profile() is None and not args.no_calibrate:
+        console.print("[bold]No calibrated profile for this machine: calibrating first.")
+        started = time.perf_counter()
+        path = backends.calibrate(backend=config.backend, quick=args.quick_calibration)
+        run.record_phase("calibration", time.perf_counter() - started)
+        console.print(f"profile written: {path}")
+    hardware = backends.hardware_for(name or None)
+    run.update_meta(hardware=hardware.path or hardware.name)
+    return hardware
+
+
+def cmd_run(args) -> int:
+    started = time.perf_counter()
+    if args.resume:
+        run = rundir.open_existing(args.resume)
+        config = run.config()
+    else:
+        config_file = sweep_config.resolve(args.config or "default")
+        config = sweep_config.load(config_file)
+        run = rundir.create(config_file, config.name, Path(args.runs_dir))
+    run.update_meta(command=" ".join(["sigsim", *sys.argv[1:]]), cpu_count=os.cpu_count())
+    console.print(f"[bold]run directory:[/bold] {run.path}")
+    hardware = ensure_hardware(config, args, run)
+    phase = time.perf_counter()
+    measure(run, config)
+    run.record_phase("measurement", time.perf_counter() - phase)
+    phase = time.perf_counter()
+    report = analysis.analyse(run, hardware)
+    run.record_phase("validation, plots and report", time.perf_counter() - phase)
+    run.record_phase("total", time.perf_counter() - started)
+    # Rewrite the report so that it carries the final timings.
+    analysis.analyse(run, hardware)
+    records = backends.load_records(run.results)
+    print_results(records)
+    print_summary(analysis.validate(run, hardware)[1])
+    console.print(f"[bold green]report:[/bold green] {report}")
+    console.print(f"[bold]run directory:[/bold] {run.path}")
+    return 0
+
+
+def print_results(records: list[dict]) -> None:
+    table = Table(title="Measured (median step of the max over ranks)")
+    for header in ("method", "W", "b", "d", "step (ms)", "exposed (ms)", "sent (MiB)"):
+        table.add_column(header, justify="right")
+    table.add_column("peak live (MiB)", justify="right")
+    for r in rows(records):
+        table.add_row(
+            r.label + (" (emulated)" if r.emulated else ""),
+            str(r.world),
+            str(r.batch),
+            str(r.dim),
+            f"{r.step_time_s * 1e3:.3g}",
+            f"{r.comm_exposed_s * 1e3:.3g}",
+            f"{r.bytes_sent / MiB:.4g}",
+            f"{r.peak_live_bytes / MiB:.4g}",
+        )
+    console.print(table)
+    failed = [r for r in records if r.get("status") != "ok"]
+    if failed:
+        console.print(f"[yellow]{len(failed)} point(s) did not finish; see the report.")
+
+
+def print_summary(summary: list[dict]) -> None:
+    table = Table(title="Validation: |predicted − measured| / measured")
+    for header in ("quantity", "regime", "points", "geomean (%)", "max (%)"):
+        table.add_column(header, justify="right")
+    for s in summary:
+        table.add_row(
+            s["quantity"],
+            s["regime"],
+            str(s["points"]),
+            f"{s['geomean_error_pct']:.3g}",
+            f"{s['max_error_pct']:.3g}",
+        )
+    console.print(table)
+
+
+# --- model-only and analysis commands -------------------------------------------------
+
+
+def cmd_calibrate(args) -> int:
+    path = backends.calibrate(backend=args.backend, quick=args.quick)
+    console.print(f"[bold green]profile written:[/bold green] {path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    hardware = backends.hardware_for(args.hardware)
+    methods = backends.method_names() if args.method == "all" else args.method.split(",")
+    table = Table(title=f"Model on {backends.hardware_label(hardware)}, {args.dtype}")
+    headers = ["method", "W", "b", "N", "d", "GFLOP", "sent (MiB)", "received (MiB)"]
+    headers += ["peak (MiB)", "compute (ms)", "exposed comm (ms)", "step (ms)", "fits"]
+    for header in headers:
+        table.add_column(header, justify="right")
+    worlds, batches, dims = (np.array(_ints(v)) for v in (args.world, args.batch, args.dim))
+    world, batch, dim = (a.ravel() for a in np.meshgrid(worlds, batches, dims, indexing="ij"))
+    for method in methods:
+        options = {}
+        if backends.is_ring(method):
+            options["overlap"] = not args.no_overlap
+            if args.tile:
+                options["tile"] = args.tile
+        p = backends.predict(method, world, batch, dim, args.dtype, hardware, **options)
+        values = {
+            name: np.broadcast_to(np.asarray(getattr(p, name), dtype=float), world.shape)
+            for name in (
+                "flops",
+                "bytes_sent",
+                "bytes_received",
+                "peak_memory_bytes",
+                "compute_s",
+                "exposed_comm_s",
+                "step_time_s",
+                "fits",
+            )
+        }
+        for i in range(world.size):
+            table.add_row(
+                method,
+                str(world[i]),
+                str(batch[i]),
+                str(world[i] * batch[i]),
+                str(dim[i]),
+                f"{values['flops'][i] / 1e9:.4g}",
+                f"{values['bytes_sent'][i] / MiB:.4g}",
+                f"{values['bytes_received'][i] / MiB:.4g}",
+                f"{values['peak_memory_bytes'][i] / MiB:.4g}",
+                f"{values['compute_s'][i] * 1e3:.4g}",
+                f"{values['exposed_comm_s'][i] * 1e3:.4g}",
+                f"{values['step_time_s'][i] * 1e3:.4g}",
+                "yes" if values["fits"][i] else "no",
+            )
+    console.print(table)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    run = rundir.open_existing(args.run_dir)
+    hardware = analysis.run_hardware(run, args.hardware)
+    comparisons, summary = analysis.validate(run, hardware)
+    table = Table(title=f"Predicted vs measured on {backends.hardware_label(hardware)}")
+    for header in ("method", "W", "b", "d", "quantity", "predicted", "measured", "delta (%)"):
+        table.add_column(header, justify="right")
+    for c in comparisons:
+        table.add_row(
+            c.method,
+            f"{c.world}{'*' if c.oversubscribed else ''}",
+            str(c.batch),
+            str(c.dim),
+            c.quantity,
+            f"{c.predicted:.4g}",
+            f"{c.measured:.4g}",
+            f"{c.error_pct:+.1f}",
+        )
+    console.print(table)
+    console.print("* more ranks than CPU cores (oversubscribed)")
+    print_summary(summary)
+    console.print(f"written: {run.path / rundir.VALIDATION}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    run = rundir.open_existing(args.run_dir)
+    files = analysis.write_plots(run, analysis.run_hardware(run, args.hardware))
+    for path in files:
+        console.print(f"written: {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    run = rundir.open_existing(args.run_dir)
+    report = analysis.analyse(run, analysis.run_hardware(run, args.hardware))
+    console.print(f"[bold green]report:[/bold green] {report}")
+    return 0
+
+
+def cmd_maxbatch(args) -> int:
+    hardware = backends.hardware_for(args.hardware)
+    memory = args.memory_GiB * 2**30 if args.memory_GiB else backends.device_memory_bytes(hardware)
+    methods = backends.method_names() if args.method == "all" else args.method.split(",")
+    measured = []
+    if args.run:
+        measured = rows(backends.load_records(rundir.open_existing(args.run).results))
+    figure, predicted, found = analysis.maxbatch_figure(
+        methods,
+        hardware,
+        memory_bytes=memory,
+        worlds=_ints(args.worlds),
+        dim=args.dim,
+        dtype=args.dtype,
+        measured=measured,
+    )
+    table = Table(title=f"Largest batch in {memory / 2**30:.4g} GiB of loss memory per rank")
+    for header in ("method", "W", "source", "b (per rank)", "N = b·W"):
+        table.add_column(header, justify="right")
+    for entry in sorted([*predicted, *found], key=lambda e: (e.method, e.world, e.source)):
+        table.add_row(
+            entry.method, str(entry.world), entry.source, str(entry.batch), str(entry.global_batch)
+        )
+    console.print(table)
+    if args.out:
+        for path in plots.save(figure, Path(args.out), "maxbatch"):
+            console.print(f"written: {path}")
+    else:
+        plots.plt.close(figure)
+    return 0

@@ -1,0 +1,259 @@
+"""Plots of one run's measurements, with the model's predictions drawn over them.
+
+Every function builds and returns a matplotlib Figure (explicit ``fig, ax``, axes
+labelled with units); :func:`save` writes it as PNG and SVG and closes it. Memory is in
+MiB (2^20 bytes), time in milliseconds, traffic in MiB per rank. Measured values are
+markers, the model's are lines. Plots of the model alone at cluster scale live in
+:mod:`experiments.plots_scale`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from experiments import backends
+from experiments.records import Row, labels
+
+MiB = 2**20
+
+
+def color_of(method: str) -> str:
+    """A fixed colour per method name, the same in every plot."""
+    names = sorted(backends.method_names())
+    index = names.index(method) if method in names else len(names)
+    return plt.get_cmap("tab10")(index % 10)
+
+
+MARKERS = "osD^vP*X"
+
+
+def marker_of(method: str) -> str:
+    """A fixed marker per method, so lines that coincide stay distinguishable."""
+    names = sorted(backends.method_names())
+    index = names.index(method) if method in names else len(names)
+    return MARKERS[index % len(MARKERS)]
+
+
+def save(fig: Figure, folder: Path, stem: str) -> list[Path]:
+    """Write ``stem.png`` and ``stem.svg`` into ``folder``, close the figure, return paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _default_options(table: Sequence[Row]) -> list[Row]:
+    return [r for r in table if r.overlap and not r.tile]
+
+
+def _model_options(row_like) -> dict:
+    options = {}
+    if backends.is_ring(row_like.method):
+        options["overlap"] = row_like.overlap
+        if row_like.tile:
+            options["tile"] = row_like.tile
+    return options
+
+
+def reference_shape(table: Sequence[Row]) -> tuple[int, int, str]:
+    """The (b, d, dtype) measured at the most world sizes (ties: the largest b)."""
+    counts: dict[tuple[int, int, str], set[int]] = {}
+    for r in table:
+        counts.setdefault((r.batch, r.dim, r.dtype), set()).add(r.world)
+    return max(counts, key=lambda key: (len(counts[key]), key[0]))
+
+
+def memory_vs_global_batch(table: Sequence[Row], hardware=None) -> Figure:
+    """Per-rank peak memory vs global batch N = b·W, one panel per W, every method."""
+    table = _default_options(table)
+    if not table:
+        raise ValueError("no measured points with default ring options to plot")
+    dim, dtype = table[0].dim, table[0].dtype
+    table = [r for r in table if r.dim == dim and r.dtype == dtype]
+    worlds = sorted({r.world for r in table})
+    fig, axes = plt.subplots(
+        1, len(worlds), figsize=(3.6 * len(worlds), 3.6), sharey=True, squeeze=False
+    )
+    for ax, world in zip(axes[0], worlds, strict=True):
+        at_world = [r for r in table if r.world == world]
+        for method in dict.fromkeys(r.method for r in at_world):
+            points = sorted((r for r in at_world if r.method == method), key=lambda r: r.batch)
+            color = color_of(method)
+            ax.plot(
+                [r.global_batch for r in points],
+                [max(r.peak_live_bytes, 1) / MiB for r in points],
+                "o",
+                color=color,
+                label=f"{method} (measured)",
+            )
+            if hardware is not None:
+                batch = np.unique(
+                    np.geomspace(points[0].batch, points[-1].batch, 24).round().astype(int)
+                )
+                model = backends.predict(
+                    method, world, batch, dim, dtype, hardware, **_model_options(points[0])
+                )
+                ax.plot(
+                    batch * world,
+                    np.maximum(np.asarray(model.peak_memory_bytes, dtype=float), 1) / MiB,
+                    "-",
+                    color=color,
+                    label=f"{method} (model)",
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"W = {world}")
+        ax.set_xlabel("global batch N = b·W (examples)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("per-rank peak memory (MiB)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(f"Per-rank peak live tensor memory, d = {dim}, {dtype}")
+    return fig
+
+
+def bytes_vs_world(table: Sequence[Row], hardware=None) -> Figure:
+    """Bytes sent per rank per step vs W at one (b, d, dtype), every method."""
+    batch, dim, dtype = reference_shape(table)
+    table = [
+        r
+        for r in _default_options(table)
+        if (r.batch, r.dim, r.dtype) == (batch, dim, dtype) and not r.emulated
+    ]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in dict.fromkeys(r.method for r in table):
+        points = sorted((r for r in table if r.method == method), key=lambda r: r.world)
+        color = color_of(method)
+        ax.plot(
+            [r.world for r in points],
+            [r.bytes_sent / MiB for r in points],
+            "o",
+            color=color,
+            label=f"{method} (measured)",
+        )
+        if hardware is not None:
+            world = np.arange(1, max(r.world for r in points) + 1)
+            model = backends.predict(method, world, batch, dim, dtype, hardware)
+            ax.plot(
+                world,
+                np.broadcast_to(np.asarray(model.bytes_sent, dtype=float), world.shape) / MiB,
+                "-",
+                color=color,
+                label=f"{method} (model)",
+            )
+    ax.set_xlabel("world size W (ranks)")
+    ax.set_ylabel("bytes sent per rank per step (MiB)")
+    ax.set_title(f"Traffic per rank, b = {batch}, d = {dim}, {dtype} (forward + backward)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return fig
+
+
+def step_time_vs_world(table: Sequence[Row], hardware=None) -> Figure:
+    """Measured step time vs W as stacked bars: compute, then exposed communication."""
+    batch, dim, dtype = reference_shape(table)
+    table = [
+        r for r in table if (r.batch, r.dim, r.dtype) == (batch, dim, dtype) and not r.emulated
+    ]
+    series = labels(table)
+    worlds = sorted({r.world for r in table})
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.4 * len(worlds) * len(series) / 2), 4.2))
+    for i, label in enumerate(series):
+        points = {r.world: r for r in table if r.label == label}
+        x = np.array([worlds.index(w) for w in points]) + (i - (len(series) - 1) / 2) * width
+        compute_ms = np.array([r.compute_s * 1e3 for r in points.values()])
+        exposed_ms = np.array([r.comm_exposed_s * 1e3 for r in points.values()])
+        color = color_of(next(iter(points.values())).method)
+        hatch = "//" if "no-overlap" in label else None
+        ax.bar(x, compute_ms, width, color=color, hatch=hatch, label=f"{label}: compute")
+        ax.bar(
+            x,
+            exposed_ms,
+            width,
+            bottom=compute_ms,
+            color=color,
+            alpha=0.35,
+            hatch=hatch,
+            edgecolor="black",
+            linewidth=0.4,
+            label=f"{label}: exposed comm",
+        )
+        if hardware is not None:
+            row = next(iter(points.values()))
+            model = backends.predict(
+                row.method,
+                np.array(list(points)),
+                batch,
+                dim,
+                dtype,
+                hardware,
+                **_model_options(row),
+            )
+            ax.plot(
+                x,
+                np.asarray(model.step_time_s, dtype=float) * 1e3,
+                "k_",
+                markersize=10,
+                label="model step time" if i == 0 else None,
+            )
+    ax.set_xticks(range(len(worlds)), [str(w) for w in worlds])
+    ax.set_xlabel("world size W (ranks)")
+    ax.set_ylabel("step time, forward + backward (ms)")
+    ax.set_title(f"Step time split, b = {batch}, d = {dim}, {dtype}; median of max over ranks")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return fig
+
+
+QUANTITY_UNITS = {
+    "step_time_s": ("step time", "ms", 1e3),
+    "peak_memory_bytes": ("peak memory per rank", "MiB", 1 / MiB),
+    "bytes_sent": ("bytes sent per rank", "MiB", 1 / MiB),
+}
+
+
+def predicted_vs_measured(comparisons: Sequence[backends.Comparison]) -> Figure:
+    """Predicted vs measured per quantity, log-log, with y = x and a ±10% band."""
+    quantities = [q for q in QUANTITY_UNITS if any(c.quantity == q for c in comparisons)]
+    if not quantities:
+        raise ValueError("no comparisons to plot")
+    fig, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 4.0))
+    axes = np.atleast_1d(axes)
+    for ax, quantity in zip(axes, quantities, strict=True):
+        name, unit, scale = QUANTITY_UNITS[quantity]
+        rows = [c for c in comparisons if c.quantity == quantity and c.measured > 0]
+        values = np.array([[c.measured, c.predicted] for c in rows], dtype=float) * scale
+        low, high = values[values > 0].min() / 1.5, values.max() * 1.5
+        line = np.geomspace(low, high, 50)
+        ax.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.25, label="±10%")
+        ax.plot(line, line, "k-", linewidth=0.8, label="y = x")
+        for method in dict.fromkeys(c.method for c in rows):
+            mine = np.array(
+                [[c.measured, c.predicted] for c in rows if c.method == method], dtype=float
+            )
+            ax.plot(
+                mine[:, 0] * scale,
+                np.maximum(mine[:, 1] * scale, low),
+                "o",
+                color=color_of(method),
+                label=method,
+                alpha=0.8,
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured {name} ({unit})")
+        ax.set_ylabel(f"predicted {name} ({unit})")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle("Model vs measurement")
+    return fig

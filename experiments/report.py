@@ -1,0 +1,221 @@
+"""The Markdown report of one run directory, written from its files alone.
+
+:func:`write_report` reads nothing but what it is given (the run's config, its metadata,
+its result records, the model comparisons and the plot files already written), so
+``sigsim report RUN_DIR`` regenerates it without rerunning anything. Units: ms
+(10^-3 s), MiB (2^20 bytes); every table header carries its unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from experiments import backends
+from experiments.records import Row, failures, rows
+
+MiB = 2**20
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in body]
+    return [*lines, ""]
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g}"
+
+
+def _mib(n: float | None) -> str:
+    return "–" if n is None else f"{n / MiB:.4g}"
+
+
+def _options(row: Row) -> str:
+    if not backends.is_ring(row.method):
+        return "–"
+    return ("overlap" if row.overlap else "no overlap") + (f", tile {row.tile}" if row.tile else "")
+
+
+def results_table(table: Sequence[Row]) -> list[str]:
+    header = [
+        "method",
+        "options",
+        "W",
+        "b",
+        "N = b·W",
+        "d",
+        "dtype",
+        "step (ms)",
+        "p10–p90 (ms)",
+        "exposed comm (ms)",
+        "overlap (%)",
+        "sent / rank (MiB)",
+        "peak live / rank (MiB)",
+        "RSS peak (MiB)",
+    ]
+    body = [
+        [
+            r.method,
+            _options(r),
+            r.world,
+            r.batch,
+            r.global_batch,
+            r.dim,
+            r.dtype,
+            _ms(r.step_time_s),
+            f"{_ms(r.step_time_p10_s)}–{_ms(r.step_time_p90_s)}",
+            _ms(r.comm_exposed_s),
+            "–" if r.overlap_pct is None else f"{r.overlap_pct:.0f}",
+            _mib(r.bytes_sent),
+            _mib(r.peak_live_bytes),
+            _mib(r.rss_peak_bytes),
+        ]
+        for r in sorted(table, key=lambda r: (r.method, r.world, r.batch, r.dim, not r.overlap))
+    ]
+    return _table(header, body)
+
+
+def environment_table(records: Sequence[dict], hardware_line: str) -> list[str]:
+    env = next((r.get("env") for r in records if r.get("env")), {}) or {}
+    keys = [
+        ("host", "host"),
+        ("device_name", "device"),
+        ("cpu_count", "CPU cores"),
+        ("gpu_count", "GPUs"),
+        ("backend", "backend"),
+        ("torch", "torch"),
+        ("nccl", "NCCL"),
+        ("python", "Python"),
+    ]
+    body = [[label, env.get(key, "–")] for key, label in keys if key in env]
+    body.append(["model profile", hardware_line])
+    return _table(["", "value"], body)
+
+
+def summary_table(summary: Sequence[dict]) -> list[str]:
+    header = ["quantity", "points", "regime", "geomean |error| (%)", "max |error| (%)"]
+    body = [
+        [
+            s["quantity"],
+            s["points"],
+            s["regime"],
+            f"{s['geomean_error_pct']:.3g}",
+            f"{s['max_error_pct']:.3g}",
+        ]
+        for s in summary
+    ]
+    return _table(header, body)
+
+
+def comparison_table(comparisons: Sequence[backends.Comparison]) -> list[str]:
+    units = {"step_time_s": ("ms", 1e3), "peak_memory_bytes": ("MiB", 1 / MiB)}
+    units["bytes_sent"] = ("MiB", 1 / MiB)
+    header = ["method", "W", "b", "d", "quantity", "predicted", "measured", "unit", "delta (%)"]
+    body = []
+    for c in comparisons:
+        unit, scale = units.get(c.quantity, ("", 1.0))
+        body.append(
+            [
+                c.method,
+                f"{c.world}{' (over cores)' if c.oversubscribed else ''}",
+                c.batch,
+                c.dim,
+                c.quantity,
+                f"{c.predicted * scale:.4g}",
+                f"{c.measured * scale:.4g}",
+                unit,
+                f"{c.error_pct:+.1f}",
+            ]
+        )
+    return _table(header, body)
+
+
+def method_section(config: dict, meta: dict) -> list[str]:
+    cores = meta.get("cpu_count", "?")
+    return [
+        "## Method",
+        "",
+        f"* Each point starts W processes ({config['backend']} on {config['device']}), "
+        f"runs {config['warmup']} untimed warm-up steps, then {config['steps']} timed steps "
+        "of the loss forward + backward on fresh random L2-normalised features "
+        f"(seed {config['seed']}).",
+        "* Times: per step the maximum over ranks (the slowest rank sets the step), then the "
+        "median over timed steps; p10–p90 is the spread over steps. Exposed communication is "
+        "time a rank spent blocked in communication; the rest of the step is compute.",
+        "* Bytes and peak memory are rank 0's (every rank of these methods moves and holds "
+        "the same amounts). Peak live memory is the peak, during one forward + backward, of "
+        "bytes held by tensors created in that step (inputs excluded, their gradients "
+        "included); RSS is the process's resident set, for reference.",
+        "* Emulated points: one process plays rank 0 of a W-rank world, generating its "
+        "peers' tensors; bytes are counted as if sent.",
+        f"* This machine has {cores} CPU cores: points with W above it run oversubscribed "
+        "(processes share cores) and are reported as their own regime in the validation.",
+        "* Units: ms = 10^-3 s, MiB = 2^20 bytes. Bytes are per rank per step.",
+        "",
+    ]
+
+
+def write_report(
+    run_dir: Path,
+    *,
+    config: dict,
+    meta: dict,
+    records: Sequence[dict],
+    comparisons: Sequence[backends.Comparison],
+    summary: Sequence[dict],
+    hardware_line: str,
+    plot_files: Sequence[Path],
+) -> Path:
+    """Write ``run_dir/report.md`` and return its path."""
+    real, emulated = rows(records, emulated=False), rows(records, emulated=True)
+    lines = [f"# sigsim run: {config['name']}", ""]
+    if config.get("description"):
+        lines += [config["description"], ""]
+    lines += [
+        f"Run directory `{run_dir}`, command `{meta.get('command', 'sigsim run')}`, "
+        f"started {meta.get('started_utc', '?')} (UTC).",
+        "",
+    ]
+    timings = meta.get("phases_s", {})
+    if timings:
+        lines += _table(["phase", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in timings.items()])
+    lines += ["## Hardware and software", "", *environment_table(records, hardware_line)]
+    lines += method_section(config, meta)
+    lines += ["## Results", "", f"{len(real)} points measured with real processes.", ""]
+    lines += results_table(real)
+    if emulated:
+        lines += ["### Emulated ranks", "", *results_table(emulated)]
+    failed = failures(records)
+    if failed:
+        lines += ["### Points that did not finish", ""]
+        lines += _table(
+            ["method", "W", "b", "d", "status", "message"],
+            [
+                [
+                    f["config"]["method"],
+                    f["config"]["world"],
+                    f["config"]["batch"],
+                    f["config"]["dim"],
+                    f["status"],
+                    str(f.get("message") or "").replace("|", "/").splitlines()[0][:160]
+                    if f.get("message")
+                    else "–",
+                ]
+                for f in failed
+            ],
+        )
+    lines += ["## Validation: model vs measurement", ""]
+    if comparisons:
+        lines += [f"Model profile: {hardware_line}.", "", *summary_table(summary)]
+        lines += ["<details><summary>Every point</summary>", "", *comparison_table(comparisons)]
+        lines += ["</details>", ""]
+    else:
+        lines += ["No successful points to compare.", ""]
+    lines += ["## Plots", ""]
+    for path in plot_files:
+        if path.suffix == ".png":
+            lines += [f"![{path.stem}]({path.name})", ""]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines))
+    return out
