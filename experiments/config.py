@@ -68,7 +68,8 @@ class SweepConfig:
     timeout_s: float = 120.0
     """Seconds before a point that hangs is recorded as a timeout and the grid goes on."""
     max_global_batch: int = 0
-    """Skip points whose global batch N = b·W exceeds this (examples); 0 means no limit."""
+    """Skip real-process points whose global batch N = b·W exceeds this (examples); 0 means
+    no limit. Emulated points are not limited (one process holds one rank's memory)."""
     emulated_worlds: tuple[int, ...] = ()
     """World sizes measured by one process emulating rank 0 (per-rank memory at large W)."""
     hardware: str = ""
@@ -107,7 +108,9 @@ class SweepConfig:
         return points
 
     def emulated_grid(self) -> list[backends.Point]:
-        """Emulated-rank points: every method × emulated W × local batch (first dim, dtype)."""
+        """Emulated-rank points: every method × emulated W × local batch (first dim, dtype).
+
+        ``max_global_batch`` does not apply: one process holds one rank's memory."""
         return [
             backends.Point(
                 method=method,
@@ -119,7 +122,6 @@ class SweepConfig:
             )
             for world in sorted(self.emulated_worlds)
             for batch in sorted(self.batches)
-            if not self.max_global_batch or batch * world <= self.max_global_batch
             for method in self.resolved_methods()
         ]
 
@@ -135,30 +137,33 @@ _HINTS = typing.get_type_hints(SweepConfig)
 _FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
 
 
+_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+
+
 def _type_name(hint) -> str:
     if typing.get_origin(hint) is tuple:
-        return f"a list of {typing.get_args(hint)[0].__name__}"
-    return "a number" if hint is float else f"a {hint.__name__}"
+        return "a list of " + _PLURALS[typing.get_args(hint)[0]]
+    return _NAMES[hint]
 
 
-def _check_scalar(key: str, value, hint):
+def _check_scalar(key: str, value, hint, expected: str):
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
-    if not isinstance(value, hint):
-        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     return value
 
 
 def _coerce(key: str, value):
     hint = _HINTS[key]
+    expected = _type_name(hint)
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
-        return tuple(_check_scalar(key, v, item) for v in value)
-    return _check_scalar(key, value, hint)
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        return tuple(_check_scalar(key, v, item, expected) for v in value)
+    return _check_scalar(key, value, hint, expected)
 
 
 def _check_choices(key: str, values, allowed) -> None:
@@ -223,7 +228,7 @@ def load(path: str | Path, *, name: str | None = None) -> SweepConfig:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        raise ConfigError(f"{path.name}: not valid TOML: {error}") from None
     data.setdefault("name", name or path.stem)
     try:
         return from_dict(data)
