@@ -165,13 +165,13 @@ def schedule(shape: Shape) -> Schedule:
     s, c = shape.elem_bytes, shape.compute_bytes
     texts = b * d * s
 
-    def p2p(label, nbytes):
+    def p2p(label, nbytes, messages=1):
         return Transfer(
             op="p2p",
             label=label,
             bytes_sent=nbytes,
             bytes_received=nbytes,
-            messages=1,
+            messages=messages,
             peer="neighbor",
         )
 
@@ -205,7 +205,7 @@ def schedule(shape: Shape) -> Schedule:
                 3 * logits,
                 repeat=w - 1,
                 transfers=(
-                    p2p("softmax.bwd.payload", texts + (b + 1) * c),
+                    p2p("softmax.bwd.payload", texts + (b + 1) * c, messages=2),
                     p2p("softmax.bwd.acc", b * d * c),
                 ),
             ),
