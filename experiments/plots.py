@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from experiments import backends
 from experiments.records import Row, labels
@@ -175,7 +176,7 @@ def step_time_vs_world(table: Sequence[Row], hardware=None) -> Figure:
         exposed_ms = np.array([r.comm_exposed_s * 1e3 for r in points.values()])
         color = color_of(next(iter(points.values())).method)
         hatch = "//" if "no-overlap" in label else None
-        ax.bar(x, compute_ms, width, color=color, hatch=hatch, label=f"{label}: compute")
+        ax.bar(x, compute_ms, width, color=color, hatch=hatch, label=label)
         ax.bar(
             x,
             exposed_ms,
@@ -186,7 +187,6 @@ def step_time_vs_world(table: Sequence[Row], hardware=None) -> Figure:
             hatch=hatch,
             edgecolor="black",
             linewidth=0.4,
-            label=f"{label}: exposed comm",
         )
         if hardware is not None:
             row = next(iter(points.values()))
@@ -211,7 +211,10 @@ def step_time_vs_world(table: Sequence[Row], hardware=None) -> Figure:
     ax.set_ylabel("step time, forward + backward (ms)")
     ax.set_title(f"Step time split, b = {batch}, d = {dim}, {dtype}; median of max over ranks")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))
+    handles, names = ax.get_legend_handles_labels()
+    handles += [Patch(color="grey"), Patch(color="grey", alpha=0.35)]
+    names += ["solid: compute", "pale: exposed comm"]
+    ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
 
 
