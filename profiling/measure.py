@@ -1,0 +1,424 @@
+"""One measured data point: step time, communication, bytes and peak memory of one loss.
+
+API (small on purpose; ``profiling.grid`` and the benchmarks build on it):
+
+* :class:`PointConfig`: what to run (method, W, b, d, dtype, device, emulation, ...);
+  :func:`validate_point` refuses a config that cannot run, with one line.
+* :func:`measure_rank`: the ``fn`` given to ``profiling.launch``; on every rank it runs
+  :func:`measure_point` (or an emulated run) and returns rank 0's ``measured`` block.
+* :func:`measure_point(config, group, transport, loss=None)`: the measurement itself,
+  inside an existing process group (or an emulated one); ``loss`` overrides the
+  registered method (any module with the same forward signature, e.g. a peer's loss).
+* :func:`make_inputs` / :func:`single_step`: seeded inputs of one rank, and one
+  forward+backward returning loss, gradients, traffic and live-tensor peak (the
+  equivalence probe of ``profiling.emulate``).
+
+Method, per point: ``warmup`` untimed steps, then ``steps`` timed steps. Each timed step
+starts at a barrier; forward, backward and total are timed with ``time.perf_counter``
+on CPU and CUDA events on GPU, then reduced across ranks by the maximum (the slowest
+rank sets the step); the record holds median / p10 / p90 / min / max over steps. Peak
+memory comes from separate untimed steps (the live-tensor tracker slows every operator
+down and is never active while timing). Traffic and its cross-checks are in
+``profiling.traffic``. Inputs: per rank, ``b×d`` standard normal rows from a generator
+seeded by (seed, rank), L2-normalised, cast to the dtype, ``requires_grad``;
+``logit_scale = exp(log 10)`` from a learnable 0-d tensor; ``logit_bias = -10`` (learnable)
+for sigmoid methods.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, fields
+
+import psutil
+import torch
+import torch.distributed as dist
+
+from profiling import comm, traffic
+from profiling.launch import ConfigError, visible_gpus
+from profiling.losses import build_loss, get_method
+from profiling.losses.registry import TORCH_DTYPES
+from profiling.memory import LiveTensorTracker
+
+EMULATION_MODES = ("exact", "stand-in")
+EXACT_MAX_WORLD = 16
+"""Exact emulation runs every peer as a thread in one process: small worlds only."""
+FAULTS = ("raise", "oom", "hang")
+
+
+@dataclass(kw_only=True, slots=True)
+class PointConfig:
+    """One data point. ``python -m profiling point --help`` lists the same fields."""
+
+    method: str
+    """A registered method (``profiling.losses.METHODS``)."""
+    world: int
+    """W, ranks (processes, or emulated ranks)."""
+    batch: int
+    """b, examples per rank."""
+    dim: int
+    """d, embedding width."""
+    dtype: str = "fp32"
+    """fp64, fp32, bf16 or fp16."""
+    device: str = "cpu"
+    """cpu (gloo) or cuda (NCCL, one GPU per rank)."""
+    emulate: str | None = None
+    """None: W real ranks. "exact": rank 0 plus W-1 peer threads in one process (CPU,
+    W <= 16). "stand-in": rank 0 alone, peers' messages filled with stand-in data."""
+    overlap: bool | None = None
+    """Ring methods: overlap exchange and compute (None: the method's default)."""
+    tile: int | None = None
+    """Ring methods: largest block side computed at once (None: b)."""
+    check_ranks: bool = True
+    """The losses' cross-rank shape check (its 32·(W-1) bytes are counted)."""
+    steps: int = 10
+    warmup: int = 3
+    seed: int = 0
+    profile: bool = True
+    """Also run the torch.profiler byte cross-check and the communication replay."""
+    timeout_s: float = 600.0
+    """Wall clock for the whole point; the parent kills every rank after it."""
+    pg_timeout_s: float = 120.0
+    """Process-group timeout: bounds one collective waiting on a dead or hung peer."""
+    fault: str | None = None
+    """Tests only: "raise@rankR", "oom@rankR" or "hang@rankR" after warm-up."""
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device == "cuda" else "gloo"
+
+    @property
+    def processes(self) -> int:
+        return 1 if self.emulate else self.world
+
+    def loss_options(self) -> dict:
+        options = {"check_ranks": self.check_ranks}
+        if self.overlap is not None:
+            options["overlap"] = self.overlap
+        if self.tile is not None:
+            options["tile"] = self.tile
+        return options
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "backend": self.backend}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PointConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"backend"})
+        if unknown:
+            raise ConfigError(f"unknown point field {unknown[0]!r}; known: {', '.join(known)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _dtype_works(dtype: torch.dtype, device: str) -> bool:
+    """Try a tiny matmul, exp and backward in ``dtype`` (CPU); ask the device (CUDA)."""
+    if device == "cuda":
+        if dtype == torch.bfloat16:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        return True
+    try:
+        a = torch.randn(4, 4, generator=torch.Generator().manual_seed(0)).to(dtype)
+        a.requires_grad_(True)
+        (a @ a.T).exp().sum().backward()
+        return a.grad is not None and bool(torch.isfinite(a.grad.float()).all())
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def parse_fault(fault: str | None) -> tuple[str, int] | None:
+    if fault is None:
+        return None
+    kind, _, where = fault.partition("@rank")
+    if kind not in FAULTS or not where.isdigit():
+        raise ConfigError(f"bad fault {fault!r}: expected one of {FAULTS} as 'kind@rankR'")
+    return kind, int(where)
+
+
+def validate_point(config: PointConfig) -> None:
+    """Raise :class:`ConfigError` (one line) if ``config`` cannot run here."""
+    try:
+        method = get_method(config.method)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for name in ("world", "batch", "dim", "steps"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if config.warmup < 0:
+        raise ConfigError(f"warmup must be >= 0, got {config.warmup}")
+    if config.dtype not in TORCH_DTYPES:
+        raise ConfigError(f"unknown dtype {config.dtype!r}; known: {', '.join(TORCH_DTYPES)}")
+    if config.device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda', got {config.device!r}")
+    if config.device == "cuda" and visible_gpus() == 0:
+        raise ConfigError("device 'cuda' asked for, but no GPU is visible")
+    if config.emulate not in (None, *EMULATION_MODES):
+        raise ConfigError(f"emulate must be None, 'exact' or 'stand-in', got {config.emulate!r}")
+    if config.emulate == "exact" and (config.device != "cpu" or config.world > EXACT_MAX_WORLD):
+        raise ConfigError(
+            f"exact emulation runs W threads on the CPU: needs device 'cpu' and W <= "
+            f"{EXACT_MAX_WORLD} (got {config.device}, W={config.world}); use 'stand-in'"
+        )
+    if not config.emulate and config.device == "cuda" and config.world > visible_gpus():
+        raise ConfigError(
+            f"NCCL runs one GPU per rank: W={config.world} exceeds the {visible_gpus()} "
+            f"visible GPUs (emulate='stand-in' measures one rank of a larger world)"
+        )
+    for option in config.loss_options():
+        if option not in method.options:
+            raise ConfigError(f"method {config.method!r} takes no option {option!r}")
+    if config.tile is not None and (not isinstance(config.tile, int) or config.tile < 1):
+        raise ConfigError(f"tile must be a positive integer or None, got {config.tile!r}")
+    if not _dtype_works(TORCH_DTYPES[config.dtype], config.device):
+        raise ConfigError(f"dtype {config.dtype} is not supported on {config.device} here")
+    fault = parse_fault(config.fault)
+    if fault and fault[1] >= config.processes:
+        raise ConfigError(f"fault {config.fault!r} names a rank outside the {config.processes}")
+
+
+# -- groups: the few cross-rank operations the measurement itself needs ------------------
+
+
+class DistGroup:
+    """The default ``torch.distributed`` process group."""
+
+    def __init__(self, device: torch.device):
+        self.rank, self.world, self.device = dist.get_rank(), dist.get_world_size(), device
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def reduce(self, values: list[float], op: str = "max") -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def gather(self, values: list[float]) -> list[list[float]]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t)
+        return [o.tolist() for o in out]
+
+
+class SoloGroup:
+    """Rank 0 measured alone (stand-in emulation): every reduction is the identity."""
+
+    rank, world = 0, 1
+
+    def barrier(self) -> None:
+        pass
+
+    def reduce(self, values, op="max"):
+        return list(values)
+
+    def gather(self, values):
+        return [list(values)]
+
+
+# -- inputs and one step ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StepInputs:
+    image: torch.Tensor
+    text: torch.Tensor
+    log_scale: torch.Tensor
+    bias: torch.Tensor | None
+
+    @property
+    def leaves(self) -> list[torch.Tensor]:
+        return [t for t in (self.image, self.text, self.log_scale, self.bias) if t is not None]
+
+
+def make_inputs(config: PointConfig, rank: int, device) -> StepInputs:
+    """This rank's seeded inputs; identical whoever generates them (peers, emulation)."""
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + rank)
+    dtype = TORCH_DTYPES[config.dtype]
+
+    def features():
+        x = torch.randn(config.batch, config.dim, generator=gen, dtype=torch.float64)
+        x = x / x.norm(dim=1, keepdim=True)
+        return x.to(device=device, dtype=dtype).requires_grad_(True)
+
+    image, text = features(), features()
+    log_scale = torch.tensor(math.log(10.0), device=device).requires_grad_(True)
+    sigmoid = get_method(config.method).kind == "sigmoid"
+    bias = torch.tensor(-10.0, device=device).requires_grad_(True) if sigmoid else None
+    return StepInputs(image, text, log_scale, bias)
+
+
+def forward(loss: torch.nn.Module, inputs: StepInputs) -> torch.Tensor:
+    for leaf in inputs.leaves:
+        leaf.grad = None
+    return loss(inputs.image, inputs.text, inputs.log_scale.exp(), inputs.bias)
+
+
+def single_step(config: PointConfig, rank: int, transport: comm.Transport, device) -> dict:
+    """One forward+backward under the live-tensor tracker: loss, gradients, bytes, peak."""
+    inputs = make_inputs(config, rank, device)
+    loss_module = build_loss(config.method, **config.loss_options())
+    with (
+        comm.use_transport(transport),
+        comm.record(transport) as rec,
+        LiveTensorTracker() as tracker,
+    ):
+        value = forward(loss_module, inputs)
+        value.backward()
+        peak = tracker.peak_bytes
+    return {
+        "loss": value.detach(),
+        "grads": [leaf.grad.detach().clone() for leaf in inputs.leaves],
+        "comm_ops": rec.as_dict(),
+        "peak_live_bytes": peak,
+    }
+
+
+# -- the measurement ------------------------------------------------------------------------
+
+
+def _spread(values: list[float] | None) -> dict | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def pct(q):
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {
+        "median": statistics.median(ordered),
+        "p10": pct(0.1),
+        "p90": pct(0.9),
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
+
+
+def _inject(fault: str | None, rank: int, device) -> None:
+    parsed = parse_fault(fault)
+    if parsed is None or parsed[1] != rank:
+        return
+    kind = parsed[0]
+    if kind == "raise":
+        raise RuntimeError(f"injected fault: rank {rank} raised")
+    if kind == "oom":  # a real allocation far beyond any machine's memory
+        torch.empty(1 << 60, dtype=torch.uint8, device=device)
+    if kind == "hang":
+        time.sleep(1e6)
+
+
+def _timed_steps(config, group, transport, loss_module, inputs, device):
+    cuda = device.type == "cuda"
+    per_step, bytes_seen = [], set()
+    for _ in range(config.steps):
+        group.barrier()
+        with comm.record(transport) as rec:
+            if cuda:
+                events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+                events[0].record()
+                value = forward(loss_module, inputs)
+                events[1].record()
+                value.backward()
+                events[2].record()
+                torch.cuda.synchronize(device)
+                fwd = events[0].elapsed_time(events[1]) / 1e3
+                bwd = events[1].elapsed_time(events[2]) / 1e3
+                total = events[0].elapsed_time(events[2]) / 1e3
+            else:
+                t0 = time.perf_counter()
+                value = forward(loss_module, inputs)
+                t1 = time.perf_counter()
+                value.backward()
+                t2 = time.perf_counter()
+                fwd, bwd, total = t1 - t0, t2 - t1, t2 - t0
+        bytes_seen.add((rec.bytes_sent, rec.bytes_received, rec.messages))
+        per_step.append(group.reduce([fwd, bwd, total, rec.exposed_s], "max"))
+    if len(bytes_seen) != 1:
+        raise RuntimeError(f"traffic differed between timed steps: {sorted(bytes_seen)}")
+    return per_step, rec
+
+
+def _memory_views(loss_module, inputs, transport, device) -> dict:
+    """Peak memory of one untimed step four ways (live tensors, allocator, NVML, RSS)."""
+    out = {"peak_cuda_allocated_bytes": None, "nvml_used_bytes": None}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        forward(loss_module, inputs).backward()
+        torch.cuda.synchronize(device)
+        out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        out["nvml_used_bytes"] = traffic.nvml_used_bytes(device)
+    with LiveTensorTracker() as tracker:
+        value = forward(loss_module, inputs)
+        value.backward()
+        out["peak_live_bytes"] = tracker.peak_bytes
+    out["loss"] = float(value)
+    out["rss_bytes"] = psutil.Process().memory_info().rss
+    out["rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
+
+
+def measure_point(config, group, transport, device, loss=None, real_comm=True) -> dict:
+    """Measure one point on this rank; every rank returns the same reduced numbers.
+
+    ``real_comm`` False (emulation): no byte cross-check, no replay, no overlap.
+    """
+    loss_module = loss if loss is not None else build_loss(config.method, **config.loss_options())
+    inputs = make_inputs(config, group.rank, device)
+    with comm.use_transport(transport):
+        for _ in range(config.warmup):
+            forward(loss_module, inputs).backward()
+        _inject(config.fault, group.rank, device)
+        per_step, rec = _timed_steps(config, group, transport, loss_module, inputs, device)
+        memory = _memory_views(loss_module, inputs, transport, device)
+        if config.profile and real_comm:
+            cross = traffic.cross_check(
+                lambda: forward(loss_module, inputs).backward(), transport, rec, group, device
+            )
+        else:
+            cross = traffic.not_measured("emulated ranks: no real communication to replay")
+    fwd, bwd, total, exposed = (list(col) for col in zip(*per_step, strict=True))
+    loss_sum = group.reduce([memory.pop("loss")], "sum")[0]
+    agree = group.gather(
+        [rec.bytes_sent, rec.bytes_received, rec.messages, memory["peak_live_bytes"]]
+    )
+    measured = {
+        "loss": loss_sum / group.world,
+        "step_time_s": _spread(total),
+        "forward_time_s": _spread(fwd),
+        "backward_time_s": _spread(bwd),
+        "comm_exposed_s": _spread(exposed),
+        "bytes_sent": rec.bytes_sent,
+        "bytes_received": rec.bytes_received,
+        "messages": rec.messages,
+        "comm_ops": rec.as_dict(),
+        **cross,
+        **memory,
+        "ranks_agree": all(row == agree[0] for row in agree),
+        "rank_values": None if all(row == agree[0] for row in agree) else agree,
+    }
+    measured.update(traffic.overlap(measured["comm_exposed_s"], cross, transport))
+    return measured
+
+
+def rank_device(config: PointConfig) -> torch.device:
+    if config.device == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def measure_rank(rank: int, world: int, config_dict: dict) -> dict | None:
+    """``profiling.launch`` entry: measure one point; rank 0 returns ``measured``."""
+    config = PointConfig.from_dict(config_dict)
+    device = rank_device(config)
+    if config.emulate:
+        from profiling import emulate  # emulation imports this module
+
+        return emulate.emulate_point(config, device)
+    transport = traffic.RecordingTransport()
+    measured = measure_point(config, DistGroup(device), transport, device)
+    return measured if rank == 0 else None
