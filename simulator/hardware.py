@@ -9,7 +9,8 @@ carries its unit (``_us``, ``_GBps``, ``_GiB``, ``_TFLOPs``, ``_Gelem_per_s``,
 Layout (see ``simulator/hardware/h100-sxm.json``)::
 
     name, summary, backend ("nccl" | "gloo"), device ("cuda" | "cpu")
-    memory_GiB            memory one rank may fill (GiB = 2^30 bytes)
+    memory_GiB            memory of one device (GiB = 2^30 bytes)
+    memory_shared         true when the ranks of a node share it (host RAM on CPU)
     cores                 compute units per node that ranks share (CPU cores; GPUs)
     threads_per_rank      compute units one rank keeps busy (torch threads on CPU; 1 GPU)
     ranks_per_node        ranks on one node; value null: every rank on one host
@@ -20,6 +21,7 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
         link.latency_us, link.bandwidth_GBps          (per direction, line rate)
         all_gather / reduce_scatter: base_us, alpha_us, beta_us_per_MB
         p2p: alpha_us, beta_us_per_MB, duplex_efficiency
+        oversubscribed_wait_us   extra latency per α when ranks outnumber cores
 
 MB is 10^6 bytes and GB 10^9 bytes; ``beta_us_per_MB = 1e3 / bandwidth_GBps``.
 A file with a missing key, an unknown key or a wrong unit suffix is refused with one
@@ -81,6 +83,8 @@ class NetworkLevel:
     all_gather: CollectiveFit
     reduce_scatter: CollectiveFit
     p2p: P2PFit
+    oversubscribed_wait_s: float
+    """Added to every α when ranks outnumber cores: the wait for a descheduled peer."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -99,6 +103,8 @@ class Hardware:
     backend: str
     device: str
     memory_bytes: float
+    memory_shared: bool
+    """True: the ranks of a node share ``memory_bytes`` (host RAM); False: one device each."""
     cores: int
     threads_per_rank: int
     ranks_per_node: int | None
@@ -120,6 +126,7 @@ _LEVEL = {
     "all_gather": _COLLECTIVE,
     "reduce_scatter": _COLLECTIVE,
     "p2p": {"alpha_us": NUM, "beta_us_per_MB": NUM, "duplex_efficiency": NUM},
+    "oversubscribed_wait_us": NUM,
 }
 _DTYPE_MAP = "dtype map"
 SCHEMA: dict[str, Any] = {
@@ -128,6 +135,7 @@ SCHEMA: dict[str, Any] = {
     "backend": STR,
     "device": STR,
     "memory_GiB": NUM,
+    "memory_shared": BOOL,
     "cores": NUM,
     "threads_per_rank": NUM,
     "ranks_per_node": NUM_OR_NULL,
@@ -247,6 +255,7 @@ def _level(raw: dict) -> NetworkLevel:
             beta_s_per_byte=p2p["beta_us_per_MB"] * 1e-12,
             duplex_efficiency=p2p["duplex_efficiency"],
         ),
+        oversubscribed_wait_s=raw["oversubscribed_wait_us"] * 1e-6,
     )
 
 
@@ -285,6 +294,7 @@ def parse_profile(data: Any, where: str) -> Hardware:
         backend=raw["backend"],
         device=raw["device"],
         memory_bytes=raw["memory_GiB"] * 2**30,
+        memory_shared=raw["memory_shared"],
         cores=int(raw["cores"]),
         threads_per_rank=int(raw["threads_per_rank"]),
         ranks_per_node=None if raw["ranks_per_node"] is None else int(raw["ranks_per_node"]),

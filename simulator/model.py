@@ -35,7 +35,11 @@ bandwidth.
 Core sharing (CPU backends): ``q = min(W, ranks_per_node)`` ranks share a node's
 ``cores``; each keeps ``threads_per_rank`` busy, so ``f = max(1, q·threads_per_rank /
 cores)`` and, when the profile says moving bytes needs the cores too (gloo), ``g = f``.
-Points with ``q > cores`` are flagged ``oversubscribed``: they are priced, never hidden.
+Points with ``q > cores`` are flagged ``oversubscribed``: they are priced, never hidden,
+and every α there waits ``oversubscribed_wait`` longer (a rank waiting on a peer that
+the scheduler has switched out; calibration measures it). ``fits`` compares the peak
+with the device memory, or, where the ranks of a node share it (host RAM), ``q × peak``
+with it.
 
 Assumptions: every rank does the same work (the slowest rank sets the step, and they
 are all equal); transfers of one phase run one after the other on the link; a phase's
@@ -106,7 +110,7 @@ class Prediction:
     forward_time_s: np.ndarray
     backward_time_s: np.ndarray
     fits: np.ndarray
-    """peak_memory_bytes ≤ the profile's memory per rank."""
+    """peak_memory_bytes ≤ the device memory (× ranks on the node, if they share it)."""
     crosses_nodes: np.ndarray
     """W > ranks_per_node: transfers priced on the inter-node link."""
     core_share: np.ndarray
@@ -167,6 +171,8 @@ def _exact(int_value, float_value, shape) -> np.ndarray:
     f = np.broadcast_to(np.asarray(float_value, dtype=np.float64), shape)
     if np.issubdtype(i.dtype, np.integer) and np.allclose(i, f, rtol=1e-9, atol=0.5):
         return np.array(i, dtype=np.int64)
+    if np.all(np.isfinite(f)) and np.all(np.abs(f) < 2**53) and np.all(f == np.round(f)):
+        return f.astype(np.int64)  # whole numbers computed in floats: exact as int64
     return np.array(f, dtype=np.float64)
 
 
@@ -199,8 +205,10 @@ def _rate(table: dict[str, float], dtype: str, what: str, hw: Hardware) -> float
         ) from None
 
 
-def transfer_time_s(transfer: Transfer, level: NetworkLevel) -> np.ndarray:
-    """Seconds for one repetition of ``transfer`` on ``level`` (α-β, see module docstring)."""
+def transfer_time_s(transfer: Transfer, level: NetworkLevel, oversubscribed=False) -> np.ndarray:
+    """Seconds for one repetition of ``transfer`` on ``level`` (α-β, see module docstring);
+    where ``oversubscribed``, every α waits ``level.oversubscribed_wait_s`` longer."""
+    wait = np.where(oversubscribed, level.oversubscribed_wait_s, 0.0)
     messages = np.asarray(transfer.messages, dtype=np.float64)
     nbytes = np.maximum(
         np.asarray(transfer.bytes_sent, dtype=np.float64),
@@ -211,14 +219,15 @@ def transfer_time_s(transfer: Transfer, level: NetworkLevel) -> np.ndarray:
         directions = np.maximum(np.asarray(transfer.directions, dtype=np.float64), 1.0)
         duplex = np.where(directions > 1, fit.duplex_efficiency, 1.0)
         return (
-            messages / directions * fit.alpha_s + nbytes / directions * fit.beta_s_per_byte / duplex
+            messages / directions * (fit.alpha_s + wait)
+            + nbytes / directions * fit.beta_s_per_byte / duplex
         )
     if transfer.op not in ("all_gather", "reduce_scatter"):
         raise ValueError(f"transfer {transfer.key!r}: unknown op {transfer.op!r}")
     fit = level.all_gather if transfer.op == "all_gather" else level.reduce_scatter
     return (
         np.where(messages > 0, fit.base_s, 0.0)
-        + messages * fit.alpha_s
+        + messages * (fit.alpha_s + wait)
         + nbytes * fit.beta_s_per_byte
     )
 
@@ -284,7 +293,7 @@ def predict(
         bytes_by_op=bytes_by_op,
         peak_memory_bytes=peak,
         memory_terms=memory_terms,
-        fits=np.asarray(peak, dtype=np.float64) <= hw.memory_bytes,
+        fits=np.asarray(peak, dtype=np.float64) * times.pop("memory_sharers") <= hw.memory_bytes,
         **times,
     )
 
@@ -298,6 +307,7 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
     core_share = np.maximum(1.0, on_node * hw.threads_per_rank / hw.cores)
     comm_share = core_share if hw.comm_uses_cores else np.ones_like(core_share)
     crosses = np.zeros(w.shape, dtype=bool) if hw.ranks_per_node is None else w > hw.ranks_per_node
+    oversubscribed = on_node > hw.cores
     zeros = np.zeros(w.shape)
     acc = {k: zeros.copy() for k in ("compute", "comm", "exposed", "forward", "backward")}
     for phase in schedule.phases:
@@ -308,9 +318,9 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
         compute = core_share * (overhead + flops / matmul_rate + elems / pointwise_rate)
         comm = zeros.copy()
         for transfer in phase.transfers:
-            t = transfer_time_s(transfer, hw.intra_node)
+            t = transfer_time_s(transfer, hw.intra_node, oversubscribed)
             if hw.inter_node is not None and crosses.any():
-                t = np.where(crosses, transfer_time_s(transfer, hw.inter_node), t)
+                t = np.where(crosses, transfer_time_s(transfer, hw.inter_node, oversubscribed), t)
             comm = comm + t
         comm = comm * comm_share
         if phase.overlapped:
@@ -330,5 +340,6 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
         "backward_time_s": acc["backward"],
         "crosses_nodes": crosses,
         "core_share": core_share,
-        "oversubscribed": on_node > hw.cores,
+        "oversubscribed": oversubscribed,
+        "memory_sharers": on_node if hw.memory_shared else 1.0,
     }

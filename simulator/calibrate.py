@@ -1,0 +1,434 @@
+"""Calibrate a hardware profile on this machine: measure, fit, write a profile JSON.
+
+Run ``python -m simulator calibrate`` (about a minute on a 2-core CPU box). It measures
+with :mod:`simulator.benchmarks` and fits the forms :mod:`simulator.model` prices with:
+
+* matmul: ``t = t0 + F / R_mm`` per dtype over a few shapes; ``R_mm`` → ``matmul_TFLOPs``;
+* block elementwise: ``t − F / R_mm = o + b² / R_pw`` for a sigmoid block of ``b×b``
+  pairs at width 8; ``R_pw`` → ``pointwise_Gelem_per_s``, ``o`` (fp32) →
+  ``phase_overhead_us``;
+* collectives, over every W and size: ``t / g = base + (W−1)·α + B·β`` with
+  ``B = (W−1)·n`` the ring bytes per rank and ``g`` the model's core share (``W·threads
+  / cores`` when above 1 on a CPU backend), so oversubscribed points fit the same form
+  the model uses to predict them;
+* p2p one way: ``t / g = α + n·β``; both ways at once (``n`` each way):
+  ``t / g = α + n·β / e`` gives the duplex efficiency ``e``.
+
+Fits are least squares weighted by ``1/t`` (relative error), with no negative term;
+R² (on ``t / g``) is printed and written into each number's source string. With one GPU
+(W = 1) there is nothing to fit for communication: the profile says so and copies the
+network of a bundled profile (``--comm-from``, by default the closest GPU's), naming it
+in every copied source.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from simulator import benchmarks
+from simulator.hardware import BUNDLED_DIR, host_profile_path, load_profile
+from simulator.procgroup import run_group
+
+
+@dataclass(kw_only=True, slots=True)
+class CalibrationConfig:
+    """What to measure; the defaults take about a minute on a 2-core CPU box."""
+
+    output: Path | None = None
+    """Profile file to write (None: ``~/.cache/sigsim/hardware/<host>.json``)."""
+    worlds: tuple[int, ...] = (2, 4)
+    """Process-group sizes for the communication fits (one group each, spawned once)."""
+    message_bytes: tuple[int, ...] = (4096, 65536, 524288, 4194304)
+    """Bytes per rank per message (all-gather input, reduce-scatter output, p2p send)."""
+    warmup: int = 2
+    repeats: int = 7
+    dtypes: tuple[str, ...] = ("fp32", "fp64", "bf16")
+    threads: int = 1
+    """torch threads per rank, in the benchmarks and in the profile (CPU)."""
+    backend: str = "auto"
+    """"gloo", "nccl" or "auto" (nccl with two or more GPUs, gloo on CPU)."""
+    quick: bool = False
+    """Small shapes only (tests, smoke runs)."""
+    comm_from: str | None = None
+    """Bundled profile whose network a one-GPU calibration copies (None: by GPU name)."""
+    timeout_s: float = 180.0
+    command: str | None = None
+    """Recorded in the sources (None: this process's command line)."""
+
+
+def fit_least_squares(x: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Non-negative least squares of ``y ≈ x @ c`` weighted by ``1/y``; coefficients, R²."""
+    active = list(range(x.shape[1]))
+    weights = 1.0 / np.maximum(y, 1e-12)
+    coef = np.zeros(x.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(x[:, active] * weights[:, None], y * weights, rcond=None)
+        if np.all(sol >= 0):
+            coef[:] = 0.0
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    fitted = x @ coef
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((y - fitted) ** 2)) / ss_tot if ss_tot > 0 else 1.0
+    max_rel = float(np.max(np.abs(fitted - y) / y))
+    return {**dict(zip(names, coef.tolist(), strict=True)), "r2": r2, "max_rel_err": max_rel}
+
+
+def _core_share(world: int, threads: int, cores: int, uses_cores: bool) -> float:
+    return max(1.0, world * threads / cores) if uses_cores else 1.0
+
+
+def _units(op: str, world: np.ndarray) -> np.ndarray:
+    """How many α one repetition pays in the model: W−1 for collectives, 1 for p2p (a
+    both-ways exchange sends 2 messages over 2 directions at once)."""
+    return world - 1 if op in ("all_gather", "reduce_scatter") else np.ones_like(world)
+
+
+def fit_comm(rows, threads: int, cores: int, uses_cores: bool) -> dict[str, dict[str, Any]]:
+    """Fits per op from ``[(op, world, bytes_per_rank, seconds)]`` (module docstring).
+
+    α and β come from the points where ranks do not outnumber cores (all points if there
+    are none); the oversubscribed points then give ``oversubscribed_wait_s``, the median
+    extra latency per α unit that a rank waits for a descheduled peer.
+    """
+    data = {
+        op: np.array(
+            [
+                (w, n, t / _core_share(w, threads, cores, uses_cores), w * threads > cores)
+                for o, w, n, t in rows
+                if o == op
+            ],
+            dtype=np.float64,
+        )
+        for op in benchmarks.COMM_OPS
+    }
+    fits: dict[str, dict[str, Any]] = {}
+
+    def within(op):
+        d = data[op]
+        keep = d[:, 3] == 0
+        return d[keep] if keep.any() else d
+
+    for op in ("all_gather", "reduce_scatter"):
+        d = within(op)
+        steps = d[:, 0] - 1
+        x = np.column_stack([np.ones(len(d)), steps, steps * d[:, 1]])
+        names = ["base_s", "alpha_s", "beta_s_per_byte"]
+        if len(set(d[:, 0])) < 2:  # one W: base and per-step latency are not separable
+            x, names = x[:, 1:], names[1:]
+        fits[op] = {"base_s": 0.0, **fit_least_squares(x, d[:, 2], names), "points": len(d)}
+    one, both = within("p2p"), within("p2p_bidir")
+    fit = fit_least_squares(
+        np.column_stack([np.ones(len(one)), one[:, 1]]), one[:, 2], ["alpha_s", "beta_s_per_byte"]
+    )
+    excess = np.maximum(both[:, 2] - fit["alpha_s"], 1e-12)
+    slope = float(np.sum(both[:, 1] * excess) / np.sum(both[:, 1] ** 2))
+    duplex = float(np.clip(fit["beta_s_per_byte"] / slope, 0.05, 1.0)) if slope > 0 else 1.0
+    predicted = fit["alpha_s"] + both[:, 1] * fit["beta_s_per_byte"] / duplex
+    fit["duplex_efficiency"] = duplex
+    fit["duplex_max_rel_err"] = float(np.max(np.abs(predicted - both[:, 2]) / both[:, 2]))
+    fits["p2p"] = {"base_s": 0.0, **fit, "points": len(one) + len(both)}
+
+    waits = []
+    for op, d in data.items():
+        over = d[d[:, 3] == 1]
+        if not len(over):
+            continue
+        f = fits["p2p" if op.startswith("p2p") else op]
+        eff = f.get("duplex_efficiency", 1.0) if op == "p2p_bidir" else 1.0
+        units = _units(op, over[:, 0])
+        model = f["base_s"] + units * f["alpha_s"] + over[:, 1] * units * f["beta_s_per_byte"] / eff
+        waits.extend(((over[:, 2] - model) / units).tolist())
+    fits["oversubscribed"] = {
+        "wait_s": max(0.0, float(np.median(waits))) if waits else 0.0,
+        "points": len(waits),
+    }
+    return fits
+
+
+def _shapes(device: torch.device, quick: bool):
+    if device.type == "cuda":
+        matmuls = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 1024, 4096), (4096, 4096, 4096)]
+        return matmuls[:2] if quick else matmuls, [256, 1024, 4096, 8192]
+    matmuls = [(64, 64, 64), (256, 256, 256), (256, 512, 256), (512, 512, 512), (512, 1024, 512)]
+    return (matmuls[:3], [32, 128, 256]) if quick else (matmuls, [32, 128, 512, 1024])
+
+
+def measure_compute(config: CalibrationConfig, device: torch.device, console: Console):
+    """Matmul and block fits per dtype (rates in FLOP/s and pairs/s, overhead in s)."""
+    matmul_shapes, sides = _shapes(device, config.quick)
+    out: dict[str, Any] = {"matmul": {}, "pointwise": {}}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        for dtype in config.dtypes:
+            with console.status(f"matmul {dtype} at {len(matmul_shapes)} shapes"):
+                data = np.array(benchmarks.matmul_times(dtype, matmul_shapes, device))
+            fit = fit_least_squares(
+                np.column_stack([np.ones(len(data)), data[:, 0]]),
+                data[:, 1],
+                ["t0_s", "s_per_flop"],
+            )
+            fit["rate"] = 1.0 / fit["s_per_flop"]
+            out["matmul"][dtype] = {**fit, "points": len(data)}
+            with console.status(f"sigmoid block {dtype} at b = {sides}"):
+                blocks = np.array(benchmarks.block_times(dtype, sides, 8, device))
+            pairs = blocks[:, 0] ** 2
+            elementwise = blocks[:, 1] - 6 * pairs * 8 / fit["rate"]
+            pw = fit_least_squares(
+                np.column_stack([np.ones(len(blocks)), pairs]),
+                np.maximum(elementwise, 1e-9),
+                ["overhead_s", "s_per_elem"],
+            )
+            pw["rate"] = 1.0 / pw["s_per_elem"] if pw["s_per_elem"] > 0 else float("inf")
+            out["pointwise"][dtype] = {**pw, "points": len(blocks)}
+            console.print(
+                f"  {dtype}: matmul {fit['rate'] / 1e9:.3g} GFLOP/s (R² {fit['r2']:.4f}); "
+                f"block elementwise {pw['rate'] / 1e9:.3g} Gpair/s, "
+                f"fixed {pw['overhead_s'] * 1e6:.1f} us per block (R² {pw['r2']:.4f})"
+            )
+    finally:
+        torch.set_num_threads(previous)
+    return out
+
+
+def measure_comm(config: CalibrationConfig, backend: str, worlds, console: Console):
+    rows = []
+    for world in worlds:
+        with console.status(f"{backend} process group of {world}: p2p, all-gather, reduce-scatter"):
+            results = run_group(
+                world,
+                benchmarks.comm_worker,
+                list(config.message_bytes),
+                config.warmup,
+                config.repeats,
+                backend=backend,
+                threads=config.threads,
+                timeout_s=config.timeout_s,
+            )
+        rows.extend(results[0])
+        console.print(f"  W={world}: {len(results[0])} timings")
+    return rows
+
+
+def _num(value: float, source: str, digits: int = 4) -> dict[str, Any]:
+    return {"value": float(f"{value:.{digits}g}"), "source": source}
+
+
+def _fit_note(fit: dict[str, Any], what: str) -> str:
+    return f"least squares over {fit['points']} {what}, R²={fit['r2']:.4f}"
+
+
+def _copied_network(base: dict[str, Any], base_name: str) -> dict[str, Any]:
+    """A bundled profile's network section, every source saying it was copied."""
+
+    def walk(node):
+        if isinstance(node, dict) and set(node) == {"value", "source"}:
+            return {
+                "value": node["value"],
+                "source": f"not calibrated (one GPU, W=1: no comm fit): copied from "
+                f"{base_name}.json: {node['source']}",
+            }
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        return node
+
+    return walk(base)
+
+
+def build_profile(config, device, backend, compute, comm_fits, cores, stamp) -> dict[str, Any]:
+    """The profile JSON (see :mod:`simulator.hardware`) from the measurements."""
+    host = socket.gethostname()
+    profile: dict[str, Any] = {"schema": 1, "name": host}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        profile["summary"] = f"{props.name} calibrated on {host} ({backend})"
+        memory = _num(props.total_memory / 2**30, f"torch.cuda.get_device_properties on {host}")
+    else:
+        profile["summary"] = f"CPU ({cores} cores, {backend}) calibrated on {host}"
+        memory = _num(psutil.virtual_memory().total / 2**30, f"psutil total RAM on {host}")
+    base_name = config.comm_from or _closest_gpu_profile(device)
+    base = json.loads((BUNDLED_DIR / f"{base_name}.json").read_text()) if base_name else None
+    profile |= {"backend": backend, "device": device.type, "memory_GiB": memory}
+    profile["memory_shared"] = {
+        "value": device.type == "cpu",
+        "source": "ranks on one host share its RAM" if device.type == "cpu" else "one GPU per rank",
+    }
+    if comm_fits is None and base is not None:
+        copied = _copied_network(base, base_name)
+        for key in ("cores", "ranks_per_node", "intra_node", "inter_node"):
+            profile[key] = copied[key]
+    elif device.type == "cuda":
+        profile["cores"] = _num(cores, "torch.cuda.device_count() on this node")
+        profile["ranks_per_node"] = _num(cores, "torch.cuda.device_count() on this node")
+    else:
+        profile["cores"] = _num(cores, f"len(os.sched_getaffinity(0)) on {host}")
+        profile["ranks_per_node"] = {"value": None, "source": "one host: every rank runs on it"}
+    profile["threads_per_rank"] = _num(
+        config.threads,
+        "torch.set_num_threads in every benchmark" if device.type == "cpu" else "one GPU per rank",
+    )
+    profile["comm_uses_cores"] = {
+        "value": device.type == "cpu",
+        "source": "gloo moves bytes with the cores the ranks compute on"
+        if device.type == "cpu"
+        else "NCCL runs beside the compute streams",
+    }
+    mm, pw = compute["matmul"], compute["pointwise"]
+    profile["compute"] = {
+        "matmul_TFLOPs": {
+            d: _num(f["rate"] / 1e12, f"{stamp}; {_fit_note(f, 'shapes')}") for d, f in mm.items()
+        },
+        "pointwise_Gelem_per_s": {
+            d: _num(f["rate"] / 1e9, f"{stamp}; sigmoid-block pairs; {_fit_note(f, 'sizes')}")
+            for d, f in pw.items()
+            if np.isfinite(f["rate"])
+        },
+        "phase_overhead_us": _num(
+            pw["fp32" if "fp32" in pw else next(iter(pw))]["overhead_s"] * 1e6,
+            f"{stamp}; intercept of the sigmoid-block fit",
+        ),
+    }
+    if comm_fits is not None:
+        profile["intra_node"] = _level(comm_fits, stamp)
+        if device.type == "cuda" and base is not None:
+            profile["inter_node"] = _copied_network(base, base_name)["inter_node"]
+        elif device.type == "cuda":
+            profile["inter_node"] = None
+        else:
+            profile["inter_node"] = None
+    return profile
+
+
+def _level(fits: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any]:
+    def us(s):
+        return s * 1e6
+
+    def us_per_mb(beta):
+        return beta * 1e12
+
+    level: dict[str, Any] = {}
+    for op in ("all_gather", "reduce_scatter"):
+        f = fits[op]
+        note = f"{stamp}; {_fit_note(f, 'timings')}"
+        level[op] = {
+            "base_us": _num(us(f["base_s"]), note),
+            "alpha_us": _num(us(f["alpha_s"]), note),
+            "beta_us_per_MB": _num(us_per_mb(f["beta_s_per_byte"]), note),
+        }
+    f = fits["p2p"]
+    note = f"{stamp}; {_fit_note(f, 'timings')}"
+    level["p2p"] = {
+        "alpha_us": _num(us(f["alpha_s"]), note),
+        "beta_us_per_MB": _num(us_per_mb(f["beta_s_per_byte"]), note),
+        "duplex_efficiency": _num(
+            f["duplex_efficiency"],
+            f"{stamp}; both-way p2p vs one-way fit, max rel. err {f['duplex_max_rel_err']:.3f}",
+        ),
+    }
+    fastest = max(1e3 / max(level[op]["beta_us_per_MB"]["value"], 1e-9) for op in level)
+    over = fits["oversubscribed"]
+    level["oversubscribed_wait_us"] = _num(
+        us(over["wait_s"]),
+        f"{stamp}; median excess per α over {over['points']} timings with more ranks than cores"
+        if over["points"]
+        else f"{stamp}; no timing had more ranks than cores: not measured, 0",
+    )
+    level = {
+        "link": {
+            "latency_us": _num(us(f["alpha_s"]), f"{stamp}; the p2p α (no separate line latency)"),
+            "bandwidth_GBps": _num(
+                fastest * 1.01, f"{stamp}; fastest fitted bandwidth (no separate line rate)"
+            ),
+        },
+        **level,
+    }
+    return level
+
+
+def _closest_gpu_profile(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return "a100-sxm-80gb" if "A100" in name else "h100-sxm"
+
+
+def calibrate(config: CalibrationConfig, console: Console | None = None) -> tuple[Path, dict]:
+    """Measure, fit and write the profile; returns its path and the fits."""
+    console = console or Console(stderr=True)
+    start = dt.datetime.now(dt.UTC)
+    command = config.command or " ".join(shlex.quote(a) for a in sys.argv)
+    host = socket.gethostname()
+    stamp = f"calibrated on {host} at {start:%Y-%m-%dT%H:%M:%SZ} by {command}"
+    cuda = torch.cuda.is_available() and config.backend in ("auto", "nccl")
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    gpus = torch.cuda.device_count() if cuda else 0
+    backend = "nccl" if cuda else "gloo"
+    if config.backend == "nccl" and not cuda:
+        raise ValueError("backend nccl needs a CUDA device; none is visible")
+    cores = gpus if cuda else len(os.sched_getaffinity(0))
+    console.print(
+        f"[bold]calibrating[/] {host}: {device.type}, {backend}, {cores} "
+        f"{'GPUs' if cuda else 'cores'}, {config.threads} thread(s) per rank"
+    )
+    compute = measure_compute(config, device, console)
+    worlds = [w for w in config.worlds if w >= 2 and (not cuda or w <= gpus)]
+    comm_fits = None
+    if worlds:
+        rows = measure_comm(config, backend, worlds, console)
+        comm_fits = fit_comm(rows, config.threads, cores, uses_cores=not cuda)
+        _print_comm(console, comm_fits)
+    else:
+        console.print(
+            "no communication fit: W=1 (one GPU); the network is copied from a "
+            "bundled profile and says so in its sources"
+        )
+    profile = build_profile(config, device, backend, compute, comm_fits, cores, stamp)
+    path = Path(config.output) if config.output else host_profile_path(host)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=2) + "\n")
+    load_profile(path)  # what we wrote must load
+    seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
+    console.print(f"wrote {path} in {seconds:.1f} s")
+    return path, {"compute": compute, "comm": comm_fits, "seconds": seconds}
+
+
+def _print_comm(console: Console, fits: dict[str, dict[str, Any]]) -> None:
+    table = Table(title="communication fits: t = base + messages·α + bytes·β")
+    for col in ("op", "base (us)", "α (us)", "β (us/MB)", "GB/s", "R²", "max rel err", "points"):
+        table.add_column(col, justify="right")
+    for op, f in fits.items():
+        if op == "oversubscribed":
+            continue
+        beta = f["beta_s_per_byte"]
+        table.add_row(
+            op,
+            f"{f.get('base_s', 0) * 1e6:.1f}",
+            f"{f['alpha_s'] * 1e6:.1f}",
+            f"{beta * 1e12:.1f}",
+            f"{1e-9 / beta:.3g}" if beta > 0 else "inf",
+            f"{f['r2']:.4f}",
+            f"{f['max_rel_err']:.3f}",
+            str(f["points"]),
+        )
+    console.print(table)
+    if "p2p" in fits:
+        console.print(
+            f"p2p both ways at once: duplex efficiency {fits['p2p']['duplex_efficiency']:.2f} "
+            f"(1 = no sharing), max rel err {fits['p2p']['duplex_max_rel_err']:.3f}"
+        )

@@ -1,0 +1,234 @@
+"""Validation: the model's predictions against the profiler's measurements.
+
+Reads result records (JSON lines, ``docs/results-schema.md``; the last record of a key
+wins, as a resumed grid may write a point twice), predicts every ``status == "ok"``
+point on one hardware profile, and prints predicted / measured / delta % for
+
+* ``bytes sent``: ``measured.bytes_sent`` vs ``Prediction.bytes_sent`` (should be exact);
+* ``peak memory``: ``measured.peak_live_bytes`` vs ``Prediction.peak_memory_bytes``;
+* ``step time``: ``measured.step_time_s.median`` vs ``Prediction.step_time_s`` (not for
+  emulated ranks, whose times do not describe a real group).
+
+``delta % = 100 · (predicted − measured) / measured``. The summary gives, per quantity
+and per regime (world size; message size, ``bytes_sent / messages`` bucketed; ranks
+within or beyond the profile's cores), the number of points, the geometric mean of
+``|delta|`` (exact matches counted as 1e-6 % so that one exact point does not zero it),
+the mean and the max of ``|delta|``. :func:`validate` returns it as plain data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from simulator.hardware import Hardware, resolve_hardware
+from simulator.model import OPTIONS, predict
+
+QUANTITIES = ("bytes sent", "peak memory", "step time")
+_EXACT_FLOOR_PCT = 1e-6
+_MESSAGE_BUCKETS = ((4 * 2**10, "< 4 KiB"), (64 * 2**10, "4-64 KiB"), (2**20, "64 KiB-1 MiB"))
+
+
+def read_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every record of the files, the last one of each key kept, in first-seen order."""
+    by_key: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as err:
+            raise ValueError(f"cannot read results {path}: {err.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number} is not a JSON record: {err.msg}") from None
+            key = record.get("key") or f"{path}:{number}"
+            by_key.pop(key, None)
+            by_key[key] = record
+    return list(by_key.values())
+
+
+def message_bucket(bytes_sent: float, messages: float) -> str:
+    if not messages:
+        return "no messages"
+    size = bytes_sent / messages
+    for limit, name in _MESSAGE_BUCKETS:
+        if size < limit:
+            return name
+    return ">= 1 MiB"
+
+
+def _delta_pct(predicted: float, measured: float) -> float:
+    if measured == 0:
+        return 0.0 if predicted == 0 else math.inf
+    return 100.0 * (predicted - measured) / measured
+
+
+def _stats(deltas: list[float]) -> dict[str, float]:
+    magnitudes = [abs(d) for d in deltas]
+    floor = [max(m, _EXACT_FLOOR_PCT) for m in magnitudes]
+    finite = all(math.isfinite(m) for m in magnitudes)
+    geomean = math.exp(sum(math.log(m) for m in floor) / len(floor)) if finite else math.inf
+    return {
+        "points": len(deltas),
+        "geomean_abs_err_pct": geomean,
+        "mean_abs_err_pct": sum(magnitudes) / len(magnitudes),
+        "max_abs_err_pct": max(magnitudes),
+    }
+
+
+def compare(records: list[dict[str, Any]], hardware: Hardware) -> dict[str, Any]:
+    """Rows (one per point and quantity) and the skipped records, without printing."""
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, int] = {}
+    for record in records:
+        status = record.get("status")
+        if status != "ok":
+            skipped[str(status)] = skipped.get(str(status), 0) + 1
+            continue
+        config, measured = record["config"], record["measured"]
+        options = {k: config[k] for k in OPTIONS if k in config}
+        p = predict(
+            config["method"],
+            config["world"],
+            config["batch"],
+            config["dim"],
+            config.get("dtype", "fp32"),
+            hardware,
+            **options,
+        )
+        point = {
+            "method": config["method"],
+            "world": config["world"],
+            "batch": config["batch"],
+            "dim": config["dim"],
+            "dtype": config.get("dtype", "fp32"),
+            "message_size": message_bucket(measured["bytes_sent"], measured.get("messages", 0)),
+            "oversubscribed": bool(p.oversubscribed),
+        }
+        pairs = [
+            ("bytes sent", p.bytes_sent.item(), measured.get("bytes_sent")),
+            ("peak memory", p.peak_memory_bytes.item(), measured.get("peak_live_bytes")),
+        ]
+        if not config.get("emulated", False):
+            step = (measured.get("step_time_s") or {}).get("median")
+            pairs.append(("step time", p.step_time_s.item(), step))
+        for quantity, predicted, value in pairs:
+            if value is None:
+                continue
+            rows.append(
+                point
+                | {
+                    "quantity": quantity,
+                    "predicted": predicted,
+                    "measured": value,
+                    "delta_pct": _delta_pct(predicted, value),
+                }
+            )
+    return {"rows": rows, "skipped": skipped}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per quantity: all points, then by world size, message size and oversubscription."""
+    out: dict[str, Any] = {}
+    for quantity in QUANTITIES:
+        mine = [r for r in rows if r["quantity"] == quantity]
+        if not mine:
+            continue
+        regimes: dict[str, dict[str, list[float]]] = {
+            "by_world": {},
+            "by_message_size": {},
+            "by_oversubscription": {},
+        }
+        for r in mine:
+            over = "oversubscribed" if r["oversubscribed"] else "ranks <= cores"
+            for regime, name in (
+                ("by_world", f"W={r['world']}"),
+                ("by_message_size", r["message_size"]),
+                ("by_oversubscription", over),
+            ):
+                regimes[regime].setdefault(name, []).append(r["delta_pct"])
+        out[quantity] = {"all": _stats([r["delta_pct"] for r in mine])} | {
+            regime: {name: _stats(d) for name, d in groups.items()}
+            for regime, groups in regimes.items()
+        }
+    return out
+
+
+def _fmt(quantity: str, value: float) -> str:
+    if quantity == "step time":
+        return f"{value * 1e3:.3f} ms"
+    return f"{value / 2**20:.4f} MiB" if value >= 2**20 else f"{value:,.0f} B"
+
+
+def validate(
+    paths: Iterable[str | Path],
+    hardware: Hardware | str | None = None,
+    console: Console | None = None,
+    *,
+    show_points: bool = True,
+) -> dict[str, Any]:
+    """Print the per-point table and the summary; return the summary as plain data."""
+    console = console or Console()
+    hw = resolve_hardware(hardware)
+    records = read_records(paths)
+    result = compare(records, hw)
+    rows = result["rows"]
+    if show_points:
+        table = Table(title=f"predicted vs measured on {hw.name} (delta % = (pred - meas)/meas)")
+        for col in ("method", "W", "b", "d", "dtype", "quantity", "predicted", "measured"):
+            table.add_column(col, justify="left" if col in ("method", "quantity") else "right")
+        table.add_column("delta %", justify="right")
+        for r in rows:
+            table.add_row(
+                r["method"],
+                str(r["world"]),
+                str(r["batch"]),
+                str(r["dim"]),
+                r["dtype"],
+                r["quantity"],
+                _fmt(r["quantity"], r["predicted"]),
+                _fmt(r["quantity"], r["measured"]),
+                f"{r['delta_pct']:+.2f}",
+            )
+        console.print(table)
+    summary = summarize(rows)
+    table = Table(title="error summary: |delta %| per quantity and regime")
+    for col in ("quantity", "regime", "points", "geomean", "mean", "max"):
+        table.add_column(col, justify="left" if col in ("quantity", "regime") else "right")
+    for quantity, groups in summary.items():
+        table.add_row(quantity, "all", *_stat_cells(groups["all"]))
+        for regime in ("by_world", "by_message_size", "by_oversubscription"):
+            for name, stats in groups[regime].items():
+                table.add_row("", name, *_stat_cells(stats))
+    console.print(table)
+    if result["skipped"]:
+        parts = ", ".join(f"{n} {status}" for status, n in sorted(result["skipped"].items()))
+        console.print(f"not compared (status not ok): {parts}")
+    ok = sum(1 for r in records if r.get("status") == "ok")
+    return {
+        "hardware": hw.name,
+        "records": len(records),
+        "points_compared": ok,
+        "skipped": result["skipped"],
+        "quantities": summary,
+        "rows": rows,
+    }
+
+
+def _stat_cells(stats: dict[str, float]) -> list[str]:
+    return [
+        str(stats["points"]),
+        f"{stats['geomean_abs_err_pct']:.2f}",
+        f"{stats['mean_abs_err_pct']:.2f}",
+        f"{stats['max_abs_err_pct']:.2f}",
+    ]
