@@ -176,9 +176,9 @@ class _Reader:
                 expected = [k for k in spec if _stem(k) == _stem(key)]
                 if expected:
                     self.fail(
-                        f"key {prefix}{key!r} has the wrong unit: expected {prefix}{expected[0]!r}"
+                        f"key '{prefix}{key}' has the wrong unit: expected '{prefix}{expected[0]}'"
                     )
-                self.fail(f"unknown key {prefix}{key!r}")
+                self.fail(f"unknown key '{prefix}{key}'")
         out = {}
         for key, kind in spec.items():
             path = f"{prefix}{key}"

@@ -1,0 +1,89 @@
+"""Calibration: the fits recover known α, β, duplex efficiency and oversubscription wait from
+synthetic timings, and a tiny real gloo calibration writes a profile that loads and predicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulator import predict
+from simulator.calibrate import CalibrationConfig, calibrate, fit_comm, fit_least_squares
+from simulator.hardware import load_profile
+from tests.simulator_fakes import make_method, rng
+
+
+def test_least_squares_recovers_a_line_and_stays_non_negative():
+    gen = rng(11)
+    n = np.geomspace(1e3, 1e7, 12)
+    t = 50e-6 + n * 2e-9
+    noisy = t * (1 + gen.normal(0, 0.01, n.size))
+    fit = fit_least_squares(np.column_stack([np.ones_like(n), n]), noisy, ["a", "b"])
+    assert fit["a"] == pytest.approx(50e-6, rel=0.1)
+    assert fit["b"] == pytest.approx(2e-9, rel=0.05)
+    assert fit["r2"] > 0.99
+    # a negative intercept is dropped, not reported
+    fit = fit_least_squares(np.column_stack([np.ones_like(n), n]), n * 2e-9 - 1e-7, ["a", "b"])
+    assert fit["a"] == 0.0 and fit["b"] > 0
+
+
+def test_fit_comm_recovers_the_model_parameters():
+    gen = rng(12)
+    base, alpha, beta, duplex, wait, cores = 20e-6, 80e-6, 1e-9, 0.6, 2e-3, 3
+    rows = []
+    for world in (2, 3, 4):
+        share = max(1.0, world / cores)
+        extra = wait if world > cores else 0.0
+        for n in (4096, 65536, 524288, 4194304):
+            noise = 1 + gen.normal(0, 0.005)
+            steps = world - 1
+            coll = share * (base + steps * (alpha + extra) + steps * n * beta) * noise
+            rows += [("all_gather", world, n, coll), ("reduce_scatter", world, n, coll)]
+            rows.append(("p2p", world, n, share * (alpha + extra + n * beta) * noise))
+            bidir = share * (alpha + extra + n * beta / duplex) * noise
+            rows.append(("p2p_bidir", world, n, bidir))
+    fits = fit_comm(rows, threads=1, cores=cores, uses_cores=True)
+    ag = fits["all_gather"]
+    assert ag["base_s"] == pytest.approx(base, rel=0.25)
+    assert ag["alpha_s"] == pytest.approx(alpha, rel=0.1)
+    assert ag["beta_s_per_byte"] == pytest.approx(beta, rel=0.05)
+    p2p = fits["p2p"]
+    assert p2p["alpha_s"] == pytest.approx(alpha, rel=0.1)
+    assert p2p["beta_s_per_byte"] == pytest.approx(beta, rel=0.05)
+    assert p2p["duplex_efficiency"] == pytest.approx(duplex, rel=0.05)
+    assert fits["oversubscribed"]["wait_s"] == pytest.approx(wait, rel=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_tiny_calibration_writes_a_usable_profile(tmp_path):
+    path = tmp_path / "here.json"
+    config = CalibrationConfig(output=path, worlds=(2,), message_bytes=(4096, 262144),
+                               warmup=1, repeats=3, dtypes=("fp32",), quick=True,
+                               command="pytest tests/test_calibrate.py")  # fmt: skip
+    written, fits = calibrate(config)
+    assert written == path
+    profile = load_profile(path)
+    assert profile.backend == "gloo" and profile.ranks_per_node is None
+    assert profile.compute.matmul_flops_per_s["fp32"] > 1e8
+    assert profile.intra_node.p2p.beta_s_per_byte > 0
+    assert all("calibrated on" in s or "psutil" in s or "sched_getaffinity" in s
+               or "one host" in s or "gloo" in s or "torch.set_num_threads" in s
+               or "share" in s for s in profile.sources.values())  # fmt: skip
+    assert "pytest tests/test_calibrate.py" in profile.sources["intra_node.p2p.alpha_us"]
+    for op in ("all_gather", "reduce_scatter", "p2p"):
+        assert np.isfinite(fits["comm"][op]["r2"])
+    p = predict(make_method(), [1, 2, 4], 256, 128, hardware=profile)
+    assert np.all(p.step_time_s > 0) and np.all(np.isfinite(p.step_time_s))
+
+
+def test_one_world_within_cores_folds_base_into_alpha():
+    rows = []
+    for world in (2, 4):  # 2 cores: only W=2 is within them
+        for n in (4096, 65536, 524288):
+            t = max(1.0, world / 2) * (30e-6 + (world - 1) * (70e-6 + n * 1e-9))
+            rows += [(op, world, n, t) for op in ("all_gather", "reduce_scatter")]
+            rows += [("p2p", world, n, t), ("p2p_bidir", world, n, t)]
+    fit = fit_comm(rows, threads=1, cores=2, uses_cores=True)["all_gather"]
+    assert fit["base_s"] == 0.0
+    assert fit["alpha_s"] == pytest.approx(100e-6, rel=1e-6)
+    assert fit["beta_s_per_byte"] == pytest.approx(1e-9, rel=1e-6)
