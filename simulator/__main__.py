@@ -78,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         help="bytes per rank per message (default 4096,65536,524288,4194304)",
     )
     c.add_argument("--repeats", type=int, default=7, help="timed iterations per case (default 7)")
-    c.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
+    c.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per rank (default: max(1, cores // W), as the profiler)",
+    )
     c.add_argument("--backend", default="auto", choices=("auto", "gloo", "nccl"))
     c.add_argument("--quick", action="store_true", help="small shapes only (smoke test)")
     c.add_argument(
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "calibrate":
             from simulator.calibrate import CalibrationConfig, calibrate
 
-            if any(w < 1 for w in args.worlds) or args.repeats < 1 or args.threads < 1:
+            if any(w < 1 for w in args.worlds) or args.repeats < 1 or (args.threads or 1) < 1:
                 raise ValueError("--worlds, --repeats and --threads must be at least 1")
             calibrate(
                 CalibrationConfig(

@@ -8,8 +8,8 @@ with :mod:`simulator.benchmarks` and fits the forms :mod:`simulator.model` price
   pairs at width 8; ``R_pw`` → ``pointwise_Gelem_per_s``, ``o`` (fp32) →
   ``phase_overhead_us``;
 * collectives, over every W and size: ``t / g = base + (W−1)·α + B·β`` with
-  ``B = (W−1)·n`` the ring bytes per rank and ``g`` the model's core share (``W·threads
-  / cores`` when above 1 on a CPU backend), so oversubscribed points fit the same form
+  ``B = (W−1)·n`` the ring bytes per rank and ``g`` the model's core share (``W / cores``
+  when above 1 on a CPU backend), so oversubscribed points fit the same form
   the model uses to predict them;
 * p2p one way: ``t / g = α + n·β``; both ways at once (``n`` each way):
   ``t / g = α + n·β / e`` gives the duplex efficiency ``e``.
@@ -57,8 +57,10 @@ class CalibrationConfig:
     warmup: int = 2
     repeats: int = 7
     dtypes: tuple[str, ...] = ("fp32", "fp64", "bf16")
-    threads: int = 1
-    """torch threads per rank, in the benchmarks and in the profile (CPU)."""
+    threads: int | None = None
+    """torch threads per rank in the communication benchmarks and the profile (CPU); None:
+    ``max(1, cores // W)``, as ``profiling.launch`` sets. Compute is always measured on one
+    thread (rates per core)."""
     backend: str = "auto"
     """"gloo", "nccl" or "auto" (nccl with two or more GPUs, gloo on CPU)."""
     quick: bool = False
@@ -89,8 +91,8 @@ def fit_least_squares(x: np.ndarray, y: np.ndarray, names: list[str]) -> dict[st
     return {**dict(zip(names, coef.tolist(), strict=True)), "r2": r2, "max_rel_err": max_rel}
 
 
-def _core_share(world: int, threads: int, cores: int, uses_cores: bool) -> float:
-    return max(1.0, world * threads / cores) if uses_cores else 1.0
+def _core_share(world: int, cores: int, uses_cores: bool) -> float:
+    return max(1.0, world / cores) if uses_cores else 1.0
 
 
 def _units(op: str, world: np.ndarray) -> np.ndarray:
@@ -99,7 +101,7 @@ def _units(op: str, world: np.ndarray) -> np.ndarray:
     return world - 1 if op in ("all_gather", "reduce_scatter") else np.ones_like(world)
 
 
-def fit_comm(rows, threads: int, cores: int, uses_cores: bool) -> dict[str, dict[str, Any]]:
+def fit_comm(rows, cores: int, uses_cores: bool) -> dict[str, dict[str, Any]]:
     """Fits per op from ``[(op, world, bytes_per_rank, seconds)]`` (module docstring).
 
     α and β come from the points where ranks do not outnumber cores (all points if there
@@ -109,7 +111,7 @@ def fit_comm(rows, threads: int, cores: int, uses_cores: bool) -> dict[str, dict
     data = {
         op: np.array(
             [
-                (w, n, t / _core_share(w, threads, cores, uses_cores), w * threads > cores)
+                (w, n, t / _core_share(w, cores, uses_cores), w > cores)
                 for o, w, n, t in rows
                 if o == op
             ],
@@ -174,7 +176,7 @@ def measure_compute(config: CalibrationConfig, device: torch.device, console: Co
     matmul_shapes, sides = _shapes(device, config.quick)
     out: dict[str, Any] = {"matmul": {}, "pointwise": {}}
     previous = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(1)
     try:
         for dtype in config.dtypes:
             with console.status(f"matmul {dtype} at {len(matmul_shapes)} shapes"):
@@ -218,7 +220,7 @@ def measure_comm(config: CalibrationConfig, backend: str, worlds, console: Conso
                 config.warmup,
                 config.repeats,
                 backend=backend,
-                threads=config.threads,
+                threads=config.threads or max(1, len(os.sched_getaffinity(0)) // world),
                 timeout_s=config.timeout_s,
             )
         rows.extend(results[0])
@@ -279,10 +281,15 @@ def build_profile(config, device, backend, compute, comm_fits, cores, stamp) -> 
     else:
         profile["cores"] = _num(cores, f"len(os.sched_getaffinity(0)) on {host}")
         profile["ranks_per_node"] = {"value": None, "source": "one host: every rank runs on it"}
-    profile["threads_per_rank"] = _num(
-        config.threads,
-        "torch.set_num_threads in every benchmark" if device.type == "cpu" else "one GPU per rank",
-    )
+    if device.type == "cuda":
+        profile["threads_per_rank"] = _num(1, "one GPU per rank")
+    elif config.threads is None:
+        profile["threads_per_rank"] = {
+            "value": None,
+            "source": "profiling.launch policy: max(1, cores // ranks on the node)",
+        }
+    else:
+        profile["threads_per_rank"] = _num(config.threads, "calibrate --threads")
     profile["comm_uses_cores"] = {
         "value": device.type == "cpu",
         "source": "gloo moves bytes with the cores the ranks compute on"
@@ -384,14 +391,15 @@ def calibrate(config: CalibrationConfig, console: Console | None = None) -> tupl
     cores = gpus if cuda else len(os.sched_getaffinity(0))
     console.print(
         f"[bold]calibrating[/] {host}: {device.type}, {backend}, {cores} "
-        f"{'GPUs' if cuda else 'cores'}, {config.threads} thread(s) per rank"
+        f"{'GPUs' if cuda else 'cores'}; compute on 1 thread, ranks on "
+        f"{config.threads or 'max(1, cores // W)'} thread(s)"
     )
     compute = measure_compute(config, device, console)
     worlds = [w for w in config.worlds if w >= 2 and (not cuda or w <= gpus)]
     comm_fits = None
     if worlds:
         rows = measure_comm(config, backend, worlds, console)
-        comm_fits = fit_comm(rows, config.threads, cores, uses_cores=not cuda)
+        comm_fits = fit_comm(rows, cores, uses_cores=not cuda)
         _print_comm(console, comm_fits)
     else:
         console.print(

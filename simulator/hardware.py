@@ -12,7 +12,8 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
     memory_GiB            memory of one device (GiB = 2^30 bytes)
     memory_shared         true when the ranks of a node share it (host RAM on CPU)
     cores                 compute units per node that ranks share (CPU cores; GPUs)
-    threads_per_rank      compute units one rank keeps busy (torch threads on CPU; 1 GPU)
+    threads_per_rank      torch threads per rank on CPU (1 for GPUs); value null: the
+                          profiler's policy, max(1, cores // ranks on the node)
     ranks_per_node        ranks on one node; value null: every rank on one host
     comm_uses_cores       true when moving bytes needs the same cores (gloo on CPU)
     compute.matmul_TFLOPs.<dtype>, compute.pointwise_Gelem_per_s.<dtype>
@@ -106,7 +107,8 @@ class Hardware:
     memory_shared: bool
     """True: the ranks of a node share ``memory_bytes`` (host RAM); False: one device each."""
     cores: int
-    threads_per_rank: int
+    threads_per_rank: int | None
+    """None: ``max(1, cores // ranks on the node)``, what ``profiling.launch`` sets on CPU."""
     ranks_per_node: int | None
     """None: every rank runs on one host."""
     comm_uses_cores: bool
@@ -137,7 +139,7 @@ SCHEMA: dict[str, Any] = {
     "memory_GiB": NUM,
     "memory_shared": BOOL,
     "cores": NUM,
-    "threads_per_rank": NUM,
+    "threads_per_rank": NUM_OR_NULL,
     "ranks_per_node": NUM_OR_NULL,
     "comm_uses_cores": BOOL,
     "compute": {
@@ -264,7 +266,8 @@ def parse_profile(data: Any, where: str) -> Hardware:
     reader = _Reader(where)
     raw = reader.section(data, SCHEMA, "")
     for key in ("memory_GiB", "cores", "threads_per_rank"):
-        reader.positive(raw[key], key)
+        if raw[key] is not None:
+            reader.positive(raw[key], key)
     for key in ("cores", "threads_per_rank", "ranks_per_node"):
         if raw[key] is not None and raw[key] != int(raw[key]):
             reader.fail(f"{key!r} must be a whole number")
@@ -296,7 +299,7 @@ def parse_profile(data: Any, where: str) -> Hardware:
         memory_bytes=raw["memory_GiB"] * 2**30,
         memory_shared=raw["memory_shared"],
         cores=int(raw["cores"]),
-        threads_per_rank=int(raw["threads_per_rank"]),
+        threads_per_rank=None if raw["threads_per_rank"] is None else int(raw["threads_per_rank"]),
         ranks_per_node=None if raw["ranks_per_node"] is None else int(raw["ranks_per_node"]),
         comm_uses_cores=raw["comm_uses_cores"],
         compute=Compute(

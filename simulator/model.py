@@ -7,7 +7,7 @@ over its :class:`~profiling.losses.registry.Schedule`, peak memory is the sum of
 Math, per point ``(W, b, d)``. A schedule is a list of phases ``p``, each repeated ``r_p``
 times per step. With ``f`` the core share (below), one repetition costs::
 
-    compute_p = f · (o + F_p / R_mm(dtype) + E_p / R_pw(dtype))      (o only if F_p+E_p > 0)
+    compute_p = f·o + (F_p / R_mm(dtype) + E_p / R_pw(dtype)) / c    (o only if F_p+E_p > 0)
     comm_p    = g · Σ_transfers T(transfer)                          (g = f if comm uses cores)
 
     T(all_gather | reduce_scatter) = base·[m>0] + m·α + B·β          (m = W−1 messages,
@@ -21,7 +21,8 @@ times per step. With ``f`` the core share (below), one repetition costs::
     step_time = Σ_p r_p · time_p = compute_s + exposed_comm_s
 
 ``F_p`` are the phase's matmul FLOPs, ``E_p`` its elementwise elements, ``o`` the
-profile's fixed cost per phase repetition, ``B = max(sent, received)`` per repetition.
+profile's fixed cost per phase repetition (Python and dispatch: one thread), ``c`` the
+cores the rank's threads get (below), ``B = max(sent, received)`` per repetition.
 ``R_mm`` and ``R_pw`` are read for the block-math dtype (fp32 for bf16/fp16 inputs,
 the input dtype otherwise), as ``profiling.losses.blocks`` computes.
 
@@ -33,8 +34,10 @@ each way at once; on full-duplex links (``e_2 = 1``) the two directions do not s
 bandwidth.
 
 Core sharing (CPU backends): ``q = min(W, ranks_per_node)`` ranks share a node's
-``cores``; each keeps ``threads_per_rank`` busy, so ``f = max(1, q·threads_per_rank /
-cores)`` and, when the profile says moving bytes needs the cores too (gloo), ``g = f``.
+``cores``; rates are per core (one thread). A rank runs ``t = threads_per_rank`` threads
+(null: ``max(1, cores // q)``, as ``profiling.launch`` sets), so its math gets
+``c = min(t, cores / q)`` cores, and its serial work is slowed by ``f = max(1, q / cores)``;
+when the profile says moving bytes needs the cores too (gloo), ``g = f``.
 Points with ``q > cores`` are flagged ``oversubscribed``: they are priced, never hidden,
 and every α there waits ``oversubscribed_wait`` longer (a rank waiting on a peer that
 the scheduler has switched out; calibration measures it). ``fits`` compares the peak
@@ -114,7 +117,7 @@ class Prediction:
     crosses_nodes: np.ndarray
     """W > ranks_per_node: transfers priced on the inter-node link."""
     core_share: np.ndarray
-    """f ≥ 1: how many times slower compute runs because ranks share cores."""
+    """f ≥ 1: how many times slower one thread runs because ranks share cores."""
     oversubscribed: np.ndarray
     """More ranks on a node than it has cores."""
 
@@ -304,7 +307,13 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
     pointwise_rate = _rate(hw.compute.pointwise_elems_per_s, compute_dtype, "pointwise", hw)
     w = world.astype(np.float64)
     on_node = w if hw.ranks_per_node is None else np.minimum(w, hw.ranks_per_node)
-    core_share = np.maximum(1.0, on_node * hw.threads_per_rank / hw.cores)
+    threads = (
+        np.maximum(1.0, np.floor(hw.cores / on_node))
+        if hw.threads_per_rank is None
+        else float(hw.threads_per_rank)
+    )
+    core_share = np.maximum(1.0, on_node / hw.cores)
+    parallel_cores = np.minimum(threads, hw.cores / on_node)
     comm_share = core_share if hw.comm_uses_cores else np.ones_like(core_share)
     crosses = np.zeros(w.shape, dtype=bool) if hw.ranks_per_node is None else w > hw.ranks_per_node
     oversubscribed = on_node > hw.cores
@@ -315,7 +324,9 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
         flops = np.asarray(phase.matmul_flops, dtype=np.float64)
         elems = np.asarray(phase.pointwise_elems, dtype=np.float64)
         overhead = np.where(flops + elems > 0, hw.compute.phase_overhead_s, 0.0)
-        compute = core_share * (overhead + flops / matmul_rate + elems / pointwise_rate)
+        compute = core_share * overhead + (flops / matmul_rate + elems / pointwise_rate) / (
+            parallel_cores
+        )
         comm = zeros.copy()
         for transfer in phase.transfers:
             t = transfer_time_s(transfer, hw.intra_node, oversubscribed)

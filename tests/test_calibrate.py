@@ -41,7 +41,7 @@ def test_fit_comm_recovers_the_model_parameters():
             rows.append(("p2p", world, n, share * (alpha + extra + n * beta) * noise))
             bidir = share * (alpha + extra + n * beta / duplex) * noise
             rows.append(("p2p_bidir", world, n, bidir))
-    fits = fit_comm(rows, threads=1, cores=cores, uses_cores=True)
+    fits = fit_comm(rows, cores=cores, uses_cores=True)
     ag = fits["all_gather"]
     assert ag["base_s"] == pytest.approx(base, rel=0.25)
     assert ag["alpha_s"] == pytest.approx(alpha, rel=0.1)
@@ -83,7 +83,7 @@ def test_one_world_within_cores_folds_base_into_alpha():
             t = max(1.0, world / 2) * (30e-6 + (world - 1) * (70e-6 + n * 1e-9))
             rows += [(op, world, n, t) for op in ("all_gather", "reduce_scatter")]
             rows += [("p2p", world, n, t), ("p2p_bidir", world, n, t)]
-    fit = fit_comm(rows, threads=1, cores=2, uses_cores=True)["all_gather"]
+    fit = fit_comm(rows, cores=2, uses_cores=True)["all_gather"]
     assert fit["base_s"] == 0.0
     assert fit["alpha_s"] == pytest.approx(100e-6, rel=1e-6)
     assert fit["beta_s_per_byte"] == pytest.approx(1e-9, rel=1e-6)

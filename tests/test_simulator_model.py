@@ -212,3 +212,17 @@ def test_options_reach_the_method():
 
     predict(make_method(schedule), 4, 64, 32, hardware=make_hardware(), tile=16, overlap=False)
     assert seen == {"tile": 16, "overlap": False}
+
+
+def test_thread_policy_of_the_profiler():
+    # threads_per_rank null: max(1, cores // q) threads, so on 2 cores one rank's math runs
+    # on both cores, two ranks get one each, four share them; overhead stays serial.
+    hw = cpu_hardware(threads_per_rank={"value": None, "source": "test: launch policy"})
+    transfer = _p2p(0)
+    method = _single_phase(lambda s: 1 + 0 * s.world, 1e9, transfer, False)
+    p = predict(method, [1, 2, 4], 1, 1, hardware=hw)
+    math_s = 1e9 / 1e12
+    overhead, alpha, wait = 10e-6, 10e-6, 1e-3
+    expected = [overhead + math_s / 2 + alpha, overhead + math_s + alpha]
+    expected.append(2 * overhead + 2 * math_s + 2 * (alpha + wait))
+    np.testing.assert_allclose(p.step_time_s, expected)
