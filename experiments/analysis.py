@@ -51,6 +51,7 @@ def write_plots(
     """Every plot of the run, PNG and SVG, into the run directory; returns the files."""
     records = backends.load_records(run.results)
     real = rows(records, emulated=False)
+    emulated = rows(records, emulated=True)
     if comparisons is None:
         comparisons, _ = backends.compare(records, hardware)
     files: list[Path] = []
@@ -58,6 +59,9 @@ def write_plots(
         files += plots.save(plots.memory_vs_global_batch(real, hardware), run.path, "memory")
         files += plots.save(plots.bytes_vs_world(real, hardware), run.path, "bytes")
         files += plots.save(plots.step_time_vs_world(real, hardware), run.path, "step_time")
+    if emulated:
+        figure = plots.memory_vs_world(emulated, hardware)
+        files += plots.save(figure, run.path, "memory_emulated")
     if comparisons:
         figure = plots.predicted_vs_measured(comparisons)
         files += plots.save(figure, run.path, "predicted_vs_measured")

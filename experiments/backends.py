@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Point:
@@ -56,6 +58,8 @@ class Comparison:
     measured: float
     oversubscribed: bool = False
     """True when the run had more ranks than CPU cores (processes shared cores)."""
+    emulated: bool = False
+    """True when one process emulated rank 0 of the W ranks."""
 
     @property
     def error_pct(self) -> float:
@@ -154,11 +158,16 @@ def local_profile() -> Path | None:
     return path if path.is_file() else None
 
 
-def calibrate(*, backend: str = "gloo", quick: bool = False) -> Path:
-    """Run the calibration microbenchmarks here and write this machine's profile."""
+def calibrate(*, backend: str = "gloo", quick: bool = False, output: Path | None = None) -> Path:
+    """Run the calibration microbenchmarks here and write this machine's profile
+    (``output``, or the simulator's per-host default that :func:`local_profile` finds)."""
+    from rich.console import Console
+
     from simulator import calibrate as calibration
 
-    return Path(calibration.calibrate(backend=backend, quick=quick))
+    config = calibration.CalibrationConfig(output=output, quick=quick, backend=backend)
+    path, _ = calibration.calibrate(config, Console())
+    return Path(path)
 
 
 def hardware_for(name: str | Path | None) -> Any:
@@ -194,3 +203,92 @@ def validate(records: Sequence[dict], hardware) -> tuple[list[dict], dict]:
     from simulator import validate as validation
 
     return validation.validate(records, hardware)
+
+
+QUANTITIES = ("step_time_s", "peak_memory_bytes", "bytes_sent")
+"""What validation compares: measured key of the record → the prediction's attribute."""
+_MEASURED_KEY = {
+    "step_time_s": "step_time_s",
+    "peak_memory_bytes": "peak_live_bytes",
+    "bytes_sent": "bytes_sent",
+}
+
+
+def compare(records: Sequence[dict], hardware) -> tuple[list[Comparison], list[dict]]:
+    """Every successful record beside the model's prediction, and the error summary.
+
+    Step time is compared for real-process points only (emulated ranks do not wait on
+    real peers); memory and bytes for every point. The summary has one entry per
+    quantity and regime (``W <= cores`` / ``W > cores``, emulated) with the geometric
+    mean error ``(∏(1 + |e_i|))^(1/n) − 1`` and the max ``|e_i|``, in percent.
+    """
+    from experiments.records import latest
+
+    comparisons = []
+    for record in latest(list(records)):
+        if record.get("status") != "ok" or not record.get("measured"):
+            continue
+        config, measured = record["config"], record["measured"]
+        options = {}
+        if is_ring(config["method"]):
+            options["overlap"] = bool(config.get("overlap", True))
+            if config.get("tile"):
+                options["tile"] = int(config["tile"])
+        p = predict(
+            config["method"],
+            config["world"],
+            config["batch"],
+            config["dim"],
+            config.get("dtype", "fp32"),
+            hardware,
+            **options,
+        )
+        emulated = bool(config.get("emulated"))
+        for quantity in QUANTITIES:
+            if quantity == "step_time_s" and emulated:
+                continue
+            value = measured.get(_MEASURED_KEY[quantity])
+            if isinstance(value, dict):
+                value = value.get("median")
+            if value is None or value <= 0:
+                continue
+            comparisons.append(
+                Comparison(
+                    quantity=quantity,
+                    method=config["method"],
+                    world=int(config["world"]),
+                    batch=int(config["batch"]),
+                    dim=int(config["dim"]),
+                    dtype=config.get("dtype", "fp32"),
+                    predicted=float(getattr(p, quantity)),
+                    measured=float(value),
+                    oversubscribed=bool(p.oversubscribed) and not emulated,
+                    emulated=emulated,
+                )
+            )
+    return comparisons, summarise(comparisons)
+
+
+def summarise(comparisons: Sequence[Comparison]) -> list[dict]:
+    """Geomean and max |error| (percent) per quantity and regime."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for c in comparisons:
+        regime = "emulated" if c.emulated else ("W > cores" if c.oversubscribed else "W <= cores")
+        groups.setdefault((c.quantity, regime), []).append(abs(c.error_pct) / 100)
+    out = []
+    for quantity in QUANTITIES:
+        for regime in ("W <= cores", "W > cores", "emulated"):
+            errors = groups.get((quantity, regime))
+            if not errors:
+                continue
+            geomean = float(np.exp(np.mean(np.log1p(errors))) - 1)
+            out.append(
+                {
+                    "quantity": quantity,
+                    "regime": regime,
+                    "points": len(errors),
+                    "geomean_error_pct": 100 * geomean,
+                    "max_error_pct": 100 * max(errors),
+                }
+            )
+    return out

@@ -122,6 +122,52 @@ def memory_vs_global_batch(table: Sequence[Row], hardware=None) -> Figure:
     return fig
 
 
+def memory_vs_world(table: Sequence[Row], hardware=None) -> Figure:
+    """Per-rank peak memory vs W, one panel per local batch b (emulated ranks reach large W)."""
+    table = _default_options(table)
+    if not table:
+        raise ValueError("no measured points with default ring options to plot")
+    dim, dtype = table[0].dim, table[0].dtype
+    table = [r for r in table if r.dim == dim and r.dtype == dtype]
+    batches = sorted({r.batch for r in table})
+    fig, axes = plt.subplots(
+        1, len(batches), figsize=(3.6 * len(batches), 3.6), sharey=True, squeeze=False
+    )
+    for ax, batch in zip(axes[0], batches, strict=True):
+        at_batch = [r for r in table if r.batch == batch]
+        for method in dict.fromkeys(r.method for r in at_batch):
+            points = sorted((r for r in at_batch if r.method == method), key=lambda r: r.world)
+            color = color_of(method)
+            ax.plot(
+                [r.world for r in points],
+                [max(r.peak_live_bytes, 1) / MiB for r in points],
+                marker_of(method),
+                color=color,
+                label=f"{method} (measured)",
+            )
+            if hardware is not None:
+                world = np.unique(
+                    np.geomspace(points[0].world, points[-1].world, 24).round().astype(int)
+                )
+                model = backends.predict(method, world, batch, dim, dtype, hardware)
+                ax.plot(
+                    world,
+                    np.maximum(np.asarray(model.peak_memory_bytes, dtype=float), 1) / MiB,
+                    "-",
+                    color=color,
+                    label=f"{method} (model)",
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"b = {batch}")
+        ax.set_xlabel("world size W (ranks)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("per-rank peak memory (MiB)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(f"Per-rank peak live tensor memory vs world size, d = {dim}, {dtype}")
+    return fig
+
+
 def bytes_vs_world(table: Sequence[Row], hardware=None) -> Figure:
     """Bytes sent per rank per step vs W at one (b, d, dtype), every method."""
     batch, dim, dtype = reference_shape(table)

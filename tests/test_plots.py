@@ -21,7 +21,9 @@ from profiling.losses import METHODS
 UNIT = re.compile(r"\((?:[^()]*\b(?:MiB|GiB|ms|ranks|examples|elements)\b[^()]*)\)")
 
 
-def synthetic_records(seed: int, hardware, worlds=(1, 2, 4), batches=(16, 64), dim=32):
+def synthetic_records(
+    seed: int, hardware, worlds=(1, 2, 4), batches=(16, 64), dim=32, emulated=False
+):
     """Records shaped like the profiler's, with values near the model's (noise ±20%)."""
     rng = np.random.default_rng(seed)
     records = []
@@ -38,7 +40,7 @@ def synthetic_records(seed: int, hardware, worlds=(1, 2, 4), batches=(16, 64), d
                     records.append(
                         {
                             "schema": 1,
-                            "key": f"{method}-{overlap}-{world}-{batch}",
+                            "key": f"{method}-{overlap}-{world}-{batch}-{emulated}",
                             "status": "ok",
                             "message": None,
                             "config": {
@@ -47,7 +49,7 @@ def synthetic_records(seed: int, hardware, worlds=(1, 2, 4), batches=(16, 64), d
                                 "batch": batch,
                                 "dim": dim,
                                 "dtype": "fp32",
-                                "emulated": False,
+                                "emulated": emulated,
                                 "overlap": overlap,
                                 "tile": None,
                             },
@@ -209,3 +211,17 @@ def test_maxbatch_model_is_exact_to_one_example_and_plots(hardware, table):
     assert len(predicted) == len(METHODS) * len(worlds)
     assert len(ax_local.lines) == len(METHODS) + len({m.method for m in found})
     assert "examples" in ax_local.get_ylabel() and "examples" in ax_global.get_ylabel()
+
+
+def test_memory_vs_world_from_emulated_ranks(hardware):
+    records = synthetic_records(3, hardware, worlds=(16, 64, 256), batches=(32, 128), emulated=True)
+    table = rows(records, emulated=True)
+    assert len(table) == len(records) and not rows(records, emulated=False)
+    fig = plots.memory_vs_world(table, hardware)
+    axes = check_axes(fig, axes_with_data=2)
+    for ax in axes:
+        assert ax.get_xscale() == "log"
+        assert len(ax.lines) == 2 * len(METHODS)
+        for line in ax.lines:
+            if line.get_label().endswith("(measured)"):
+                assert list(line.get_xdata()) == [16, 64, 256]
