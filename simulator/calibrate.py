@@ -435,6 +435,14 @@ def _print_comm(console: Console, fits: dict[str, dict[str, Any]]) -> None:
             str(f["points"]),
         )
     console.print(table)
+    poor = [
+        op for op, f in fits.items() if "r2" in f and (f["r2"] < 0.9 or not f["beta_s_per_byte"])
+    ]
+    if poor:
+        console.print(
+            f"[yellow]poor fit for {', '.join(poor)} (R² < 0.9 or no bandwidth term): "
+            "a busy machine? rerun calibrate when it is quiet[/]"
+        )
     if "p2p" in fits:
         console.print(
             f"p2p both ways at once: duplex efficiency {fits['p2p']['duplex_efficiency']:.2f} "

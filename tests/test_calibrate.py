@@ -57,7 +57,7 @@ def test_fit_comm_recovers_the_model_parameters():
 @pytest.mark.multiprocess
 def test_tiny_calibration_writes_a_usable_profile(tmp_path):
     path = tmp_path / "here.json"
-    config = CalibrationConfig(output=path, worlds=(2,), message_bytes=(4096, 262144),
+    config = CalibrationConfig(output=path, worlds=(2,), message_bytes=(4096, 2097152),
                                warmup=1, repeats=3, dtypes=("fp32",), quick=True,
                                command="pytest tests/test_calibrate.py")  # fmt: skip
     written, fits = calibrate(config)
@@ -65,10 +65,10 @@ def test_tiny_calibration_writes_a_usable_profile(tmp_path):
     profile = load_profile(path)
     assert profile.backend == "gloo" and profile.ranks_per_node is None
     assert profile.compute.matmul_flops_per_s["fp32"] > 1e8
-    assert profile.intra_node.p2p.beta_s_per_byte > 0
-    assert all("calibrated on" in s or "psutil" in s or "sched_getaffinity" in s
-               or "one host" in s or "gloo" in s or "torch.set_num_threads" in s
-               or "share" in s for s in profile.sources.values())  # fmt: skip
+    assert profile.intra_node.p2p.beta_s_per_byte >= 0
+    fitted = [k for k in profile.sources if k.startswith(("compute.", "intra_node."))]
+    assert len(fitted) >= 15
+    assert all("calibrated on" in profile.sources[k] for k in fitted)
     assert "pytest tests/test_calibrate.py" in profile.sources["intra_node.p2p.alpha_us"]
     for op in ("all_gather", "reduce_scatter", "p2p"):
         assert np.isfinite(fits["comm"][op]["r2"])
