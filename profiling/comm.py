@@ -123,6 +123,7 @@ class PendingP2P:
                 work.wait()
             self._transport._charge_wait(self._key, time.perf_counter() - start)
             self._done = True
+            self._works = []  # release the sent tensors
         return self._buffers
 
 

@@ -160,6 +160,23 @@ class Method:
     ring: bool = False
 
 
+def peak_of(*moments: dict[str, Any]) -> dict[str, Any]:
+    """Named terms of whichever moment holds the most bytes (elementwise over a grid).
+
+    A method's memory is described as a few candidate moments (e.g. "mid-ring", "end of
+    forward", "backward"), each a dict of named byte terms; the peak is the largest.
+    Terms a moment lacks count as 0 in it.
+    """
+    totals = np.broadcast_arrays(*[sum(np.asarray(v) for v in m.values()) for m in moments])
+    best = np.argmax(np.stack(totals), axis=0)
+    names = list(dict.fromkeys(k for m in moments for k in m))
+    shape = totals[0].shape
+    return {
+        name: np.choose(best, [np.broadcast_to(np.asarray(m.get(name, 0)), shape) for m in moments])
+        for name in names
+    }
+
+
 _REGISTRY: dict[str, Method] = {}
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from profiling.comm import PendingP2P, Transport
@@ -101,7 +102,7 @@ def ring_pass(
     accumulators: dict[Chain, PendingP2P] = {}
     for i in range(1, max((c.rounds for c in chains), default=0) + 1):
         active = [c for c in chains if c.rounds >= i]
-        held = {c: incoming[c].wait() for c in active}
+        held = {c: incoming.pop(c).wait() for c in active}
         for n, c in enumerate(active):
             if i < c.rounds:
                 incoming[c] = post_payload(n, c, held[c])
@@ -110,8 +111,50 @@ def ring_pass(
             if contribution is None:
                 continue
             if i > 1:
-                contribution = combine(accumulators[c].wait()[0], contribution)
+                contribution = combine(accumulators.pop(c).wait()[0], contribution)
             accumulators[c] = post_accumulator(c, i, contribution)
+            del contribution  # in flight now: the pending exchange holds it until sent
         del held
-    returned = [accumulators[c].wait()[0] for c in chains if c in accumulators]
+    returned = [accumulators.pop(c).wait()[0] for c in chains if c in accumulators]
     return home, returned
+
+
+def buffer_peaks(rounds, payload_bytes, acc_bytes, overlap=True):
+    """Peak bytes of the payload and accumulator buffers :func:`ring_pass` holds.
+
+    Returns two arrays: the peak while a block is computed (add the visit's own scratch
+    to it) and the peak while an accumulator is posted (no scratch then). ``rounds``:
+    each chain's round count (arrays broadcast). At the moment chain ``k`` works in round
+    ``i``, per chain: the payload held (and the next one arriving, unless it is the last
+    round); chain ``k``'s accumulators: while computing, the fresh contribution plus the
+    exchange posted the round before (out and in); while posting, the outgoing
+    accumulator and the new receive buffer; a chain that already worked this round holds
+    its posted exchange, a chain still to work its previous one, a finished chain its
+    last one (out and in with ``overlap``; without it the exchange completed when posted,
+    so only the received buffer). The owner's own block and the caller's buffers are not
+    included.
+    Candidates ``i`` ∈ {1, 2, 3, last round of each chain} cover every case: the state
+    is the same for all middle rounds.
+    """
+    rounds = [np.asarray(r) for r in rounds]
+    p, a = np.asarray(payload_bytes), np.asarray(acc_bytes)
+    shape = np.broadcast(*rounds, p, a).shape
+    computing, posting = np.zeros(shape), np.zeros(shape)
+    exchanged = (2 if overlap else 1) * a  # an accumulator exchange still held
+    for k, r_k in enumerate(rounds):
+        for i in [1, 2, 3, *rounds]:
+            i = np.asarray(i)
+            valid = (i >= 1) & (i <= r_k)
+            others = 0
+            for c, r_c in enumerate(rounds):
+                if c == k:
+                    continue
+                active = i <= r_c
+                posted = exchanged if c < k else exchanged * (i >= 2)
+                others = others + np.where(
+                    active, p * (1 + (i < r_c)) + posted, exchanged * (r_c >= 1)
+                )
+            held = p * (1 + (i < r_k)) + others
+            computing = np.maximum(computing, np.where(valid, held + a + exchanged * (i >= 2), 0))
+            posting = np.maximum(posting, np.where(valid, held + 2 * a, 0))
+    return computing, posting

@@ -13,7 +13,7 @@ the upstream gradient and reduce-scatters home. Per rank per step::
 
 Peak memory per rank grows with W (``N = W·b``)::
 
-    gathered texts                 N·d·s   (+ N·d·c fp32 copy for half inputs)
+    gathered texts                 N·d·c   (half inputs: gathered as N·d·s, kept in fp32)
     their gradient                 N·d·c
     dx                             b·d·c   (+ b·d·c fp32 copy of x for half inputs)
     logit block                    3·b·N·c (cosines, logits, softplus)
@@ -160,7 +160,7 @@ def memory_terms(shape: Shape):
     )
     half = int(s < c)
     return {
-        "gathered texts": n * d * s + half * n * d * c,
+        "gathered texts": n * d * c,
         "gathered text gradients": n * d * c,
         "dx": b * d * c + half * b * d * c,
         "logit block": 3 * b * n * c,

@@ -53,7 +53,7 @@ from profiling.losses.checks import (
     compute_dtype,
 )
 from profiling.losses.costs import block_flops, rank_check_phase
-from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, register
+from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, peak_of, register
 
 
 class _SigmoidRingFunction(torch.autograd.Function):
@@ -194,18 +194,33 @@ def schedule(shape: Shape) -> Schedule:
     )
 
 
-def memory_terms(shape: Shape, chains: int = 1) -> dict[str, np.ndarray]:
+def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
+    """Peak bytes per rank; ``rounds``: rounds per chain (default: one chain of W−1)."""
     b, d, s, c = shape.batch, shape.dim, shape.elem_bytes, shape.compute_bytes
+    rounds = [shape.world - 1] if rounds is None else rounds
+    grads, payload = b * d * c, b * d * s
     half = int(s < c)
     tile = shape.tile_side
-    ringing = shape.world > 1
-    return {
-        "dx, home dy, returned dy": 3 * b * d * c,
-        "payloads in flight": ringing * chains * 2 * b * d * s,
-        "accumulators in flight": ringing * (chains * 3 - (chains - 1)) * b * d * c,
-        "block-math copies": half * 2 * b * d * c,
+    chains_used = sum((np.asarray(r) >= 1).astype(np.int64) for r in rounds)
+    computing, posting = ring.buffer_peaks(rounds, payload, grads, shape.overlap)
+    mid_ring_block = {
+        "dx, home dy": 2 * grads,
+        "ring buffers in flight": computing,
+        "block-math copies": half * 2 * grads,
         "tile": 3 * tile * tile * c,
     }
+    mid_ring_post = {
+        "dx, home dy": 2 * grads,
+        "ring buffers in flight": posting,
+        "block-math copies": half * grads,
+    }
+    end_of_forward = {
+        "dx, home dy": 2 * grads,
+        "returned dy": 2 * grads * chains_used,
+        "block-math copies": half * grads,
+    }
+    backward = {"dx, home dy": 2 * grads, "input gradients": 2 * payload + half * grads}
+    return peak_of(mid_ring_block, mid_ring_post, end_of_forward, backward)
 
 
 register(

@@ -48,8 +48,7 @@ def schedule(shape: Shape) -> Schedule:
 
 
 def memory_terms(shape: Shape):
-    chains = (shape.world > 2) + 1  # W = 2 has one chain only
-    return sigmoid_ring.memory_terms(shape, chains=chains)
+    return sigmoid_ring.memory_terms(shape, rounds=[shape.world // 2, (shape.world - 1) // 2])
 
 
 register(

@@ -15,7 +15,7 @@ forms the gradients of both gathered tensors (``softmax − onehot``, one pass p
 
 Peak memory per rank grows with W (``N = W·b``)::
 
-    gathered images and texts      2·N·d·s (+ 2·N·d·c fp32 copies for half inputs)
+    gathered images and texts      2·N·d·c (half inputs: gathered as 2·N·d·s, kept in fp32)
     their gradients                2·N·d·c
     dx, dy                         2·b·d·c (+ 2·b·d·c fp32 copies for half inputs)
     logit block                    2·b·N·c (cosines, then logits turned into G in place)
@@ -152,7 +152,7 @@ def memory_terms(shape: Shape):
     )
     half = int(s < c)
     return {
-        "gathered images and texts": 2 * n * d * s + half * 2 * n * d * c,
+        "gathered images and texts": 2 * n * d * c,
         "gathered gradients": 2 * n * d * c,
         "dx, dy": 2 * b * d * c + half * 2 * b * d * c,
         "logit block": 2 * b * n * c,

@@ -48,7 +48,7 @@ from profiling.losses.checks import (
     compute_dtype,
 )
 from profiling.losses.costs import rank_check_phase
-from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, register
+from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, peak_of, register
 
 
 def _logaddexp_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
@@ -215,17 +215,38 @@ def schedule(shape: Shape) -> Schedule:
 
 def memory_terms(shape: Shape):
     b, d, s, c = shape.batch, shape.dim, shape.elem_bytes, shape.compute_bytes
+    rounds = [shape.world - 1]
+    grads, payload, lse = b * d * c, b * d * s, b * c
     half = int(s < c)
-    ringing = shape.world > 1
     tile = shape.tile_side
-    return {
-        "dx, home dy": 2 * b * d * c,
-        "payloads in flight": ringing * 2 * (b * d * s + (b + 1) * c),
-        "accumulators in flight": ringing * 3 * b * d * c,
-        "block-math copies": half * 2 * b * d * c,
-        "row and column lse": 2 * b * c,
+    stats_computing, _ = ring.buffer_peaks(rounds, payload, lse, shape.overlap)
+    computing, posting = ring.buffer_peaks(rounds, payload + lse + c, grads, shape.overlap)
+    statistics_pass = {
+        "row and column lse": 2 * lse,
+        "ring buffers in flight": stats_computing,
+        "block-math copies": half * 2 * grads,
+        "tile": 2 * tile * tile * c,
+    }
+    gradient_pass_block = {
+        "row and column lse": 2 * lse + (lse + c),
+        "dx, home dy": 2 * grads,
+        "ring buffers in flight": computing,
+        "block-math copies": half * 2 * grads,
         "tile": 3 * tile * tile * c,
     }
+    gradient_pass_post = {
+        "row and column lse": 2 * lse + (lse + c),
+        "dx, home dy": 2 * grads,
+        "ring buffers in flight": posting,
+        "block-math copies": half * grads,
+    }
+    end_of_backward = {
+        "row and column lse": 2 * lse + (lse + c),
+        "dx, home dy": 2 * grads,
+        "returned dy": 2 * grads * (shape.world > 1),
+        "block-math copies": half * grads,
+    }
+    return peak_of(statistics_pass, gradient_pass_block, gradient_pass_post, end_of_backward)
 
 
 register(
