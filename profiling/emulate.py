@@ -43,8 +43,9 @@ class PeerFailed(RuntimeError):
 class _Done:
     """A completed or pending exchange; ``wait()`` mirrors ``torch.distributed.Work``."""
 
-    def __init__(self, hub: ThreadHub, event: threading.Event | None = None):
-        self._hub, self._event = hub, event
+    def __init__(self, hub: ThreadHub, event: threading.Event | None = None, tensor=None):
+        # Like a backend's work object, hold the tensor for as long as the caller holds us.
+        self._hub, self._event, self._tensor = hub, event, tensor
 
     def wait(self) -> bool:
         if self._event is not None and not self._event.wait(self._hub.timeout_s):
@@ -101,11 +102,11 @@ class ThreadHub:
                 with torch.no_grad(), _disable_current_modes():
                     buffer.copy_(tensor.detach())
                 event.set()
-                return _Done(self)
+                return _Done(self, tensor=send if send is not None else recv)
             event = threading.Event()
             mine = self._sends if send is not None else self._recvs
             mine.setdefault((src, dst), deque()).append((send if send is not None else recv, event))
-            return _Done(self, event)
+            return _Done(self, event, tensor=send if send is not None else recv)
 
 
 class ThreadTransport(comm.Transport):
@@ -236,20 +237,23 @@ class StandInTransport(comm.Transport):
         return out
 
     def _post_p2p(self, sends, recvs):
-        return [_StandInReceive(self, [b for b, _ in recvs])]
+        return [_StandInReceive(self, [t for t, _ in sends], [b for b, _ in recvs])]
 
 
 class _StandInReceive:
-    """Fills the receive buffers with stand-in data when waited for (charged as exposed)."""
+    """Fills the receive buffers with stand-in data when waited for (charged as exposed).
 
-    def __init__(self, transport: StandInTransport, buffers: list[torch.Tensor]):
-        self._transport, self._buffers = transport, buffers
+    Like a real backend's work object, it holds the sent tensors and the receive buffers
+    for as long as the caller holds it, so tensor lifetimes (the live peak) match.
+    """
+
+    def __init__(self, transport: StandInTransport, sends: list, buffers: list):
+        self._transport, self._sends, self._buffers = transport, sends, buffers
 
     def wait(self) -> bool:
         with torch.no_grad(), _disable_current_modes():
             for buffer in self._buffers:
                 buffer.copy_(self._transport._block(buffer.shape, buffer.dtype))
-        self._buffers = []  # hold no buffer longer than a real receive would
         return True
 
 
@@ -267,6 +271,9 @@ def emulate_point(config: measure.PointConfig, device) -> dict:
         out["peer_values"] = "stand-in"
         out["loss_note"] = "peers' messages are stand-in data: the loss is not a real loss"
         return out
+
+    if config.emulate != "exact":
+        raise ValueError(f"emulate must be 'exact' or 'stand-in', got {config.emulate!r}")
 
     def one_rank(rank, transport, group):
         return measure.measure_point(config, group, transport, device, real_comm=False)

@@ -356,7 +356,7 @@ def _memory_views(loss_module, inputs, transport, device) -> dict:
         value = forward(loss_module, inputs)
         value.backward()
         out["peak_live_bytes"] = tracker.peak_bytes
-    out["loss"] = float(value)
+    out["loss"] = float(value.detach())
     out["rss_bytes"] = psutil.Process().memory_info().rss
     out["rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out
@@ -398,6 +398,7 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
         "comm_ops": rec.as_dict(),
         **cross,
         **memory,
+        "torch_threads": torch.get_num_threads(),
         "ranks_agree": all(row == agree[0] for row in agree),
         "rank_values": None if all(row == agree[0] for row in agree) else agree,
     }

@@ -1,0 +1,155 @@
+"""Result records: append-only JSON lines, one per data point (``docs/results-schema.md``).
+
+* :func:`point_key`: a stable hash of the fields that define a measurement (not its
+  timeouts), used to skip finished points when a grid is run again;
+* :func:`environment`: where it ran (host, versions, device, cores), without creating a
+  CUDA context in the calling process;
+* :func:`make_record` / :func:`append_record`: one record, written as one line, flushed
+  and fsynced before the next point starts, so a crash loses at most the point running;
+* :func:`read_records` / :func:`resume_state`: what a rerun skips. Finished means a
+  record with status ``ok``, ``oom`` or ``error`` (errors are deterministic here: a rerun
+  would fail the same way; ``retry_errors`` reruns them), or ``MAX_TIMEOUT_ATTEMPTS``
+  timeouts (a timeout may be a busy machine, so it is retried once, the record of the
+  retry has ``attempt`` 2).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import socket
+import sys
+from pathlib import Path
+
+import torch
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "oom", "error", "timeout")
+MAX_TIMEOUT_ATTEMPTS = 2
+_NOT_IN_KEY = ("timeout_s", "pg_timeout_s")
+
+
+def point_key(config: dict) -> str:
+    """16 hex digits of SHA-1 over the canonical JSON of the defining config fields."""
+    defining = {k: v for k, v in sorted(config.items()) if k not in _NOT_IN_KEY}
+    text = json.dumps(defining, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _gpu_names() -> list[str]:
+    """GPU names through NVML (no CUDA context is created in this process)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            names.append(name.decode() if isinstance(name, bytes) else name)
+        return names
+    except Exception:  # no driver / no NVML: no GPU names to report
+        return []
+
+
+def environment(backend: str, device: str, launcher: str = "spawn") -> dict:
+    nccl = None
+    if backend == "nccl" and torch.cuda.is_available():
+        version = torch.cuda.nccl.version()
+        nccl = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+    gpus = _gpu_names() if device == "cuda" else []
+    return {
+        "host": socket.gethostname(),
+        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "backend": backend,
+        "nccl": nccl,
+        "cuda": torch.version.cuda,
+        "device_name": (gpus[0] if gpus else "cuda") if device == "cuda" else _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "launcher": launcher,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def make_record(
+    config: dict,
+    status: str,
+    message: str | None,
+    measured: dict | None,
+    env: dict,
+    *,
+    attempt: int = 1,
+    wall_s: float | None = None,
+) -> dict:
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    return {
+        "schema": SCHEMA_VERSION,
+        "key": point_key(config),
+        "status": status,
+        "message": message,
+        "attempt": attempt,
+        "wall_s": wall_s,
+        "config": config,
+        "env": env,
+        "measured": measured,
+    }
+
+
+def append_record(path: str | os.PathLike, record: dict) -> None:
+    """Append one line and make it durable (flush + fsync) before returning."""
+    line = json.dumps(record, sort_keys=False) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():  # after a torn last line (a crash mid-write), start a fresh one
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Every complete record; a torn last line (a crash mid-write) is skipped with a note."""
+    if not Path(path).exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"{path}:{number}: skipping an unreadable line", file=sys.stderr)
+    return records
+
+
+def resume_state(records: list[dict], *, retry_errors: bool = False):
+    """(finished keys, timeouts so far per key) from the records already written."""
+    done_statuses = {"ok", "oom"} | (set() if retry_errors else {"error"})
+    finished, timeouts = set(), {}
+    for record in records:
+        key = record.get("key")
+        if record.get("status") in done_statuses:
+            finished.add(key)
+        elif record.get("status") == "timeout":
+            timeouts[key] = timeouts.get(key, 0) + 1
+    finished |= {k for k, n in timeouts.items() if n >= MAX_TIMEOUT_ATTEMPTS}
+    return finished, timeouts
