@@ -9,6 +9,7 @@ measured on.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,32 +40,47 @@ def validate(run: RunDir, hardware) -> tuple[list[backends.Comparison], list[dic
     payload = {
         "hardware": backends.hardware_summary(hardware),
         "summary": summary,
-        "points": [asdict(c) | {"error_pct": c.error_pct} for c in comparisons],
+        "points": [asdict(c) for c in comparisons],
     }
     (run.path / VALIDATION).write_text(json.dumps(payload, indent=2) + "\n")
     return comparisons, summary
 
 
+STAGES = 9
+"""Upper bound on the calls :func:`analyse` makes to its ``step`` callback."""
+
+
+def _nothing(_: str) -> None:
+    return None
+
+
 def write_plots(
-    run: RunDir, hardware, comparisons: list[backends.Comparison] | None = None
+    run: RunDir,
+    hardware,
+    comparisons: list[backends.Comparison] | None = None,
+    step: Callable[[str], None] = _nothing,
 ) -> list[Path]:
-    """Every plot of the run, PNG and SVG, into the run directory; returns the files."""
+    """Every plot of the run, PNG and SVG, into the run directory; returns the files.
+    ``step(name)`` is called after each plot (progress bars)."""
     records = backends.load_records(run.results)
     real = rows(records, emulated=False)
     emulated = rows(records, emulated=True)
     if comparisons is None:
         comparisons, _ = backends.compare(records, hardware)
     files: list[Path] = []
+
+    def save(figure, stem: str) -> None:
+        files.extend(plots.save(figure, run.path, stem))
+        step(stem)
+
     if real:
-        files += plots.save(plots.memory_vs_global_batch(real, hardware), run.path, "memory")
-        files += plots.save(plots.bytes_vs_world(real, hardware), run.path, "bytes")
-        files += plots.save(plots.step_time_vs_world(real, hardware), run.path, "step_time")
+        save(plots.memory_vs_global_batch(real, hardware), "memory")
+        save(plots.bytes_vs_world(real, hardware), "bytes")
+        save(plots.step_time_vs_world(real, hardware), "step_time")
     if emulated:
-        figure = plots.memory_vs_world(emulated, hardware)
-        files += plots.save(figure, run.path, "memory_emulated")
+        save(plots.memory_vs_world(emulated, hardware), "memory_emulated")
     if comparisons:
-        figure = plots.predicted_vs_measured(comparisons)
-        files += plots.save(figure, run.path, "predicted_vs_measured")
+        save(plots.predicted_vs_measured(comparisons), "predicted_vs_measured")
     config = run.config()
     cluster = backends.hardware_for(CLUSTER_HARDWARE)
     figure = plots_scale.cluster_scale(
@@ -74,7 +90,7 @@ def write_plots(
         dtype=CLUSTER_DTYPE,
         methods=config.resolved_methods(),
     )
-    files += plots.save(figure, run.path, "cluster_scale")
+    save(figure, "cluster_scale")
     # The run's own batches never approach device memory, so this one is the model's only.
     figure, _, _ = maxbatch_figure(
         config.resolved_methods(),
@@ -84,7 +100,7 @@ def write_plots(
         dim=CLUSTER_DIM,
         dtype=CLUSTER_DTYPE,
     )
-    files += plots.save(figure, run.path, "maxbatch")
+    save(figure, "maxbatch")
     return files
 
 
@@ -106,10 +122,24 @@ def maxbatch_figure(
     return figure, predicted, found
 
 
-def analyse(run: RunDir, hardware) -> Path:
+def analyse(run: RunDir, hardware, step: Callable[[str], None] = _nothing) -> Path:
     """Validation, plots and report of a run directory; returns the report's path."""
     comparisons, summary = validate(run, hardware)
-    files = write_plots(run, hardware, comparisons)
+    step("validation")
+    write_plots(run, hardware, comparisons, step)
+    report = rewrite_report(run, hardware, comparisons, summary)
+    step("report")
+    return report
+
+
+def rewrite_report(run: RunDir, hardware, comparisons=None, summary=None) -> Path:
+    """The report alone, over the plots already in the run directory (e.g. to add the
+    final wall times once everything else is written)."""
+    if comparisons is None or summary is None:
+        comparisons, summary = backends.compare(backends.load_records(run.results), hardware)
+    order = ["memory", "memory_emulated", "bytes", "step_time", "predicted_vs_measured"]
+    order += ["cluster_scale", "maxbatch"]
+    files = [run.path / f"{stem}.png" for stem in order if (run.path / f"{stem}.png").is_file()]
     return write_report(
         run.path,
         config=run.config().to_dict(),

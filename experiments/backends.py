@@ -12,12 +12,10 @@ through these functions, so a renamed function elsewhere is fixed here only:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -60,11 +58,8 @@ class Comparison:
     """True when the run had more ranks than CPU cores (processes shared cores)."""
     emulated: bool = False
     """True when one process emulated rank 0 of the W ranks."""
-
-    @property
-    def error_pct(self) -> float:
-        """Signed error of the prediction, percent of the measurement."""
-        return 100.0 * (self.predicted - self.measured) / self.measured
+    error_pct: float = 0.0
+    """Signed error 100·(predicted − measured)/measured; 0 when both are 0."""
 
 
 # --- methods -------------------------------------------------------------------------
@@ -97,47 +92,84 @@ def is_ring(name: str) -> bool:
 # --- measuring -----------------------------------------------------------------------
 
 
+EMULATION = "stand-in"
+"""How emulated points run: rank 0 alone, its peers' messages filled with stand-in data."""
+
+
+def point_config(
+    point: Point,
+    *,
+    steps: int,
+    warmup: int,
+    device: str,
+    timeout_s: float,
+    seed: int,
+    cross_check: bool,
+):
+    """The profiler's config of one point (``profiling.measure.PointConfig``)."""
+    from profiling.measure import PointConfig
+
+    ring = is_ring(point.method)
+    return PointConfig(
+        method=point.method,
+        world=point.world,
+        batch=point.batch,
+        dim=point.dim,
+        dtype=point.dtype,
+        device=device,
+        emulate=EMULATION if point.emulated else None,
+        overlap=point.overlap if ring else None,
+        tile=point.tile if ring else None,
+        steps=steps,
+        warmup=warmup,
+        seed=seed,
+        profile=cross_check,
+        timeout_s=timeout_s,
+    )
+
+
 def run_points(
     points: Sequence[Point],
     results_path: Path,
     *,
     steps: int,
     warmup: int,
-    backend: str,
     device: str,
     timeout_s: float,
     seed: int,
-    on_point: Callable[[dict], None] | None = None,
-) -> list[dict]:
-    """Run every point into ``results_path`` (JSON lines); skips points already there."""
+    cross_check: bool = True,
+) -> dict[str, int]:
+    """Run every point into ``results_path`` (JSON lines), each in its own process group,
+    with the profiler's progress bar; points already there are skipped. Returns the count
+    of records per status written now, plus ``skipped``."""
     from profiling import grid
 
     configs = [
-        grid.PointConfig(
-            method=p.method,
-            world=p.world,
-            batch=p.batch,
-            dim=p.dim,
-            dtype=p.dtype,
-            overlap=p.overlap,
-            tile=p.tile,
-            emulated=p.emulated,
-            backend=backend,
-            device=device,
+        point_config(
+            p,
             steps=steps,
             warmup=warmup,
+            device=device,
+            timeout_s=timeout_s,
             seed=seed,
+            cross_check=cross_check,
         )
         for p in points
     ]
-    return grid.run_grid(configs, results_path, timeout_s=timeout_s, on_record=on_point)
+    summary = grid.run_grid(configs, results_path, progress=True)
+    return {**dict(summary.statuses), "skipped": summary.skipped}
 
 
 def load_records(results_path: Path) -> list[dict]:
-    """Every record of a results file, in the order written (schema: docs/results-schema.md)."""
+    """Every record of a results file, in the order written (schema: docs/results-schema.md),
+    each config carrying ``emulated`` (bool) whatever the profiler named it."""
     from profiling import results
 
-    return list(results.read_records(results_path))
+    records = results.read_records(results_path)
+    for record in records:
+        config = record.get("config", {})
+        config.setdefault("emulated", bool(config.get("emulate")))
+    return records
 
 
 # --- the model -----------------------------------------------------------------------
@@ -205,90 +237,67 @@ def validate(records: Sequence[dict], hardware) -> tuple[list[dict], dict]:
     return validation.validate(records, hardware)
 
 
-QUANTITIES = ("step_time_s", "peak_memory_bytes", "bytes_sent")
-"""What validation compares: measured key of the record → the prediction's attribute."""
-_MEASURED_KEY = {
-    "step_time_s": "step_time_s",
-    "peak_memory_bytes": "peak_live_bytes",
-    "bytes_sent": "bytes_sent",
+_QUANTITY_NAMES = {
+    "step time": "step_time_s",
+    "peak memory": "peak_memory_bytes",
+    "bytes sent": "bytes_sent",
+}
+_REGIMES = {
+    "by_oversubscription": "ranks vs cores",
+    "by_world": "world size",
+    "by_message_size": "message size",
 }
 
 
 def compare(records: Sequence[dict], hardware) -> tuple[list[Comparison], list[dict]]:
-    """Every successful record beside the model's prediction, and the error summary.
+    """``simulator.validate``'s comparison of every successful record with the model.
 
-    Step time is compared for real-process points only (emulated ranks do not wait on
-    real peers); memory and bytes for every point. The summary has one entry per
-    quantity and regime (``W <= cores`` / ``W > cores``, emulated) with the geometric
-    mean error ``(∏(1 + |e_i|))^(1/n) − 1`` and the max ``|e_i|``, in percent.
+    Returns one :class:`Comparison` per point and quantity, and a flat summary: per
+    quantity, real-process points (all, then per regime: ranks vs cores, world size,
+    message size) and emulated points apart, each with geomean and max ``|delta %|``.
     """
     from experiments.records import latest
+    from simulator import validate as validation
 
-    comparisons = []
-    for record in latest(list(records)):
-        if record.get("status") != "ok" or not record.get("measured"):
+    records = latest(list(records))
+    comparisons, summary = [], []
+    for emulated in (False, True):
+        mine = [r for r in records if bool(r.get("config", {}).get("emulated")) == emulated]
+        if not mine:
             continue
-        config, measured = record["config"], record["measured"]
-        options = {}
-        if is_ring(config["method"]):
-            options["overlap"] = bool(config.get("overlap", True))
-            if config.get("tile"):
-                options["tile"] = int(config["tile"])
-        p = predict(
-            config["method"],
-            config["world"],
-            config["batch"],
-            config["dim"],
-            config.get("dtype", "fp32"),
-            hardware,
-            **options,
-        )
-        emulated = bool(config.get("emulated"))
-        for quantity in QUANTITIES:
-            if quantity == "step_time_s" and emulated:
-                continue
-            value = measured.get(_MEASURED_KEY[quantity])
-            if isinstance(value, dict):
-                value = value.get("median")
-            if value is None or value <= 0:
-                continue
-            comparisons.append(
-                Comparison(
-                    quantity=quantity,
-                    method=config["method"],
-                    world=int(config["world"]),
-                    batch=int(config["batch"]),
-                    dim=int(config["dim"]),
-                    dtype=config.get("dtype", "fp32"),
-                    predicted=float(getattr(p, quantity)),
-                    measured=float(value),
-                    oversubscribed=bool(p.oversubscribed) and not emulated,
-                    emulated=emulated,
-                )
+        rows = validation.compare(mine, hardware)["rows"]
+        comparisons += [
+            Comparison(
+                quantity=_QUANTITY_NAMES[row["quantity"]],
+                method=row["method"],
+                world=int(row["world"]),
+                batch=int(row["batch"]),
+                dim=int(row["dim"]),
+                dtype=row["dtype"],
+                predicted=float(row["predicted"]),
+                measured=float(row["measured"]),
+                oversubscribed=bool(row["oversubscribed"]) and not emulated,
+                emulated=emulated,
+                error_pct=float(row["delta_pct"]),
             )
-    return comparisons, summarise(comparisons)
-
-
-def summarise(comparisons: Sequence[Comparison]) -> list[dict]:
-    """Geomean and max |error| (percent) per quantity and regime."""
-    groups: dict[tuple[str, str], list[float]] = {}
-    for c in comparisons:
-        regime = "emulated" if c.emulated else ("W > cores" if c.oversubscribed else "W <= cores")
-        groups.setdefault((c.quantity, regime), []).append(abs(c.error_pct) / 100)
-    out = []
-    for quantity in QUANTITIES:
-        for regime in ("W <= cores", "W > cores", "emulated"):
-            errors = groups.get((quantity, regime))
-            if not errors:
-                continue
-            geomean = float(np.exp(np.mean(np.log1p(errors))) - 1)
-            out.append(
+            for row in rows
+        ]
+        prefix = "emulated ranks" if emulated else "real ranks"
+        for quantity, groups in validation.summarize(rows).items():
+            entries = [(f"{prefix}: all", groups["all"])]
+            if not emulated:
+                for regime, title in _REGIMES.items():
+                    entries += [
+                        (f"{title}: {name}", stats) for name, stats in groups[regime].items()
+                    ]
+            summary += [
                 {
-                    "quantity": quantity,
+                    "quantity": _QUANTITY_NAMES[quantity],
                     "regime": regime,
-                    "points": len(errors),
-                    "geomean_error_pct": 100 * geomean,
-                    "max_error_pct": 100 * max(errors),
+                    "points": stats["points"],
+                    "geomean_error_pct": stats["geomean_abs_err_pct"],
+                    "max_error_pct": stats["max_abs_err_pct"],
                 }
-            )
-    return out
+                for regime, stats in entries
+            ]
+    return comparisons, summary

@@ -65,6 +65,9 @@ class SweepConfig:
     """torch.distributed backend: gloo (CPU processes) or nccl (one GPU per rank)."""
     device: str = "cpu"
     """Device the ranks compute on: cpu or cuda."""
+    cross_check: bool = True
+    """Also count bytes with torch.profiler and replay the traffic alone (gives overlap %);
+    costs a few seconds per point."""
     timeout_s: float = 120.0
     """Seconds before a point that hangs is recorded as a timeout and the grid goes on."""
     max_global_batch: int = 0

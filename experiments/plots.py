@@ -83,7 +83,12 @@ def memory_vs_global_batch(table: Sequence[Row], hardware=None) -> Figure:
     table = [r for r in table if r.dim == dim and r.dtype == dtype]
     worlds = sorted({r.world for r in table})
     fig, axes = plt.subplots(
-        1, len(worlds), figsize=(3.6 * len(worlds), 3.6), sharey=True, squeeze=False
+        1,
+        len(worlds),
+        figsize=(3.6 * len(worlds), 3.6),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
     )
     for ax, world in zip(axes[0], worlds, strict=True):
         at_world = [r for r in table if r.world == world]
@@ -131,7 +136,12 @@ def memory_vs_world(table: Sequence[Row], hardware=None) -> Figure:
     table = [r for r in table if r.dim == dim and r.dtype == dtype]
     batches = sorted({r.batch for r in table})
     fig, axes = plt.subplots(
-        1, len(batches), figsize=(3.6 * len(batches), 3.6), sharey=True, squeeze=False
+        1,
+        len(batches),
+        figsize=(3.6 * len(batches), 3.6),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
     )
     for ax, batch in zip(axes[0], batches, strict=True):
         at_batch = [r for r in table if r.batch == batch]
@@ -176,7 +186,7 @@ def bytes_vs_world(table: Sequence[Row], hardware=None) -> Figure:
         for r in _default_options(table)
         if (r.batch, r.dim, r.dtype) == (batch, dim, dtype) and not r.emulated
     ]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for method in dict.fromkeys(r.method for r in table):
         points = sorted((r for r in table if r.method == method), key=lambda r: r.world)
         color = color_of(method)
@@ -214,7 +224,9 @@ def step_time_vs_world(table: Sequence[Row], hardware=None) -> Figure:
     series = labels(table)
     worlds = sorted({r.world for r in table})
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.4 * len(worlds) * len(series) / 2), 4.2))
+    fig, ax = plt.subplots(
+        figsize=(max(6.4, 0.7 * len(worlds) * len(series)), 4.2), layout="constrained"
+    )
     for i, label in enumerate(series):
         points = {r.world: r for r in table if r.label == label}
         x = np.array([worlds.index(w) for w in points]) + (i - (len(series) - 1) / 2) * width
@@ -276,7 +288,9 @@ def predicted_vs_measured(comparisons: Sequence[backends.Comparison]) -> Figure:
     quantities = [q for q in QUANTITY_UNITS if any(c.quantity == q for c in comparisons)]
     if not quantities:
         raise ValueError("no comparisons to plot")
-    fig, axes = plt.subplots(1, len(quantities), figsize=(4.2 * len(quantities), 4.0))
+    fig, axes = plt.subplots(
+        1, len(quantities), figsize=(4.4 * len(quantities), 4.0), layout="constrained"
+    )
     axes = np.atleast_1d(axes)
     for ax, quantity in zip(axes, quantities, strict=True):
         name, unit, scale = QUANTITY_UNITS[quantity]
@@ -287,17 +301,26 @@ def predicted_vs_measured(comparisons: Sequence[backends.Comparison]) -> Figure:
         ax.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.25, label="±10%")
         ax.plot(line, line, "k-", linewidth=0.8, label="y = x")
         for method in dict.fromkeys(c.method for c in rows):
-            mine = np.array(
-                [[c.measured, c.predicted] for c in rows if c.method == method], dtype=float
-            )
-            ax.plot(
-                mine[:, 0] * scale,
-                np.maximum(mine[:, 1] * scale, low),
-                "o",
-                color=color_of(method),
-                label=method,
-                alpha=0.8,
-            )
+            for emulated in (False, True):
+                mine = np.array(
+                    [
+                        [c.measured, c.predicted]
+                        for c in rows
+                        if c.method == method and c.emulated == emulated
+                    ],
+                    dtype=float,
+                ).reshape(-1, 2)
+                if not len(mine):
+                    continue
+                ax.plot(
+                    mine[:, 0] * scale,
+                    np.maximum(mine[:, 1] * scale, low),
+                    marker_of(method),
+                    color=color_of(method),
+                    mfc="none" if emulated else color_of(method),
+                    label=f"{method}{' (emulated ranks)' if emulated else ''}",
+                    alpha=0.8,
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(f"measured {name} ({unit})")

@@ -43,7 +43,7 @@ def cluster_scale(
     world = np.asarray(cluster_worlds() if worlds is None else worlds, dtype=np.int64)
     methods = list(methods or backends.method_names())
     memory_limit = backends.device_memory_bytes(hardware)
-    fig, (ax_mem, ax_time, ax_comm) = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, (ax_mem, ax_time, ax_comm) = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
     for method in methods:
         color = color_of(method)
         variants = [True, False] if backends.is_ring(method) else [True]
@@ -101,7 +101,7 @@ def maxbatch(
     title: str = "",
 ) -> Figure:
     """Largest local batch b and global batch N = b·W each method fits, vs W."""
-    fig, (ax_local, ax_global) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_local, ax_global) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for method in dict.fromkeys(p.method for p in predicted):
         color = color_of(method)
         mine = sorted((p for p in predicted if p.method == method and p.batch), key=_world)

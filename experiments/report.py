@@ -88,7 +88,7 @@ def environment_table(records: Sequence[dict], hardware_line: str) -> list[str]:
         ("nccl", "NCCL"),
         ("python", "Python"),
     ]
-    body = [[label, env.get(key, "–")] for key, label in keys if key in env]
+    body = [[label, "–" if env[key] is None else env[key]] for key, label in keys if key in env]
     body.append(["model profile", hardware_line])
     return _table(["", "value"], body)
 
@@ -100,7 +100,7 @@ def summary_table(summary: Sequence[dict]) -> list[str]:
             s["quantity"],
             s["points"],
             s["regime"],
-            f"{s['geomean_error_pct']:.3g}",
+            "0 (exact)" if s["max_error_pct"] == 0 else f"{s['geomean_error_pct']:.3g}",
             f"{s['max_error_pct']:.3g}",
         ]
         for s in summary

@@ -154,12 +154,13 @@ def test_predicted_vs_measured_draws_identity_and_ten_percent_band(hardware):
             batch=64,
             dim=32,
             dtype="fp32",
-            predicted=v * rng.uniform(0.7, 1.3),
+            predicted=v * ratio,
             measured=v,
+            error_pct=100 * (ratio - 1),
         )
         for m in METHODS
         for q, v in (("step_time_s", 1e-2), ("peak_memory_bytes", 2e6), ("bytes_sent", 3e5))
-        for _ in range(3)
+        for ratio in rng.uniform(0.7, 1.3, size=3)
     ]
     fig = plots.predicted_vs_measured(comparisons)
     axes = check_axes(fig, axes_with_data=3)
