@@ -96,7 +96,8 @@ def compare(records: list[dict[str, Any]], hardware: Hardware) -> dict[str, Any]
             skipped[str(status)] = skipped.get(str(status), 0) + 1
             continue
         config, measured = record["config"], record["measured"]
-        options = {k: config[k] for k in OPTIONS if k in config}
+        # None means "the method's default", which is also predict's default
+        options = {k: config[k] for k in OPTIONS if config.get(k) is not None}
         p = predict(
             config["method"],
             config["world"],
