@@ -138,8 +138,12 @@ def parse_fault(fault: str | None) -> tuple[str, int] | None:
     return kind, int(where)
 
 
-def validate_point(config: PointConfig) -> None:
-    """Raise :class:`ConfigError` (one line) if ``config`` cannot run here."""
+def validate_point(config: PointConfig, *, local: bool = True) -> None:
+    """Raise :class:`ConfigError` (one line) if ``config`` cannot run here.
+
+    ``local`` False (under torchrun, ranks spread over nodes): W is not checked against
+    this node's GPU count.
+    """
     try:
         method = get_method(config.method)
     except ValueError as exc:
@@ -163,7 +167,7 @@ def validate_point(config: PointConfig) -> None:
             f"exact emulation runs W threads on the CPU: needs device 'cpu' and W <= "
             f"{EXACT_MAX_WORLD} (got {config.device}, W={config.world}); use 'stand-in'"
         )
-    if not config.emulate and config.device == "cuda" and config.world > visible_gpus():
+    if local and not config.emulate and config.device == "cuda" and config.world > visible_gpus():
         raise ConfigError(
             f"NCCL runs one GPU per rank: W={config.world} exceeds the {visible_gpus()} "
             f"visible GPUs (emulate='stand-in' measures one rank of a larger world)"

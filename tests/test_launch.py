@@ -3,10 +3,14 @@ killed rank, wall-clock timeout) comes back as one classified outcome, never a h
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +98,22 @@ def test_a_killed_rank_is_reported():
     outcome = launch(kill_rank1, world=2, timeout_s=120, pg_timeout_s=30)
     assert outcome.status == "error"
     assert "rank 1: died with signal 9" in outcome.message
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_same_worker_under_torchrun(tmp_path):
+    """``python -m profiling point`` under torchrun: env:// rendezvous, rank 0 writes."""
+    out = tmp_path / "r.jsonl"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun), "--nproc-per-node", "2", "--master-port", str(find_free_port()),
+        "-m", "profiling", "point", "--method", "sigmoid-ring", "--world", "2",
+        "--batch", "8", "--dim", "16", "--steps", "2", "--warmup", "1", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["status"] == "ok" and record["env"]["launcher"] == "torchrun"
+    assert record["measured"]["ranks_agree"] and record["measured"]["bytes_sent"] > 0

@@ -1,0 +1,186 @@
+"""Command line of the profiler: run a grid, one point (locally or under torchrun), mark one.
+
+    python -m profiling grid GRID.toml --out results.jsonl      # local processes
+    python -m profiling grid GRID.toml --count                  # number of points
+    python -m profiling point --method sigmoid-ring --world 4 --batch 256 --dim 512 \\
+        --out results.jsonl                                     # one point, local
+    torchrun --nproc-per-node 8 -m profiling point --grid GRID.toml --index 3 \\
+        --out results.jsonl                                     # one point, torchrun
+    python -m profiling mark --grid GRID.toml --index 3 --out results.jsonl \\
+        --status timeout --message "killed after 900 s" --since EPOCH_S
+
+Under torchrun (``RANK`` in the environment) ``point`` joins the env:// process group
+that torchrun set up, every rank measures, and global rank 0 appends the record (also
+when the point fails on rank 0; if the job dies first, the batch script's ``mark``
+records it). Every refusal is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+
+from profiling import results
+from profiling.grid import describe, load_grid, run_grid, run_point, validate_grid
+from profiling.launch import ConfigError, classify_failure, run_from_env
+from profiling.measure import PointConfig, measure_rank, validate_point
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _point_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", help="take the point from this grid file (with --index)")
+    p.add_argument("--index", type=int, help="index of the point in --grid")
+    p.add_argument("--method")
+    p.add_argument("--world", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--dim", type=int)
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--emulate", choices=["exact", "stand-in"])
+    p.add_argument("--overlap", type=_bool)
+    p.add_argument("--tile", type=int)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument("--pg-timeout-s", type=float, default=120.0)
+    p.add_argument("--no-profile", action="store_true", help="skip byte cross-check, replay")
+    p.add_argument("--fault", help="tests only: raise@rankR, oom@rankR, hang@rankR")
+
+
+def _config(args) -> PointConfig:
+    if args.grid is not None:
+        points = load_grid(args.grid)
+        if args.index is None or not 0 <= args.index < len(points):
+            raise ConfigError(f"--index must be in [0, {len(points)}) for {args.grid}")
+        return points[args.index]
+    missing = [n for n in ("method", "world", "batch", "dim") if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"a point needs --{missing[0]} (or --grid and --index)")
+    return PointConfig(
+        method=args.method, world=args.world, batch=args.batch, dim=args.dim,
+        dtype=args.dtype, device=args.device, emulate=args.emulate, overlap=args.overlap,
+        tile=args.tile, steps=args.steps, warmup=args.warmup, seed=args.seed,
+        timeout_s=args.timeout_s, pg_timeout_s=args.pg_timeout_s,
+        profile=not args.no_profile, fault=args.fault,
+    )  # fmt: skip
+
+
+def _summary(record: dict) -> str:
+    m, c = record["measured"], record["config"]
+    head = f"[{record['status']}] {c['method']} W={c['world']} b={c['batch']} d={c['dim']}"
+    if not m:
+        return f"{head}: {record['message']}"
+    step = m["step_time_s"]["median"] * 1e3 if m.get("step_time_s") else float("nan")
+    return (
+        f"{head}: step {step:.3f} ms (median, max over ranks), live peak "
+        f"{m['peak_live_bytes'] / 2**20:.3f} MiB, sent {m['bytes_sent'] / 1e6:.3f} MB/rank"
+    )
+
+
+def _torchrun_point(config: PointConfig, out: str) -> int:
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world != config.processes:
+        raise ConfigError(f"torchrun started {world} ranks; the point needs {config.processes}")
+    env = results.environment(config.backend, config.device, launcher="torchrun")
+    start = time.perf_counter()
+    try:
+        measured = run_from_env(
+            measure_rank, (config.as_dict(),), backend=config.backend,
+            pg_timeout_s=config.pg_timeout_s,
+        )  # fmt: skip
+        status, message = "ok", None
+    except Exception as exc:
+        measured, status = None, classify_failure(exc)
+        message = f"rank {rank}: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+    if rank == 0:
+        _, timeouts = results.resume_state(results.read_records(out))
+        key = results.point_key(config.as_dict())
+        record = results.make_record(
+            config.as_dict(), status, message, measured, env,
+            attempt=timeouts.get(key, 0) + 1, wall_s=time.perf_counter() - start,
+        )  # fmt: skip
+        results.append_record(out, record)
+        print(_summary(record))
+    return 0 if status == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m profiling", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("grid", help="run every unfinished point of a grid file")
+    g.add_argument("grid_file")
+    g.add_argument("--out", help="results JSON lines (appended)")
+    g.add_argument("--retry-errors", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--count", action="store_true", help="print the number of points and exit")
+    p = sub.add_parser("point", help="run one point (locally, or under torchrun)")
+    _point_args(p)
+    p.add_argument("--out", required=True)
+    m = sub.add_parser("mark", help="record a point that died without a record")
+    m.add_argument("--grid", required=True)
+    m.add_argument("--index", type=int, required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--status", required=True, choices=["error", "timeout", "oom"])
+    m.add_argument("--message", required=True)
+    m.add_argument("--since", type=float, default=0.0, help="skip if a record is newer (epoch s)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "grid":
+            points = load_grid(args.grid_file)
+            if args.count:
+                print(len(points))
+                return 0
+            if not args.out:
+                raise ConfigError("grid needs --out results.jsonl")
+            summary = run_grid(
+                points, args.out, retry_errors=args.retry_errors, progress=not args.no_progress
+            )
+            print(summary.line())
+            return 0
+        config = _config(args)
+        key = results.point_key(config.as_dict())
+        finished, timeouts = results.resume_state(results.read_records(args.out))
+        if args.command == "mark":
+            since = datetime.datetime.fromtimestamp(args.since, datetime.UTC).isoformat()
+            recent = [
+                r for r in results.read_records(args.out)
+                if r.get("key") == key and r["env"].get("time_utc", "") >= since[:19]
+            ]  # fmt: skip
+            if recent or key in finished:
+                return 0
+            env = results.environment(config.backend, config.device, launcher="torchrun")
+            record = results.make_record(
+                config.as_dict(), args.status, args.message, None, env,
+                attempt=timeouts.get(key, 0) + 1,
+            )  # fmt: skip
+            results.append_record(args.out, record)
+            return 0
+        if key in finished:
+            print(f"done already: {describe(config)} (key {key} in {args.out})")
+            return 0
+        if "RANK" in os.environ:
+            validate_point(config, local=False)
+            return _torchrun_point(config, args.out)
+        validate_grid([config])
+        record = run_point(config, attempt=timeouts.get(key, 0) + 1)
+        results.append_record(args.out, record)
+        print(_summary(record))
+        return 0 if record["status"] == "ok" else 1
+    except ConfigError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""profiling.measure and traffic: one W=3 gloo process group measures several points; bytes
+equal the methods' formulas and torch.profiler's count, times are ordered, the live peak
+equals a one-step probe's, ranks agree; the NCCL profiler parse and the overlap rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from profiling import comm, traffic
+from profiling.launch import launch
+from profiling.losses import Shape, get_method
+from profiling.measure import (
+    DistGroup,
+    PointConfig,
+    _spread,
+    measure_point,
+    single_step,
+)
+
+CPU = torch.device("cpu")
+CASES = [
+    PointConfig(method="sigmoid-ring", world=3, batch=16, dim=32, steps=3, warmup=1),
+    PointConfig(method="softmax-ring", world=3, batch=16, dim=32, steps=3, warmup=1, tile=8),
+    PointConfig(method="sigmoid-allgather", world=3, batch=16, dim=32, steps=3, warmup=1),
+]
+
+
+def measure_cases(rank, world):
+    out = []
+    for config in CASES:
+        transport = traffic.RecordingTransport()
+        measured = measure_point(config, DistGroup(CPU), transport, CPU)
+        probe = single_step(config, rank, comm.current(), CPU)
+        out.append((measured, probe["peak_live_bytes"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def measured():
+    outcome = launch(measure_cases, world=3, timeout_s=300)
+    assert outcome.status == "ok", outcome.message
+    return outcome.values
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_measured_points(measured):
+    for index, config in enumerate(CASES):
+        rank0, probe_peak = measured[0][index]
+        shape = Shape.of(3, 16, 32, "fp32", tile=config.tile)
+        schedule = get_method(config.method).schedule(shape)
+        assert rank0["bytes_sent"] == int(schedule.bytes_sent()), config.method
+        assert rank0["bytes_received"] == int(schedule.bytes_received()), config.method
+        assert rank0["ranks_agree"] and rank0["rank_values"] is None
+        assert rank0["peak_live_bytes"] == probe_peak
+        for name in ("step_time_s", "forward_time_s", "backward_time_s"):
+            s = rank0[name]
+            assert 0 < s["min"] <= s["p10"] <= s["median"] <= s["p90"] <= s["max"], name
+        assert rank0["step_time_s"]["max"] >= rank0["forward_time_s"]["min"]
+        assert rank0["comm_time_s"] > 0
+        expected_busbw = rank0["bytes_sent"] / rank0["comm_time_s"] / 1e9
+        assert rank0["busbw_GBps"] == pytest.approx(expected_busbw)
+        assert rank0["algbw_GBps"] >= rank0["busbw_GBps"]
+        assert set(rank0["comm_replay"]) == set(rank0["comm_ops"])
+        assert 0 <= rank0["overlap_pct"] <= 100 and rank0["overlap_note"] is None
+        assert rank0["rss_peak_bytes"] > 0 and rank0["peak_cuda_allocated_bytes"] is None
+        # every rank returns the same reduced numbers
+        for rank in (1, 2):
+            other = measured[rank][index][0]
+            assert other["step_time_s"] == rank0["step_time_s"]
+            assert other["loss"] == pytest.approx(rank0["loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_profiler_cross_check(measured):
+    ring, softmax_ring, allgather = (measured[0][i][0] for i in range(3))
+    assert ring["profiler_agrees"] and softmax_ring["profiler_agrees"]
+    assert (
+        ring["profiler_bytes"]["p2p"]["bytes_sent"]
+        == ring["comm_ops"]["p2p:sigmoid.payload"]["bytes_sent"]
+        + ring["comm_ops"]["p2p:sigmoid.acc"]["bytes_sent"]
+    )
+    # gloo implements reduce-scatter as an all-reduce: the profiler sees twice the bytes.
+    assert not allgather["profiler_agrees"]
+    assert "reduce_scatter" in allgather["profiler_note"]
+    rs = allgather["comm_ops"]["reduce_scatter:sigmoid.text_grads"]["bytes_sent"]
+    assert allgather["profiler_bytes"]["all_reduce"]["bytes_sent"] == 2 * rs
+
+
+def test_nccl_profiler_events_are_parsed():
+    events = [
+        {"name": "record_param_comms", "args": {"Collective name": "_allgather_base",
+         "In msg nelems": 100, "Out msg nelems": 400, "dtype": "Float", "Group size": 4}},
+        {"name": "record_param_comms", "args": {"Collective name": "_reduce_scatter_base",
+         "In msg nelems": 400, "Out msg nelems": 100, "dtype": "BFloat16", "Group size": 4}},
+        {"name": "record_param_comms", "args": {"Collective name": "send",
+         "In msg nelems": 50, "Out msg nelems": 50, "dtype": "Float", "Group size": 4}},
+        {"name": "record_param_comms", "args": {"Collective name": "recv",
+         "In msg nelems": 50, "Out msg nelems": 50, "dtype": "Float", "Group size": 4}},
+        {"name": "record_param_comms", "args": {"Collective name": "barrier",
+         "In msg nelems": 1, "Out msg nelems": 1, "dtype": "Float", "Group size": 4}},
+        {"name": "gloo:all_gather", "args": {"Input Dims": [[9, 9]], "Input type": ["float"]}},
+    ]  # fmt: skip
+    got = traffic.profiler_bytes(events, world=4)
+    assert got == {
+        "all_gather": {"calls": 1, "bytes_sent": 3 * 100 * 4, "bytes_received": 3 * 100 * 4},
+        "reduce_scatter": {"calls": 1, "bytes_sent": 3 * 100 * 2, "bytes_received": 3 * 100 * 2},
+        "p2p": {"calls": 2, "bytes_sent": 200, "bytes_received": 200},
+    }
+
+
+def test_overlap_rules_and_spread():
+    exposed = _spread([0.1, 0.3, 0.2])
+    assert exposed["median"] == 0.2 and exposed["min"] == 0.1 and exposed["max"] == 0.3
+
+    class Gloo:
+        backend = "gloo"
+
+    class Nccl:
+        backend = "nccl"
+
+    assert traffic.overlap(exposed, {"comm_time_s": 0.8}, Gloo())["overlap_pct"] == (
+        pytest.approx(75.0)
+    )
+    assert traffic.overlap(exposed, {"comm_time_s": 0.1}, Gloo())["overlap_pct"] == 0.0
+    assert traffic.overlap(exposed, {"comm_time_s": 0.0}, Gloo())["overlap_note"] == (
+        "no communication"
+    )
+    assert "NCCL" in traffic.overlap(exposed, {"comm_time_s": 0.8}, Nccl())["overlap_note"]
