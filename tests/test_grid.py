@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from profiling import measure, results
+from profiling import point, results
 from profiling.grid import load_grid, run_grid
 from profiling.launch import ConfigError
 from profiling.measure import PointConfig
@@ -72,12 +72,12 @@ def test_refused_before_launch(tmp_path, change, message):
 def test_refused_gpu_world_and_missing_dtype(monkeypatch):
     if torch.cuda.device_count() == 0:
         with pytest.raises(ConfigError, match="no GPU is visible"):
-            measure.validate_point(
+            point.validate_point(
                 PointConfig(method="sigmoid-ring", world=2, device="cuda", **SMALL)
             )
-    monkeypatch.setattr(measure, "_dtype_works", lambda dtype, device: dtype != torch.bfloat16)
+    monkeypatch.setattr(point, "_dtype_works", lambda dtype, device: dtype != torch.bfloat16)
     with pytest.raises(ConfigError, match="dtype bf16 is not supported on cpu"):
-        measure.validate_point(PointConfig(method="sigmoid-ring", world=2, dtype="bf16", **SMALL))
+        point.validate_point(PointConfig(method="sigmoid-ring", world=2, dtype="bf16", **SMALL))
 
 
 @pytest.mark.slow
