@@ -29,6 +29,9 @@ from experiments import config as sweep_config
 from experiments.records import rows
 
 console = Console()
+if not console.is_terminal:
+    # Piped or captured output: wide enough that no number is cut short.
+    console = Console(width=200)
 MiB = 2**20
 
 
@@ -55,6 +58,14 @@ def analyse_with_progress(run: rundir.RunDir, hardware) -> Path:
         )
         bar.update(task, completed=analysis.STAGES)
     return report
+
+
+def _column(table: Table, header: str) -> None:
+    """Names stay whole (never cut to "softmax-al…"); numbers right-aligned."""
+    if header in ("method", "quantity", "regime"):
+        table.add_column(header, no_wrap=True)
+    else:
+        table.add_column(header, justify="right")
 
 
 def _ints(text: str) -> list[int]:
@@ -127,8 +138,8 @@ def cmd_run(args) -> int:
 def print_results(records: list[dict]) -> None:
     table = Table(title="Measured (median step of the max over ranks)")
     for header in ("method", "W", "b", "d", "step (ms)", "exposed (ms)", "sent (MiB)"):
-        table.add_column(header, justify="right")
-    table.add_column("peak live (MiB)", justify="right")
+        _column(table, header)
+    _column(table, "peak live (MiB)")
     for r in rows(records):
         table.add_row(
             r.label + (" (emulated)" if r.emulated else ""),
@@ -149,7 +160,7 @@ def print_results(records: list[dict]) -> None:
 def print_summary(summary: list[dict]) -> None:
     table = Table(title="Validation: |predicted − measured| / measured (full table: report)")
     for header in ("quantity", "regime", "points", "geomean (%)", "max (%)"):
-        table.add_column(header, justify="right")
+        _column(table, header)
     for s in summary:
         if not s["regime"].startswith(("real ranks", "emulated", "ranks vs cores")):
             continue
@@ -179,7 +190,7 @@ def cmd_predict(args) -> int:
     headers = ["method", "W", "b", "N", "d", "GFLOP", "sent (MiB)", "received (MiB)"]
     headers += ["peak (MiB)", "compute (ms)", "exposed comm (ms)", "step (ms)", "fits"]
     for header in headers:
-        table.add_column(header, justify="right")
+        _column(table, header)
     worlds, batches, dims = (np.array(_ints(v)) for v in (args.world, args.batch, args.dim))
     world, batch, dim = (a.ravel() for a in np.meshgrid(worlds, batches, dims, indexing="ij"))
     for method in methods:
@@ -228,7 +239,7 @@ def cmd_validate(args) -> int:
     comparisons, summary = analysis.validate(run, hardware)
     table = Table(title=f"Predicted vs measured on {backends.hardware_label(hardware)}")
     for header in ("method", "W", "b", "d", "quantity", "predicted", "measured", "delta (%)"):
-        table.add_column(header, justify="right")
+        _column(table, header)
     for c in comparisons:
         table.add_row(
             c.method,
@@ -280,7 +291,7 @@ def cmd_maxbatch(args) -> int:
     )
     table = Table(title=f"Largest batch in {memory / 2**30:.4g} GiB of loss memory per rank")
     for header in ("method", "W", "source", "b (per rank)", "N = b·W"):
-        table.add_column(header, justify="right")
+        _column(table, header)
     for entry in sorted([*predicted, *found], key=lambda e: (e.method, e.world, e.source)):
         table.add_row(
             entry.method, str(entry.world), entry.source, str(entry.batch), str(entry.global_batch)

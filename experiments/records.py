@@ -86,9 +86,10 @@ def row_of(record: dict) -> Row:
         batch=int(config["batch"]),
         dim=int(config["dim"]),
         dtype=config.get("dtype", "fp32"),
-        overlap=bool(config.get("overlap", True)),
+        # None: the method's default (on for rings; all-gathers have no such option).
+        overlap=config.get("overlap") is not False,
         tile=config.get("tile"),
-        emulated=bool(config.get("emulated", False)),
+        emulated=bool(config.get("emulated") or config.get("emulate")),
         step_time_s=_median(step),
         step_time_p10_s=_stat(step, "p10"),
         step_time_p90_s=_stat(step, "p90"),

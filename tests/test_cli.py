@@ -1,0 +1,212 @@
+"""The ``sigsim`` command line end to end: ``run`` on a tiny sweep (calibrating a machine
+that has no profile first), then ``validate``, ``plot``, ``report``, ``maxbatch`` and
+``run --resume`` on that run directory without measuring again; ``predict`` and every
+subcommand's ``--help`` (units and defaults stated).
+
+One tiny sweep is shared by the module (process groups are slow to start); the
+calibration cache is redirected to a temporary folder so nothing outside it is touched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import rundir
+from experiments.cli import build_parser, main
+from simulator import hardware
+
+TINY = """\
+# Two methods, W = 1 and 2, one shape, plus emulated W = 4: the smallest useful sweep.
+name = "tiny"
+methods = ["sigmoid-ring", "softmax-allgather"]
+worlds = [1, 2]
+batches = [8]
+dims = [16]
+steps = 2
+warmup = 1
+emulated_worlds = [4]
+cross_check = false
+timeout_s = 120.0
+"""
+
+SUBCOMMANDS = ("run", "calibrate", "predict", "validate", "plot", "report", "maxbatch")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """An empty calibration cache for this module."""
+    folder = tmp_path_factory.mktemp("hardware-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hardware, "CACHE_DIR", folder)
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def tiny_run(cache, tmp_path_factory):
+    """``sigsim run tiny.toml`` into a fresh runs folder; returns (run dir, stdout)."""
+    work = tmp_path_factory.mktemp("work")
+    config = work / "tiny.toml"
+    config.write_text(TINY)
+    status = main(["run", str(config), "--runs-dir", str(work / "runs"), "--quick-calibration"])
+    assert status == 0
+    (run_dir,) = (work / "runs").iterdir()
+    return run_dir
+
+
+PLOTS = ("memory", "memory_emulated", "bytes", "step_time", "predicted_vs_measured")
+PLOTS += ("cluster_scale", "maxbatch")
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_run_calibrates_measures_and_writes_everything(tiny_run, cache):
+    assert tiny_run.name.endswith("-tiny")
+    assert list(cache.glob("*.json")), "no profile was calibrated"
+    records = [json.loads(line) for line in (tiny_run / rundir.RESULTS).read_text().splitlines()]
+    assert len(records) == 2 * 2 + 2  # real: 2 methods × W ∈ {1, 2}; emulated: 2 at W = 4
+    assert all(r["status"] == "ok" for r in records), [r["message"] for r in records]
+    for stem in PLOTS:
+        assert (tiny_run / f"{stem}.png").stat().st_size > 0
+        assert (tiny_run / f"{stem}.svg").stat().st_size > 0
+    meta = json.loads((tiny_run / rundir.META).read_text())
+    assert set(meta["phases_s"]) >= {"calibration", "measurement", "total"}
+    assert meta["hardware"].endswith(".json")
+    report = (tiny_run / "report.md").read_text()
+    for needle in ("## Hardware and software", "## Method", "maximum over ranks", "geomean"):
+        assert needle in report
+    for stem in PLOTS:
+        assert f"]({stem}.png)" in report
+    assert "| total |" in report
+    validation = json.loads((tiny_run / rundir.VALIDATION).read_text())
+    bytes_rows = [p for p in validation["points"] if p["quantity"] == "bytes_sent"]
+    assert len(bytes_rows) == 6
+    assert all(p["predicted"] == p["measured"] for p in bytes_rows)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_plot_and_report_regenerate_without_measuring(tiny_run, capsys):
+    results_before = (tiny_run / rundir.RESULTS).read_bytes()
+    for path in tiny_run.glob("*.png"):
+        path.unlink()
+    (tiny_run / "report.md").unlink()
+    assert main(["plot", str(tiny_run)]) == 0
+    assert all((tiny_run / f"{stem}.png").is_file() for stem in PLOTS)
+    assert not (tiny_run / "report.md").exists()
+    assert main(["report", str(tiny_run)]) == 0
+    assert "geomean" in (tiny_run / "report.md").read_text()
+    assert (tiny_run / rundir.RESULTS).read_bytes() == results_before
+    out = capsys.readouterr().out
+    assert "report.md" in out
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_validate_prints_every_point_and_the_summary(tiny_run, capsys):
+    assert main(["validate", str(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    assert "Predicted vs measured" in out and "Validation" in out
+    assert out.count("sigmoid-ring") >= 3 and out.count("softmax-allgather") >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_resume_skips_finished_points(tiny_run, capsys):
+    lines_before = (tiny_run / rundir.RESULTS).read_text().count("\n")
+    assert main(["run", "--resume", str(tiny_run)]) == 0
+    assert (tiny_run / rundir.RESULTS).read_text().count("\n") == lines_before
+    assert "6 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_maxbatch_overlays_measured_points(tiny_run, tmp_path, capsys):
+    status = main(
+        [
+            "maxbatch",
+            "--hardware",
+            "h100-sxm",
+            "--memory-GiB",
+            "0.001",
+            "--worlds",
+            "1,2,4",
+            "--dim",
+            "16",
+            "--dtype",
+            "fp32",
+            "--run",
+            str(tiny_run),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "measured" in out and "model" in out
+    assert (tmp_path / "maxbatch.png").is_file() and (tmp_path / "maxbatch.svg").is_file()
+
+
+def test_predict_prints_one_row_per_point(capsys):
+    status = main(
+        [
+            "predict",
+            "--method",
+            "sigmoid-ring,softmax-allgather",
+            "--world",
+            "8,4096",
+            "--batch",
+            "1024",
+            "--dim",
+            "512",
+            "--hardware",
+            "h100-sxm",
+        ]
+    )
+    assert status == 0
+    out = capsys.readouterr().out
+    assert out.count("sigmoid-ring") == 2 and out.count("softmax-allgather") == 2
+    assert "4096" in out and "step (ms)" in out
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["predict", "--method", "nope", "--hardware", "h100-sxm"]) == 2
+    assert main(["predict", "--hardware", "no-such-profile"]) == 2
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3
+    assert "nope" in err[0] and "sigmoid-ring" in err[0]
+    assert "no-such-profile" in err[1] and "h100-sxm" in err[1]
+    assert "does not exist" in err[2]
+
+
+def test_every_subcommand_help_states_units_and_defaults():
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    choices = actions["command"].choices
+    assert set(SUBCOMMANDS) <= set(choices)
+    for name in SUBCOMMANDS:
+        text = choices[name].format_help()
+        assert "Units:" in text and "MiB" in text, name
+        if name not in ("validate", "plot", "report"):
+            assert "(default:" in text, name
+    assert "examples per rank" in choices["predict"].format_help()
+    assert "GiB" in choices["maxbatch"].format_help()
+
+
+def test_python_dash_m_experiments_runs_the_cli():
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments", "--help"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in done.stdout
