@@ -1,0 +1,269 @@
+"""The rank side of the peer benchmark: every contender on the same inputs, interleaved.
+
+:func:`peers_rank` is the ``fn`` given to ``profiling.launch``; on each rank of a gloo
+(or NCCL) process group it runs, for every contender of ``benchmarks.open_clip_peers``:
+
+* inputs: ``profiling.measure.make_inputs`` of a registered method of the same kind
+  (same seed, so all sigmoid contenders see identical tensors, all softmax ones too);
+* warm-up: ``warmup`` untimed steps of each contender, interleaved;
+* timing: ``steps`` repetitions; in each, every contender runs one forward+backward,
+  starting at a barrier, timed with ``time.perf_counter`` (CPU) or CUDA events, the
+  order rotated by one each repetition (A B C, B C A, ...) so that neither side always
+  runs after the other. Per step the slowest rank sets the time (max over ranks);
+* memory: one untimed step under ``profiling.memory.LiveTensorTracker`` (bytes held by
+  tensors created in the step, the same definition for both sides), and on CUDA the
+  allocator's peak above what was allocated before the step;
+* bytes: one untimed step counted twice: ``profiling.comm`` for ours,
+  ``benchmarks.dist_counter`` (wrapped ``torch.distributed``) for open_clip's, both in
+  ``profiling.comm``'s ring convention; and, as a cross-check for both, the collectives
+  ``torch.profiler`` recorded (``profiling.traffic.profiler_bytes``);
+* check: loss and gradients against ``profiling.losses.reference_loss`` on the global
+  batch (rank 0 rebuilds every rank's inputs): loss as the mean over ranks, rank 0's
+  feature gradients against ``W ×`` the reference's rows, scale/bias gradients as the
+  mean over ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks import dist_counter
+from benchmarks.open_clip_peers import CONTENDER_NAMES, Contender, contender
+from benchmarks.reference_check import RankResult, reference_errors
+from profiling import comm, traffic
+from profiling.measure import PointConfig, StepInputs, forward, make_inputs
+from profiling.memory import LiveTensorTracker
+
+KIND_METHOD = {"sigmoid": "sigmoid-ring", "softmax": "softmax-ring"}
+"""A registered method of each kind, whose inputs (bias or not) every contender shares."""
+
+
+@dataclass(kw_only=True, slots=True)
+class PeerConfig:
+    """One world size of the peer benchmark (``python -m benchmarks.peers --help``)."""
+
+    world: int
+    """W, ranks (gloo processes on CPU; NCCL, one GPU per rank, on CUDA)."""
+    batch: int = 512
+    """b, examples per rank."""
+    dim: int = 512
+    """d, embedding width."""
+    dtype: str = "fp32"
+    device: str = "cpu"
+    steps: int = 10
+    """Timed repetitions; each runs every contender once."""
+    warmup: int = 2
+    seed: int = 0
+    contenders: tuple[str, ...] = CONTENDER_NAMES
+    check: bool = True
+    """Compare each contender's loss and gradients with the reference."""
+    timeout_s: float = 1800.0
+    pg_timeout_s: float = 300.0
+    extra: dict = field(default_factory=dict)
+    """Free-form notes carried into the records (e.g. the command line)."""
+
+    def point(self, kind: str) -> PointConfig:
+        return PointConfig(
+            method=KIND_METHOD[kind],
+            world=self.world,
+            batch=self.batch,
+            dim=self.dim,
+            dtype=self.dtype,
+            device=self.device,
+            seed=self.seed,
+        )
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["contenders"] = list(self.contenders)
+        return data
+
+
+def spread(values: list[float]) -> dict:
+    ordered = sorted(values)
+
+    def pct(q):
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {
+        "median": statistics.median(ordered),
+        "p10": pct(0.1),
+        "p90": pct(0.9),
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
+
+
+def _device(config: PeerConfig) -> torch.device:
+    if config.device == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _timed_step(loss, inputs: StepInputs, device) -> tuple[float, float, float]:
+    if device.type == "cuda":
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        events[0].record()
+        value = forward(loss, inputs)
+        events[1].record()
+        value.backward()
+        events[2].record()
+        torch.cuda.synchronize(device)
+        fwd, bwd = events[0].elapsed_time(events[1]), events[1].elapsed_time(events[2])
+        return fwd / 1e3, bwd / 1e3, (fwd + bwd) / 1e3
+    t0 = time.perf_counter()
+    value = forward(loss, inputs)
+    t1 = time.perf_counter()
+    value.backward()
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, t2 - t0
+
+
+def _trace_events(prof) -> list[dict]:
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            return json.load(f).get("traceEvents", [])
+    finally:
+        os.unlink(path)
+
+
+def _bytes_step(c: Contender, loss, inputs: StepInputs, world: int) -> dict:
+    """One step counted by our counter of that side, and by torch.profiler."""
+    counter = comm.record(comm.current()) if c.side == "ours" else dist_counter.count_traffic()
+    with (
+        counter as rec,
+        profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof,
+    ):
+        forward(loss, inputs).backward()
+    theirs = traffic.profiler_bytes(_trace_events(prof), world)
+    mine = traffic.comm_bytes_by_kind(rec.as_dict())
+    unsized = sorted(k.removeprefix("other:") for k, v in theirs.items() if v["bytes_sent"] is None)
+    theirs = {k: v for k, v in theirs.items() if v["bytes_sent"] is not None}
+    diffs = [f"the profiler records {k} without sizes it converts; not compared" for k in unsized]
+    for kind in sorted((set(mine) | set(theirs)) - set(unsized)):
+        a = mine.get(kind, {"bytes_sent": 0, "bytes_received": 0})
+        b = theirs.get(kind, {"bytes_sent": 0, "bytes_received": 0})
+        if (a["bytes_sent"], a["bytes_received"]) != (b["bytes_sent"], b["bytes_received"]):
+            diffs.append(
+                f"{kind}: counted {(a['bytes_sent'], a['bytes_received'])} vs profiler "
+                f"{(b['bytes_sent'], b['bytes_received'])} (sent, received)"
+            )
+    return {
+        "bytes_sent": rec.bytes_sent,
+        "bytes_received": rec.bytes_received,
+        "messages": rec.messages,
+        "comm_ops": {
+            k: {n: v for n, v in s.items() if n != "exposed_s"} for k, s in rec.as_dict().items()
+        },
+        "byte_counter": "profiling.comm" if c.side == "ours" else "benchmarks.dist_counter",
+        "profiler_bytes": theirs or None,
+        "profiler_agrees": (len(diffs) == len(unsized)) if theirs else None,
+        "profiler_note": "; ".join(diffs) or (None if theirs else "no collectives recorded"),
+    }
+
+
+def _memory_step(loss, inputs: StepInputs, device) -> dict:
+    out = {"peak_cuda_allocated_bytes": None}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        forward(loss, inputs).backward()
+        torch.cuda.synchronize(device)
+        out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
+    with LiveTensorTracker() as tracker:
+        forward(loss, inputs).backward()
+        out["peak_live_bytes"] = tracker.peak_bytes
+    return out
+
+
+def check_against_reference(config: PeerConfig, c: Contender, loss, rank, world, device) -> dict:
+    """Loss and gradients of this contender against the reference (collective call)."""
+    point = config.point(c.kind)
+    inputs = make_inputs(point, rank, device)
+    value = forward(loss, inputs)
+    value.backward()
+    scalars = [value.detach().double()] + [
+        leaf.grad.detach().double() for leaf in (inputs.log_scale, inputs.bias) if leaf is not None
+    ]
+    summed = torch.stack(scalars).to(device)
+    if world > 1:
+        dist.all_reduce(summed)
+    mean = (summed / world).cpu()
+    if rank != 0:
+        return {}
+    mine = RankResult(
+        rank=0,
+        loss=value,
+        image_grad=inputs.image.grad,
+        text_grad=inputs.text.grad,
+        log_scale_grad=inputs.log_scale.grad,
+        bias_grad=None if inputs.bias is None else inputs.bias.grad,
+    )
+    return reference_errors(
+        c.kind,
+        point,
+        [mine],
+        loss_mean=mean[0],
+        log_scale_grad_mean=mean[1],
+        bias_grad_mean=mean[2] if inputs.bias is not None else None,
+    )
+
+
+def peers_rank(rank: int, world: int, config_dict: dict) -> dict | None:
+    """``profiling.launch`` entry; rank 0 returns ``{contender: measured}``."""
+    config = PeerConfig(**{**config_dict, "contenders": tuple(config_dict["contenders"])})
+    device = _device(config)
+    chosen = [contender(name) for name in config.contenders]
+    losses = {c.name: c.build(rank, world) for c in chosen}
+    inputs = {kind: make_inputs(config.point(kind), rank, device) for kind in KIND_METHOD}
+    run = {c.name: (losses[c.name], inputs[c.kind]) for c in chosen}
+
+    for _ in range(config.warmup):
+        for c in chosen:
+            forward(*run[c.name]).backward()
+    local = {c.name: [] for c in chosen}  # per repetition: (fwd, bwd, total)
+    for repetition in range(config.steps):
+        shift = repetition % len(chosen)
+        for c in chosen[shift:] + chosen[:shift]:
+            dist.barrier()
+            local[c.name].append(_timed_step(*run[c.name], device))
+    flat = torch.tensor(
+        [t for c in chosen for step in local[c.name] for t in step], dtype=torch.float64
+    )
+    flat = flat.to(device)
+    if world > 1:
+        dist.all_reduce(flat, dist.ReduceOp.MAX)
+    slowest = flat.cpu().view(len(chosen), config.steps, 3)
+
+    out = {}
+    for index, c in enumerate(chosen):
+        fwd, bwd, total = (slowest[index, :, j].tolist() for j in range(3))
+        measured = {
+            "side": c.side,
+            "kind": c.kind,
+            "step_time_s": spread(total),
+            "forward_time_s": spread(fwd),
+            "backward_time_s": spread(bwd),
+            "timing_reduction": "max over ranks per step, then over steps",
+            **_memory_step(*run[c.name], device),
+            **_bytes_step(c, *run[c.name], world),
+        }
+        if config.check:
+            measured["check"] = check_against_reference(
+                config, c, losses[c.name], rank, world, device
+            )
+        out[c.name] = measured
+    return out if rank == 0 else None
