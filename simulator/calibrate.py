@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from simulator import benchmarks
-from simulator.hardware import BUNDLED_DIR, host_profile_path, load_profile
+from simulator.calibrated_profile import build_profile
+from simulator.hardware import host_profile_path, load_profile
 from simulator.procgroup import run_group
 
 
@@ -226,153 +226,6 @@ def measure_comm(config: CalibrationConfig, backend: str, worlds, console: Conso
         rows.extend(results[0])
         console.print(f"  W={world}: {len(results[0])} timings")
     return rows
-
-
-def _num(value: float, source: str, digits: int = 4) -> dict[str, Any]:
-    return {"value": float(f"{value:.{digits}g}"), "source": source}
-
-
-def _fit_note(fit: dict[str, Any], what: str) -> str:
-    return f"least squares over {fit['points']} {what}, R²={fit['r2']:.4f}"
-
-
-def _copied_network(base: dict[str, Any], base_name: str) -> dict[str, Any]:
-    """A bundled profile's network section, every source saying it was copied."""
-
-    def walk(node):
-        if isinstance(node, dict) and set(node) == {"value", "source"}:
-            return {
-                "value": node["value"],
-                "source": f"not calibrated (one GPU, W=1: no comm fit): copied from "
-                f"{base_name}.json: {node['source']}",
-            }
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        return node
-
-    return walk(base)
-
-
-def build_profile(config, device, backend, compute, comm_fits, cores, stamp) -> dict[str, Any]:
-    """The profile JSON (see :mod:`simulator.hardware`) from the measurements."""
-    host = socket.gethostname()
-    profile: dict[str, Any] = {"schema": 1, "name": host}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        profile["summary"] = f"{props.name} calibrated on {host} ({backend})"
-        memory = _num(props.total_memory / 2**30, f"torch.cuda.get_device_properties on {host}")
-    else:
-        profile["summary"] = f"CPU ({cores} cores, {backend}) calibrated on {host}"
-        memory = _num(psutil.virtual_memory().total / 2**30, f"psutil total RAM on {host}")
-    base_name = config.comm_from or _closest_gpu_profile(device)
-    base = json.loads((BUNDLED_DIR / f"{base_name}.json").read_text()) if base_name else None
-    profile |= {"backend": backend, "device": device.type, "memory_GiB": memory}
-    profile["memory_shared"] = {
-        "value": device.type == "cpu",
-        "source": "ranks on one host share its RAM" if device.type == "cpu" else "one GPU per rank",
-    }
-    if comm_fits is None and base is not None:
-        copied = _copied_network(base, base_name)
-        for key in ("cores", "ranks_per_node", "intra_node", "inter_node"):
-            profile[key] = copied[key]
-    elif device.type == "cuda":
-        profile["cores"] = _num(cores, "torch.cuda.device_count() on this node")
-        profile["ranks_per_node"] = _num(cores, "torch.cuda.device_count() on this node")
-    else:
-        profile["cores"] = _num(cores, f"len(os.sched_getaffinity(0)) on {host}")
-        profile["ranks_per_node"] = {"value": None, "source": "one host: every rank runs on it"}
-    if device.type == "cuda":
-        profile["threads_per_rank"] = _num(1, "one GPU per rank")
-    elif config.threads is None:
-        profile["threads_per_rank"] = {
-            "value": None,
-            "source": "profiling.launch policy: max(1, cores // ranks on the node)",
-        }
-    else:
-        profile["threads_per_rank"] = _num(config.threads, "calibrate --threads")
-    profile["comm_uses_cores"] = {
-        "value": device.type == "cpu",
-        "source": "gloo moves bytes with the cores the ranks compute on"
-        if device.type == "cpu"
-        else "NCCL runs beside the compute streams",
-    }
-    mm, pw = compute["matmul"], compute["pointwise"]
-    profile["compute"] = {
-        "matmul_TFLOPs": {
-            d: _num(f["rate"] / 1e12, f"{stamp}; {_fit_note(f, 'shapes')}") for d, f in mm.items()
-        },
-        "pointwise_Gelem_per_s": {
-            d: _num(f["rate"] / 1e9, f"{stamp}; sigmoid-block pairs; {_fit_note(f, 'sizes')}")
-            for d, f in pw.items()
-            if np.isfinite(f["rate"])
-        },
-        "phase_overhead_us": _num(
-            pw["fp32" if "fp32" in pw else next(iter(pw))]["overhead_s"] * 1e6,
-            f"{stamp}; intercept of the sigmoid-block fit",
-        ),
-    }
-    if comm_fits is not None:
-        profile["intra_node"] = _level(comm_fits, stamp)
-        if device.type == "cuda" and base is not None:
-            profile["inter_node"] = _copied_network(base, base_name)["inter_node"]
-        elif device.type == "cuda":
-            profile["inter_node"] = None
-        else:
-            profile["inter_node"] = None
-    return profile
-
-
-def _level(fits: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any]:
-    def us(s):
-        return s * 1e6
-
-    def us_per_mb(beta):
-        return beta * 1e12
-
-    level: dict[str, Any] = {}
-    for op in ("all_gather", "reduce_scatter"):
-        f = fits[op]
-        note = f"{stamp}; {_fit_note(f, 'timings')}"
-        level[op] = {
-            "base_us": _num(us(f["base_s"]), note),
-            "alpha_us": _num(us(f["alpha_s"]), note),
-            "beta_us_per_MB": _num(us_per_mb(f["beta_s_per_byte"]), note),
-        }
-    f = fits["p2p"]
-    note = f"{stamp}; {_fit_note(f, 'timings')}"
-    level["p2p"] = {
-        "alpha_us": _num(us(f["alpha_s"]), note),
-        "beta_us_per_MB": _num(us_per_mb(f["beta_s_per_byte"]), note),
-        "duplex_efficiency": _num(
-            f["duplex_efficiency"],
-            f"{stamp}; both-way p2p vs one-way fit, max rel. err {f['duplex_max_rel_err']:.3f}",
-        ),
-    }
-    fastest = max(1e3 / max(level[op]["beta_us_per_MB"]["value"], 1e-9) for op in level)
-    over = fits["oversubscribed"]
-    level["oversubscribed_wait_us"] = _num(
-        us(over["wait_s"]),
-        f"{stamp}; median excess per α over {over['points']} timings with more ranks than cores"
-        if over["points"]
-        else f"{stamp}; no timing had more ranks than cores: not measured, 0",
-    )
-    level = {
-        "link": {
-            "latency_us": _num(us(f["alpha_s"]), f"{stamp}; the p2p α (no separate line latency)"),
-            "bandwidth_GBps": _num(
-                fastest * 1.01, f"{stamp}; fastest fitted bandwidth (no separate line rate)"
-            ),
-        },
-        **level,
-    }
-    return level
-
-
-def _closest_gpu_profile(device: torch.device) -> str | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return "a100-sxm-80gb" if "A100" in name else "h100-sxm"
 
 
 def calibrate(config: CalibrationConfig, console: Console | None = None) -> tuple[Path, dict]:
