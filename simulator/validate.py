@@ -120,7 +120,7 @@ def compare(records: list[dict[str, Any]], hardware: Hardware) -> dict[str, Any]
             ("bytes sent", p.bytes_sent.item(), measured.get("bytes_sent")),
             ("peak memory", p.peak_memory_bytes.item(), measured.get("peak_live_bytes")),
         ]
-        if not config.get("emulated", False):
+        if not (config.get("emulated") or config.get("emulate")):  # emulated ranks: no time
             step = (measured.get("step_time_s") or {}).get("median")
             pairs.append(("step time", p.step_time_s.item(), step))
         for quantity, predicted, value in pairs:
