@@ -107,7 +107,7 @@ def point_config(
     cross_check: bool,
 ):
     """The profiler's config of one point (``profiling.measure.PointConfig``)."""
-    from profiling.measure import PointConfig
+    from profiling.point import PointConfig
 
     ring = is_ring(point.method)
     return PointConfig(

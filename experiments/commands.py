@@ -6,8 +6,8 @@ progress bars with ETA) and returns the process exit status.
 
 from __future__ import annotations
 
+import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -95,7 +95,7 @@ def measure(run: rundir.RunDir, config: sweep_config.SweepConfig) -> dict[str, i
 
 def ensure_hardware(config: sweep_config.SweepConfig, args, run: rundir.RunDir):
     """The profile to validate against; calibrates this machine first when it has none."""
-    name = args.hardware or config.hardware
+    name = args.hardware or config.hardware or (run.meta().get("hardware") if args.resume else "")
     if not name and backends.local_profile() is None and not args.no_calibrate:
         console.print("[bold]No calibrated profile for this machine: calibrating first.")
         started = time.perf_counter()
@@ -115,21 +115,27 @@ def cmd_run(args) -> int:
     else:
         config_file = sweep_config.resolve(args.config or "default")
         config = sweep_config.load(config_file)
+        if args.hardware:
+            backends.hardware_for(args.hardware)  # refuse an unknown profile before starting
         run = rundir.create(config_file, config.name, Path(args.runs_dir))
-    run.update_meta(command=" ".join(["sigsim", *sys.argv[1:]]), cpu_count=os.cpu_count())
+    prefix = "resumed: " if args.resume else ""
+    if args.resume:
+        run.update_meta(resumed_by=args.command_line)
+    else:
+        run.update_meta(command=args.command_line, cpu_count=os.cpu_count())
     console.print(f"[bold]run directory:[/bold] {run.path}")
     hardware = ensure_hardware(config, args, run)
     phase = time.perf_counter()
     measure(run, config)
-    run.record_phase("measurement", time.perf_counter() - phase)
+    run.record_phase(prefix + "measurement", time.perf_counter() - phase)
     phase = time.perf_counter()
     report = analyse_with_progress(run, hardware)
-    run.record_phase("validation, plots and report", time.perf_counter() - phase)
-    run.record_phase("total", time.perf_counter() - started)
+    run.record_phase(prefix + "validation, plots and report", time.perf_counter() - phase)
+    run.record_phase(prefix + "total", time.perf_counter() - started)
     analysis.rewrite_report(run, hardware)
     records = backends.load_records(run.results)
     print_results(records)
-    print_summary(analysis.validate(run, hardware)[1])
+    print_summary(json.loads((run.path / rundir.VALIDATION).read_text())["summary"])
     console.print(f"[bold green]report:[/bold green] {report}")
     console.print(f"[bold]run directory:[/bold] {run.path}")
     return 0
