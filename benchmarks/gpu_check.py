@@ -54,9 +54,15 @@ from benchmarks import gpu_correctness
 from benchmarks.gpu_summary import summary_text
 from profiling import results, traffic
 from profiling.emulate import emulate_point
-from profiling.launch import classify_failure, launch, visible_gpus
+from profiling.launch import ConfigError, classify_failure, launch, visible_gpus
 from profiling.losses import METHODS
-from profiling.measure import DistGroup, PointConfig, measure_point, rank_device
+from profiling.measure import (
+    DistGroup,
+    PointConfig,
+    measure_point,
+    rank_device,
+    validate_point,
+)
 
 RESULTS, CORRECTNESS, LOG, SUMMARY = (
     "gpu_results.jsonl",
@@ -276,7 +282,10 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
         start = time.time()
         status, message, measured = "ok", None, None
         try:
+            validate_point(config)
             measured = _measure(part, config, device)
+        except ConfigError as exc:
+            status, message = "error", f"refused: {exc}"
         except Exception as exc:
             status, message = classify_failure(exc), _one_line(exc)
             if status != "oom":

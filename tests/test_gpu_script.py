@@ -1,0 +1,134 @@
+"""benchmarks.gpu_check in its CPU mode: the whole script runs end to end (correctness
+PASS for every method, one record per planned point in the grid's schema, log and
+summary written); a budget too short for anything records every point as skipped
+instead of running over; a worker that dies leaves its running point as a failure and
+the rest as skipped; the reference check fails a wrong gradient."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import gpu_check
+from benchmarks.reference_check import RankResult, reference_errors
+from profiling import results
+from profiling.launch import LaunchOutcome
+from profiling.losses import METHODS
+from profiling.measure import PointConfig, make_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "benchmarks.gpu_check", "--cpu", "--out", str(out), *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def planned(out: Path, *extra: str):
+    plan = gpu_check.make_plan(gpu_check.parse_args(["--cpu", "--out", str(out), *extra]))
+    return [results.point_key(c.as_dict()) for _, c in gpu_check.planned_points(plan)]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_cpu_mode_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    done = run_script(out, "--worlds", "2", "8")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [gpu_check.RESULTS, gpu_check.CORRECTNESS, gpu_check.LOG, gpu_check.SUMMARY]
+    )
+    correct = [json.loads(s) for s in (out / gpu_check.CORRECTNESS).read_text().splitlines()]
+    assert {(c["method"], c["world"]) for c in correct} == {(m, w) for m in METHODS for w in (1, 3)}
+    assert all(c["passed"] for c in correct), correct
+    records = results.read_records(out / gpu_check.RESULTS)
+    assert sorted(r["key"] for r in records) == sorted(planned(out, "--worlds", "2", "8"))
+    for record in records:
+        assert record["status"] == "ok", record["message"]
+        assert record["part"] in ("single", "emulated")
+        measured = record["measured"]
+        assert measured["step_time_s"]["median"] > 0 and measured["peak_live_bytes"] > 0
+        emulated = record["config"]["emulate"] == "stand-in"
+        assert (measured["bytes_sent"] > 0) == emulated  # W = 1 moves nothing
+    assert "PASS" in done.stdout and "measured points" in done.stdout
+    assert "correctness: 10/10 PASS" in (out / gpu_check.SUMMARY).read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_short_budget_records_every_point_as_skipped(tmp_path):
+    out = tmp_path / "out"
+    # 16 s from process start: the correctness share (15%) and the single part (40%) are
+    # spent during start-up, and the worker stops starting points 15 s before the end.
+    done = run_script(out, "--worlds", "2", "--budget-s", "16")
+    assert done.returncode == 1  # nothing was checked: not a success
+    records = results.read_records(out / gpu_check.RESULTS)
+    assert sorted(r["key"] for r in records) == sorted(planned(out, "--worlds", "2"))
+    assert all(r["status"] == "timeout" and r["measured"] is None for r in records)
+    # On a slow machine the parent may kill the worker first: then the point it was on
+    # is a plain timeout and the rest are skipped by the parent.
+    skipped = [r for r in records if r.get("skipped")]
+    assert len(skipped) >= len(records) - 1
+    assert all(r["message"].startswith("skipped:") for r in skipped)
+    summary = (out / gpu_check.SUMMARY).read_text()
+    assert "skipped" in summary
+
+
+def test_dead_worker_leaves_running_point_failed_rest_skipped(tmp_path):
+    plan = gpu_check.CheckPlan.cpu_smoke(str(tmp_path), budget_s=100)
+    plan.worlds = (2,)
+    points = gpu_check.planned_points(plan)
+    first = results.make_record(points[0][1].as_dict(), "ok", None, None, {})
+    results.append_record(plan.path(gpu_check.RESULTS), first)
+    outcome = LaunchOutcome("timeout", "no result after 90 s from ranks [0]")
+    gpu_check._fill_missing(plan, outcome, {}, gpu_check.Log(plan))
+    records = results.read_records(plan.path(gpu_check.RESULTS))
+    assert len(records) == len(points)
+    assert records[1]["status"] == "timeout" and not records[1].get("skipped")
+    assert "worker ended while this point ran" in records[1]["message"]
+    assert all(r["skipped"] for r in records[2:])
+
+
+def test_reference_check_fails_a_wrong_gradient():
+    config = PointConfig(method="sigmoid-ring", world=2, batch=5, dim=8, seed=4)
+    # A "loss" whose gradients are the reference's without the factor W: must fail.
+    everyone = [make_inputs(config, r, torch.device("cpu")) for r in range(2)]
+    x = torch.cat([i.image.detach() for i in everyone]).requires_grad_(True)
+    y = torch.cat([i.text.detach() for i in everyone]).requires_grad_(True)
+    log_t = everyone[0].log_scale.detach().requires_grad_(True)
+    bias = everyone[0].bias.detach().requires_grad_(True)
+    from profiling.losses import reference_loss
+
+    loss = reference_loss("sigmoid", x, y, log_t.exp(), bias)
+    loss.backward()
+    ranks = [
+        RankResult(
+            r,
+            loss.detach(),
+            x.grad[r * 5 : (r + 1) * 5],
+            y.grad[r * 5 : (r + 1) * 5],
+            log_t.grad,
+            bias.grad,
+        )
+        for r in range(2)
+    ]
+    wrong = reference_errors("sigmoid", config, ranks)
+    assert not wrong["passed"] and wrong["rel_errors"]["image_grad_rank0"] == pytest.approx(0.5)
+    assert wrong["rel_errors"]["loss"] < 1e-6  # the loss itself is right
+    fixed = [
+        RankResult(r.rank, r.loss, 2 * r.image_grad, 2 * r.text_grad, r.log_scale_grad, r.bias_grad)
+        for r in ranks
+    ]
+    assert reference_errors("sigmoid", config, fixed)["passed"]
+
+
+def test_no_gpu_is_refused_with_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gpu_check, "visible_gpus", lambda: 0)
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no GPU is visible" in err[0]
