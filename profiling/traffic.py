@@ -273,15 +273,17 @@ def cross_check(step_fn, transport: RecordingTransport, rec: comm.CommRecord, gr
         size = sent if key.startswith("p2p") else sent * world // max(world - 1, 1)
         algbw_bytes, busbw_bytes = algbw_bytes + size, busbw_bytes + sent
         seconds = per_key.get(key)
+        moved = bool(seconds) and sent > 0  # W=1: the op runs but moves nothing
         result.setdefault("comm_replay", {})[key] = {
             "replay_s": seconds,
-            "algbw_GBps": size / seconds / 1e9 if seconds else None,
-            "busbw_GBps": sent / seconds / 1e9 if seconds else None,
+            "algbw_GBps": size / seconds / 1e9 if moved else None,
+            "busbw_GBps": sent / seconds / 1e9 if moved else None,
         }
     result.setdefault("comm_replay", {})
     result["comm_time_s"] = comm_time_s
-    result["algbw_GBps"] = algbw_bytes / comm_time_s / 1e9 if comm_time_s > 0 else None
-    result["busbw_GBps"] = busbw_bytes / comm_time_s / 1e9 if comm_time_s > 0 else None
+    moved = comm_time_s > 0 and busbw_bytes > 0
+    result["algbw_GBps"] = algbw_bytes / comm_time_s / 1e9 if moved else None
+    result["busbw_GBps"] = busbw_bytes / comm_time_s / 1e9 if moved else None
     return result
 
 
