@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter
 
 from experiments import backends
 from experiments.records import Row, labels
@@ -41,6 +42,23 @@ def marker_of(method: str) -> str:
     names = sorted(backends.method_names())
     index = names.index(method) if method in names else len(names)
     return MARKERS[index % len(MARKERS)]
+
+
+LINES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)))
+
+
+def line_of(method: str):
+    """A fixed line style per method (model lines that coincide stay visible)."""
+    names = sorted(backends.method_names())
+    index = names.index(method) if method in names else len(names)
+    return LINES[index % len(LINES)]
+
+
+def _log_axes(ax, x_base: int = 10) -> None:
+    """Log-log axes with labels on the major ticks only (minor labels collide)."""
+    ax.set_xscale("log", base=x_base)
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def save(fig: Figure, folder: Path, stem: str) -> list[Path]:
@@ -98,7 +116,8 @@ def memory_vs_global_batch(table: Sequence[Row], hardware=None) -> Figure:
             ax.plot(
                 [r.global_batch for r in points],
                 [max(r.peak_live_bytes, 1) / MiB for r in points],
-                "o",
+                marker_of(method),
+                mfc="none",
                 color=color,
                 label=f"{method} (measured)",
             )
@@ -112,12 +131,11 @@ def memory_vs_global_batch(table: Sequence[Row], hardware=None) -> Figure:
                 ax.plot(
                     batch * world,
                     np.maximum(np.asarray(model.peak_memory_bytes, dtype=float), 1) / MiB,
-                    "-",
+                    linestyle=line_of(method),
                     color=color,
                     label=f"{method} (model)",
                 )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axes(ax)
         ax.set_title(f"W = {world}")
         ax.set_xlabel("global batch N = b·W (examples)")
         ax.grid(True, which="both", alpha=0.3)
@@ -163,12 +181,11 @@ def memory_vs_world(table: Sequence[Row], hardware=None) -> Figure:
                 ax.plot(
                     world,
                     np.maximum(np.asarray(model.peak_memory_bytes, dtype=float), 1) / MiB,
-                    "-",
+                    linestyle=line_of(method),
                     color=color,
                     label=f"{method} (model)",
                 )
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        _log_axes(ax, x_base=2)
         ax.set_title(f"b = {batch}")
         ax.set_xlabel("world size W (ranks)")
         ax.grid(True, which="both", alpha=0.3)
@@ -193,7 +210,8 @@ def bytes_vs_world(table: Sequence[Row], hardware=None) -> Figure:
         ax.plot(
             [r.world for r in points],
             [r.bytes_sent / MiB for r in points],
-            "o",
+            marker_of(method),
+            mfc="none",
             color=color,
             label=f"{method} (measured)",
         )
@@ -203,7 +221,7 @@ def bytes_vs_world(table: Sequence[Row], hardware=None) -> Figure:
             ax.plot(
                 world,
                 np.broadcast_to(np.asarray(model.bytes_sent, dtype=float), world.shape) / MiB,
-                "-",
+                linestyle=line_of(method),
                 color=color,
                 label=f"{method} (model)",
             )
