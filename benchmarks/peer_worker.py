@@ -255,6 +255,7 @@ def peers_rank(rank: int, world: int, config_dict: dict) -> dict | None:
             "side": c.side,
             "kind": c.kind,
             "step_time_s": spread(total),
+            "step_time_samples_s": total,
             "forward_time_s": spread(fwd),
             "backward_time_s": spread(bwd),
             "timing_reduction": "max over ranks per step, then over steps",

@@ -138,16 +138,21 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
     assert "ours / open_clip" in capsys.readouterr().out
 
 
-def _measured(time_s, peak, sent):
-    return {"step_time_s": {"median": time_s}, "peak_live_bytes": peak, "bytes_sent": sent}
+def _measured(time_s, peak, sent, samples=None):
+    return {
+        "step_time_s": {"median": time_s},
+        "step_time_samples_s": samples,
+        "peak_live_bytes": peak,
+        "bytes_sent": sent,
+    }
 
 
 def test_ratios_take_the_best_of_each_side():
     measured = {
         "sigmoid-ring": _measured(2.0, 100, 10),
-        "sigmoid-ring-bidir": _measured(1.5, 120, 10),
+        "sigmoid-ring-bidir": _measured(1.5, 120, 10, [1.0, 1.5, 3.0]),
         "open_clip:siglip-bidir": _measured(1.8, 400, 12),
-        "open_clip:siglip-shift": _measured(1.2, 300, 12),
+        "open_clip:siglip-shift": _measured(1.2, 300, 12, [2.0, 1.2, 1.0]),
         "softmax-ring": _measured(3.0, 50, 9),
         "open_clip:clip-local": _measured(2.0, 80, 12),
     }
@@ -158,6 +163,9 @@ def test_ratios_take_the_best_of_each_side():
         "open_clip:siglip-shift",
     )
     assert time_row["ratio"] == pytest.approx(1.5 / 1.2) and time_row["target_met"] is False
+    # per repetition: 0.5, 1.25, 3.0 -> median 1.25; fastest vs fastest: 1.0 / 1.0
+    assert time_row["paired_median_ratio"] == pytest.approx(1.25)
+    assert time_row["min_ratio"] == pytest.approx(1.0)
     memory_row = rows[("sigmoid ring", "peak_live_bytes")]
     assert memory_row["ratio"] == pytest.approx(100 / 300) and memory_row["target_met"] is True
     softmax_memory = rows[("softmax-ring", "peak_live_bytes")]
