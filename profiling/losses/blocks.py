@@ -28,6 +28,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+_DOT_CHUNK = 2**31 - 1  # cuBLAS dot takes 32-bit lengths
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ a⊙b`` over two equal-shape contiguous tensors, without a temporary."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    if a.numel() <= _DOT_CHUNK:
+        return torch.dot(a, b)
+    return sum(torch.dot(x, y) for x, y in zip(a.split(_DOT_CHUNK), b.split(_DOT_CHUNK), strict=True))
+
 
 def tile_ranges(n: int, tile: int | None):
     step = n if tile is None else max(1, min(tile, n))
@@ -65,7 +75,7 @@ def sigmoid_block(x, y, t: float, bias: float, *, diag, tile, dx, dy, sums) -> N
         g = logits.sigmoid_()
         if k is not None:
             g.diagonal(k).sub_(1)
-        sums[1] += torch.dot(g.view(-1), cos.view(-1))
+        sums[1] += _dot(g, cos)
         sums[2] += g.sum()
         dx[rows].addmm_(g, yt, alpha=t)
         dy[cols].addmm_(g.T, xt, alpha=t)
@@ -94,7 +104,7 @@ def softmax_grad(x, y, t: float, *, tile, row_lse, row_coef, col_lse, col_coef, 
         del s
         if k is not None:
             g.diagonal(k).sub_(row_coef + col_coef)
-        sums[1] += torch.dot(g.view(-1), cos.view(-1))
+        sums[1] += _dot(g, cos)
         dx[rows].addmm_(g, yt, alpha=t)
         dy[cols].addmm_(g.T, xt, alpha=t)
 
@@ -111,6 +121,6 @@ def softmax_rows_fused(x, y, t: float, *, diag: int, dx, dy, sums) -> None:
     sums[0] += lse.sum() - t * cos.diagonal(diag).sum()
     g = s.sub_(lse[:, None]).exp_()
     g.diagonal(diag).sub_(1)
-    sums[1] += torch.dot(g.view(-1), cos.view(-1))
+    sums[1] += _dot(g, cos)
     dx.addmm_(g, y, alpha=t)
     dy.addmm_(g.T, x, alpha=t)
