@@ -17,6 +17,25 @@ from experiments.records import Row, failures, rows
 MiB = 2**20
 
 
+CAPTIONS = {
+    "memory": "Per-rank peak live memory against the global batch, one panel per W: "
+    "markers measured, lines the model.",
+    "memory_emulated": "Per-rank peak live memory against W from emulated ranks, one panel "
+    "per local batch: markers measured, lines the model.",
+    "bytes": "Bytes sent per rank per step against W at one (b, d): markers measured "
+    "(profiling.comm's count), lines the model.",
+    "step_time": "Measured step time split into compute (solid) and exposed communication "
+    "(pale), hatched: ring overlap off; black ticks: the model's step time.",
+    "predicted_vs_measured": "The model against every measured point, y = x with a ±10% "
+    "band; hollow markers: emulated ranks.",
+    "cluster_scale": "The model alone at cluster scale (H100 SXM profile): per-rank memory "
+    "(× where a method stops fitting), step time, and communication the overlap "
+    "does not hide (dashed: ring overlap off).",
+    "maxbatch": "The model alone: largest local and global batch whose peak loss memory "
+    "fits in the profile's device memory.",
+}
+
+
 def _table(header: Sequence[str], body: Sequence[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in body]
@@ -212,10 +231,11 @@ def write_report(
         lines += ["</details>", ""]
     else:
         lines += ["No successful points to compare.", ""]
-    lines += ["## Plots", ""]
+    lines += ["## Plots", "", "Each plot is also written as SVG beside its PNG.", ""]
     for path in plot_files:
         if path.suffix == ".png":
-            lines += [f"![{path.stem}]({path.name})", ""]
+            caption = CAPTIONS.get(path.stem)
+            lines += [f"![{path.stem}]({path.name})", ""] + ([caption, ""] if caption else [])
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))
     return out
