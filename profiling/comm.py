@@ -16,7 +16,9 @@ transport; every operation adds to it.
 Byte convention (per rank, what a ring algorithm moves; NCCL and gloo both use rings):
 
 * all-gather of ``n`` bytes per rank: sent = received = ``(W-1)·n``, ``W-1`` messages;
-* reduce-scatter producing ``n`` bytes per rank: sent = received = ``(W-1)·n``;
+* reduce-scatter producing ``n`` bytes per rank: sent = received = ``(W-1)·n`` (on gloo,
+  whose reduce-scatter is an all-reduce underneath, a ring of send/recv is used so
+  that this is what actually moves);
 * point-to-point: the bytes of the tensors themselves, one message per send.
 
 This equals nccl-tests' ``busbw × time`` for the collectives, so measured bytes and
@@ -250,9 +252,29 @@ class TorchDistributedTransport(Transport):
         return out
 
     def _reduce_scatter(self, tensor):
+        if self.backend == "gloo":
+            return self._ring_reduce_scatter(tensor)
         out = tensor.new_empty((tensor.shape[0] // self.world_size, *tensor.shape[1:]))
         _reduce_scatter_single(out, tensor, group=self.group)
         return out
+
+    def _ring_reduce_scatter(self, tensor):
+        """Ring reduce-scatter from send/recv: gloo's own runs as an all-reduce and would
+        move twice the ``(W−1)·n`` bytes counted here. Step ``k`` sends the partial sum of
+        chunk ``r−k−1`` to rank ``r+1`` and adds its own chunk ``r−k−2`` to what arrives;
+        after ``W−1`` steps rank ``r`` holds the full sum of chunk ``r``."""
+        world, rank = self.world_size, self.rank
+        chunks = tensor.chunk(world)
+        partial = chunks[(rank - 1) % world]
+        for step in range(world - 1):
+            index = (rank - step - 2) % world
+            arriving = torch.empty_like(chunks[index])
+            for work in self._post_p2p(
+                [(partial.contiguous(), (rank + 1) % world)], [(arriving, (rank - 1) % world)]
+            ):
+                work.wait()
+            partial = arriving.add_(chunks[index])
+        return partial if world > 1 else partial.clone()
 
     def _post_p2p(self, sends, recvs):
         ops = [dist.P2POp(dist.isend, t, self._global[peer], self.group) for t, peer in sends]
