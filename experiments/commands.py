@@ -96,8 +96,17 @@ def measure(run: rundir.RunDir, config: sweep_config.SweepConfig) -> dict[str, i
 def ensure_hardware(config: sweep_config.SweepConfig, args, run: rundir.RunDir):
     """The profile to validate against; calibrates this machine first when it has none."""
     name = args.hardware or config.hardware or (run.meta().get("hardware") if args.resume else "")
-    if not name and backends.local_profile() is None and not args.no_calibrate:
-        console.print("[bold]No calibrated profile for this machine: calibrating first.")
+    needs_profile = not name and not args.no_calibrate
+    if needs_profile and backends.local_profile() is not None:
+        try:
+            backends.hardware_for(None)
+        except ValueError as error:  # e.g. written by an older sigsim, missing a new key
+            console.print(f"[yellow]This machine's profile is unusable ({error}).")
+            needs_profile = True
+        else:
+            needs_profile = False
+    if needs_profile:
+        console.print("[bold]No usable calibrated profile for this machine: calibrating first.")
         started = time.perf_counter()
         path = backends.calibrate(backend=config.backend, quick=args.quick_calibration)
         run.record_phase("calibration", time.perf_counter() - started)
