@@ -253,9 +253,12 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
     env = results.environment(plan.backend, plan.device)
     log(f"worker: {env['device_name']}, torch {env['torch']}, {plan.backend} {env['nccl'] or ''}")
     if device.type == "cuda":
-        tf32 = torch.backends.cuda.matmul.allow_tf32
+        try:  # reported, not changed: fp32 points use whatever matmul precision is default
+            tf32 = torch.get_float32_matmul_precision()
+        except Exception as exc:
+            tf32 = f"unknown ({_one_line(exc)})"
         log(
-            f"NVML used bytes now: {traffic.nvml_used_bytes(device)} (None: no NVML); TF32 matmul: {tf32}"
+            f"NVML used bytes now: {traffic.nvml_used_bytes(device)} (None: no NVML); fp32 matmul precision: {tf32}"
         )
     _run_correctness(plan, device, log)
 
