@@ -294,7 +294,13 @@ def cmd_maxbatch(args) -> int:
     methods = backends.method_names() if args.method == "all" else args.method.split(",")
     measured = []
     if args.run:
-        measured = rows(backends.load_records(rundir.open_existing(args.run).results))
+        measured = [
+            r
+            for r in rows(backends.load_records(rundir.open_existing(args.run).results))
+            if r.method in methods and r.dim == args.dim and r.dtype == args.dtype
+        ]
+        if not measured:
+            console.print(f"[yellow]{args.run} has no points at d = {args.dim}, {args.dtype}")
     figure, predicted, found = analysis.maxbatch_figure(
         methods,
         hardware,
