@@ -3,10 +3,17 @@
 Run ``python -m simulator calibrate`` (about a minute on a 2-core CPU box). It measures
 with :mod:`simulator.benchmarks` and fits the forms :mod:`simulator.model` prices with:
 
-* matmul: ``t = t0 + F / R_mm`` per dtype over a few shapes; ``R_mm`` → ``matmul_TFLOPs``;
+* real loss steps (CPU, :mod:`simulator.step_fit`): every registered method at ``W = 1``
+  on a calibration set of ``(b, d)`` disjoint from the default validation grid, timed
+  by the profiler's own method on one thread and on ``cores`` threads; fits the fp32
+  ``matmul_TFLOPs`` and ``pointwise_Gelem_per_s`` (the block math of fp32, bf16 and
+  fp16 inputs), ``step_overhead_us``, ``phase_overhead_us``, ``collective_call_us``,
+  ``parallel_efficiency`` and ``thread_overhead_growth``;
+* matmul microbenchmark: ``t = t0 + F / R_mm`` per dtype over a few shapes; gives
+  ``matmul_TFLOPs`` for the other dtypes (and for fp32 on GPUs);
 * block elementwise: ``t − F / R_mm = o + b² / R_pw`` for a sigmoid block of ``b×b``
-  pairs at width 8; ``R_pw`` → ``pointwise_Gelem_per_s``, ``o`` (fp32) →
-  ``phase_overhead_us``;
+  pairs at width 8; gives ``pointwise_Gelem_per_s`` for the other dtypes, and on GPUs
+  ``o`` (fp32) → ``phase_overhead_us``;
 * collectives, over every W and size: ``t / g = base + (W−1)·α + B·β`` with
   ``B = (W−1)·n`` the ring bytes per rank and ``g`` the model's core share (``W / cores``
   when above 1 on a CPU backend), so oversubscribed points fit the same form
@@ -38,7 +45,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from simulator import benchmarks
+from simulator import benchmarks, step_fit
 from simulator.calibrated_profile import build_profile
 from simulator.hardware import host_profile_path, load_profile
 from simulator.procgroup import run_group
@@ -248,6 +255,10 @@ def calibrate(config: CalibrationConfig, console: Console | None = None) -> tupl
         f"{config.threads or 'max(1, cores // W)'} thread(s)"
     )
     compute = measure_compute(config, device, console)
+    if device.type == "cpu":
+        compute["steps"] = step_fit.measure_steps(
+            quick=config.quick, cores=cores, timeout_s=config.timeout_s, console=console
+        )
     worlds = [w for w in config.worlds if w >= 2 and (not cuda or w <= gpus)]
     comm_fits = None
     if worlds:

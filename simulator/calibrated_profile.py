@@ -87,21 +87,7 @@ def build_profile(config, device, backend, compute, comm_fits, cores, stamp) -> 
         if device.type == "cpu"
         else "NCCL runs beside the compute streams",
     }
-    mm, pw = compute["matmul"], compute["pointwise"]
-    profile["compute"] = {
-        "matmul_TFLOPs": {
-            d: _num(f["rate"] / 1e12, f"{stamp}; {_fit_note(f, 'shapes')}") for d, f in mm.items()
-        },
-        "pointwise_Gelem_per_s": {
-            d: _num(f["rate"] / 1e9, f"{stamp}; sigmoid-block pairs; {_fit_note(f, 'sizes')}")
-            for d, f in pw.items()
-            if np.isfinite(f["rate"])
-        },
-        "phase_overhead_us": _num(
-            pw["fp32" if "fp32" in pw else next(iter(pw))]["overhead_s"] * 1e6,
-            f"{stamp}; intercept of the sigmoid-block fit",
-        ),
-    }
+    profile["compute"] = _compute_section(compute, stamp)
     if comm_fits is not None:
         profile["intra_node"] = _level(comm_fits, stamp)
         if device.type == "cuda" and base is not None:
@@ -164,3 +150,57 @@ def _closest_gpu_profile(device: torch.device) -> str | None:
         return None
     name = torch.cuda.get_device_name(device)
     return "a100-sxm-80gb" if "A100" in name else "h100-sxm"
+
+
+def _compute_section(compute: dict[str, Any], stamp: str) -> dict[str, Any]:
+    """Rates and fixed costs: from real loss steps where measured (CPU, fp32), else from
+    the microbenchmarks; every number says which."""
+    mm, pw = compute["matmul"], compute["pointwise"]
+    section: dict[str, Any] = {
+        "matmul_TFLOPs": {
+            d: _num(f["rate"] / 1e12, f"{stamp}; matmul microbenchmark; {_fit_note(f, 'shapes')}")
+            for d, f in mm.items()
+        },
+        "pointwise_Gelem_per_s": {
+            d: _num(f["rate"] / 1e9, f"{stamp}; sigmoid-block pairs; {_fit_note(f, 'sizes')}")
+            for d, f in pw.items()
+            if np.isfinite(f["rate"])
+        },
+    }
+    steps = compute.get("steps")
+    if steps is None:  # GPU: no step fit; the block fit's intercept is the phase overhead
+        note = f"{stamp}; not measured on this device (no real-step fit)"
+        section |= {
+            "phase_overhead_us": _num(
+                pw["fp32" if "fp32" in pw else next(iter(pw))]["overhead_s"] * 1e6,
+                f"{stamp}; intercept of the sigmoid-block fit",
+            ),
+            "step_overhead_us": _num(0.0, note + ": 0"),
+            "collective_call_us": _num(0.0, note + ": 0"),
+            "parallel_efficiency": _num(1.0, "one GPU per rank: host threads do not scale it"),
+            "thread_overhead_growth": _num(0.0, "one GPU per rank: no host-thread cost"),
+        }
+        return section
+    one, threaded = steps["one_thread"], steps["threads"]
+    note = (
+        f"{stamp}; real loss steps at W=1 on 1 thread, least squares over {one['points']} "
+        f"points ({one['dropped']} outliers dropped), median rel err "
+        f"{one['median_rel_err']:.3f}, max {one['max_rel_err']:.3f}"
+    )
+    section["matmul_TFLOPs"]["fp32"] = _num(one["matmul_rate"] / 1e12, note)
+    if np.isfinite(one["pointwise_rate"]):
+        section["pointwise_Gelem_per_s"]["fp32"] = _num(one["pointwise_rate"] / 1e9, note)
+    section["phase_overhead_us"] = _num(one["phase_overhead_s"] * 1e6, note)
+    section["step_overhead_us"] = _num(one["step_overhead_s"] * 1e6, note)
+    section["collective_call_us"] = _num(one["collective_call_s"] * 1e6, note)
+    if threaded["points"]:
+        tnote = (
+            f"{stamp}; real loss steps at W=1 on {threaded['threads']} threads vs the "
+            f"1-thread fit, {threaded['points']} points ({threaded['dropped']} dropped), "
+            f"median rel err {threaded['median_rel_err']:.3f}"
+        )
+    else:
+        tnote = f"{stamp}; one core: no thread scaling to measure"
+    section["parallel_efficiency"] = _num(threaded["parallel_efficiency"], tnote)
+    section["thread_overhead_growth"] = _num(threaded["thread_overhead_growth"], tnote)
+    return section

@@ -18,6 +18,15 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
     comm_uses_cores       true when moving bytes needs the same cores (gloo on CPU)
     compute.matmul_TFLOPs.<dtype>, compute.pointwise_Gelem_per_s.<dtype>
     compute.phase_overhead_us   fixed cost of one phase repetition (dispatch, Python)
+    compute.step_overhead_us    fixed cost of one step outside the phases (checks,
+                                autograd, zeroing gradients)
+    compute.collective_call_us  host cost of an all-gather / reduce-scatter call on one
+                                rank (W = 1: the call moves nothing but still runs)
+    compute.parallel_efficiency e: t threads run the block math 1 + (t − 1)·e times
+                                faster than one (in [−1, 1]; negative: slower, as on a
+                                busy machine)
+    compute.thread_overhead_growth  g ≥ 0: with t threads the fixed costs are
+                                1 + (t − 1)·g times the one-thread ones
     intra_node / inter_node:    one network level each (inter_node may be null)
         link.latency_us, link.bandwidth_GBps          (per direction, line rate)
         all_gather / reduce_scatter: base_us, alpha_us, beta_us_per_MB
@@ -93,6 +102,12 @@ class Compute:
     matmul_flops_per_s: dict[str, float]
     pointwise_elems_per_s: dict[str, float]
     phase_overhead_s: float
+    step_overhead_s: float
+    collective_call_s: float
+    parallel_efficiency: float
+    """Speedup of ``t`` threads over one: ``1 + (t − 1)·parallel_efficiency``."""
+    thread_overhead_growth: float
+    """Fixed costs with ``t`` threads: ``1 + (t − 1)·thread_overhead_growth`` times."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -146,11 +161,16 @@ SCHEMA: dict[str, Any] = {
         "matmul_TFLOPs": _DTYPE_MAP,
         "pointwise_Gelem_per_s": _DTYPE_MAP,
         "phase_overhead_us": NUM,
+        "step_overhead_us": NUM,
+        "collective_call_us": NUM,
+        "parallel_efficiency": NUM,
+        "thread_overhead_growth": NUM,
     },
     "intra_node": _LEVEL,
     "inter_node": _LEVEL,
 }
 _OPTIONAL_NULL = {"inter_node"}
+_MAY_BE_NEGATIVE = {"compute.parallel_efficiency"}
 _UNIT_START = re.compile(r"^(.*?)_(?:[A-Z]|(?:us|ms|ns|s|per)(?:_|$))")
 
 
@@ -226,7 +246,7 @@ class _Reader:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             self.fail(f"{path!r} value must be a number, got {value!r}")
-        if value < 0:
+        if value < 0 and path not in _MAY_BE_NEGATIVE:
             self.fail(f"{path!r} must not be negative, got {value}")
         return float(value)
 
@@ -291,6 +311,10 @@ def parse_profile(data: Any, where: str) -> Hardware:
         if not 0 < eff <= 1:
             reader.fail(f"'{level}.p2p.duplex_efficiency' must be in (0, 1], got {eff}")
     compute = raw["compute"]
+    if not -1 <= compute["parallel_efficiency"] <= 1:
+        reader.fail(
+            f"'compute.parallel_efficiency' must be in [-1, 1], got {compute['parallel_efficiency']}"
+        )
     return Hardware(
         name=raw["name"],
         summary=raw["summary"],
@@ -306,6 +330,10 @@ def parse_profile(data: Any, where: str) -> Hardware:
             matmul_flops_per_s={k: v * 1e12 for k, v in compute["matmul_TFLOPs"].items()},
             pointwise_elems_per_s={k: v * 1e9 for k, v in compute["pointwise_Gelem_per_s"].items()},
             phase_overhead_s=compute["phase_overhead_us"] * 1e-6,
+            step_overhead_s=compute["step_overhead_us"] * 1e-6,
+            collective_call_s=compute["collective_call_us"] * 1e-6,
+            parallel_efficiency=compute["parallel_efficiency"],
+            thread_overhead_growth=compute["thread_overhead_growth"],
         ),
         intra_node=_level(raw["intra_node"]),
         inter_node=None if raw["inter_node"] is None else _level(raw["inter_node"]),

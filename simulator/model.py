@@ -7,7 +7,8 @@ over its :class:`~profiling.losses.registry.Schedule`, peak memory is the sum of
 Math, per point ``(W, b, d)``. A schedule is a list of phases ``p``, each repeated ``r_p``
 times per step. With ``f`` the core share (below), one repetition costs::
 
-    compute_p = f·o + (F_p / R_mm(dtype) + E_p / R_pw(dtype)) / c    (o only if F_p+E_p > 0)
+    compute_p = f·a·(o + [W=1]·K_p·k) + (F_p / R_mm(dtype) + E_p / R_pw(dtype)) / c
+                                                           (o only if F_p + E_p > 0)
     comm_p    = g · Σ_transfers T(transfer)                          (g = f if comm uses cores)
 
     T(all_gather | reduce_scatter) = base·[m>0] + m·α + B·β          (m = W−1 messages,
@@ -18,11 +19,17 @@ times per step. With ``f`` the core share (below), one repetition costs::
     overlapped phase:  time_p = max(compute_p, comm_p),  exposed_p = max(0, comm_p − compute_p)
     otherwise:         time_p = compute_p + comm_p,      exposed_p = comm_p
 
-    step_time = Σ_p r_p · time_p = compute_s + exposed_comm_s
+    step_time = f·a·o_step + Σ_p r_p · time_p = compute_s + exposed_comm_s
 
 ``F_p`` are the phase's matmul FLOPs, ``E_p`` its elementwise elements, ``o`` the
-profile's fixed cost per phase repetition (Python and dispatch: one thread), ``c`` the
-cores the rank's threads get (below), ``B = max(sent, received)`` per repetition.
+profile's fixed cost per phase repetition (Python and dispatch: one thread), ``o_step``
+its fixed cost per step outside the phases (the loss module's checks, the autograd
+``Function`` and engine, zeroing gradients: one thread; counted in ``compute_s`` and in
+``forward_time_s``), ``K_p`` the phase's all-gather / reduce-scatter calls other than
+the rank check (which the code skips on one rank) and ``k`` the host cost of such a call
+at ``W = 1``, where it moves nothing, ``c`` the speedup and ``a`` the fixed-cost growth
+of the rank's threads (below),
+``B = max(sent, received)`` per repetition.
 ``R_mm`` and ``R_pw`` are read for the block-math dtype (fp32 for bf16/fp16 inputs,
 the input dtype otherwise), as ``profiling.losses.blocks`` computes.
 
@@ -35,8 +42,13 @@ bandwidth.
 
 Core sharing (CPU backends): ``q = min(W, ranks_per_node)`` ranks share a node's
 ``cores``; rates are per core (one thread). A rank runs ``t = threads_per_rank`` threads
-(null: ``max(1, cores // q)``, as ``profiling.launch`` sets), so its math gets
-``c = min(t, cores / q)`` cores, and its serial work is slowed by ``f = max(1, q / cores)``;
+(null: ``max(1, cores // q)``, as ``profiling.launch`` sets) on ``n = min(t, max(1,
+cores / q))`` cores; with the profile's parallel efficiency ``e`` (1: perfect scaling,
+0: extra threads gain nothing, negative: they slow it down; calibration measures it on
+real loss steps) its math runs ``c = clip(1 + (n − 1)·e, 1/n, n) · min(1, cores / q)``
+times faster than on one core, its fixed costs take ``a = 1 + (n − 1)·g`` times longer
+(``g``: the profile's thread overhead growth, OpenMP fork/join and spinning workers),
+and all of its serial work is slowed by ``f = max(1, q / cores)``;
 when the profile says moving bytes needs the cores too (gloo), ``g = f``.
 Points with ``q > cores`` are flagged ``oversubscribed``: they are priced, never hidden,
 and every α there waits ``oversubscribed_wait`` longer (a rank waiting on a peer that
@@ -301,6 +313,15 @@ def predict(
     )
 
 
+RANK_CHECK_LABEL = "rank_check"
+"""``profiling.losses.checks.check_ranks`` skips its all-gather on one rank."""
+
+
+def _called_alone(transfer: Transfer) -> bool:
+    """Whether the code still calls this collective at ``W = 1`` (moving nothing)."""
+    return transfer.op != "p2p" and transfer.label != RANK_CHECK_LABEL
+
+
 def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, world):
     """Time terms of every phase, summed (module docstring)."""
     matmul_rate = _rate(hw.compute.matmul_flops_per_s, compute_dtype, "matmul", hw)
@@ -313,18 +334,25 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
         else float(hw.threads_per_rank)
     )
     core_share = np.maximum(1.0, on_node / hw.cores)
-    parallel_cores = np.minimum(threads, hw.cores / on_node)
+    usable = np.minimum(threads, np.maximum(1.0, hw.cores / on_node))
+    speedup = np.clip(1.0 + (usable - 1.0) * hw.compute.parallel_efficiency, 1.0 / usable, usable)
+    parallel_cores = speedup / core_share
+    fixed_scale = core_share * (1.0 + (usable - 1.0) * hw.compute.thread_overhead_growth)
     comm_share = core_share if hw.comm_uses_cores else np.ones_like(core_share)
     crosses = np.zeros(w.shape, dtype=bool) if hw.ranks_per_node is None else w > hw.ranks_per_node
     oversubscribed = on_node > hw.cores
     zeros = np.zeros(w.shape)
     acc = {k: zeros.copy() for k in ("compute", "comm", "exposed", "forward", "backward")}
+    acc["compute"] = acc["compute"] + fixed_scale * hw.compute.step_overhead_s
+    acc["forward"] = acc["forward"] + fixed_scale * hw.compute.step_overhead_s
     for phase in schedule.phases:
         repeat = np.asarray(phase.repeat, dtype=np.float64)
         flops = np.asarray(phase.matmul_flops, dtype=np.float64)
         elems = np.asarray(phase.pointwise_elems, dtype=np.float64)
         overhead = np.where(flops + elems > 0, hw.compute.phase_overhead_s, 0.0)
-        compute = core_share * overhead + (flops / matmul_rate + elems / pointwise_rate) / (
+        calls = sum(float(_called_alone(t)) for t in phase.transfers)
+        overhead = overhead + np.where(w == 1, calls * hw.compute.collective_call_s, 0.0)
+        compute = fixed_scale * overhead + (flops / matmul_rate + elems / pointwise_rate) / (
             parallel_cores
         )
         comm = zeros.copy()

@@ -98,6 +98,8 @@ def profile_dict(**changes) -> dict:
         "compute.matmul_TFLOPs.fp32": 1.0,
         "compute.pointwise_Gelem_per_s.fp32": 1.0,
         "compute.phase_overhead_us": 10.0,
+        "compute.step_overhead_us": 0.0,
+        "compute.collective_call_us": 0.0,
         "intra_node.p2p.alpha_us": 10.0,
         "intra_node.p2p.beta_us_per_MB": 100.0,
         "intra_node.all_gather.base_us": 5.0,

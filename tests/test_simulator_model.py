@@ -200,7 +200,9 @@ def test_bad_input_gets_one_clear_error():
             **{f: getattr(hw, f) for f in hw.__dataclass_fields__},
             "compute": hw.compute.__class__(matmul_flops_per_s={"fp32": 1e12},
                                             pointwise_elems_per_s={"fp32": 1e9},
-                                            phase_overhead_s=0.0)}))  # fmt: skip
+                                            phase_overhead_s=0.0, step_overhead_s=0.0,
+                                            collective_call_s=0.0, parallel_efficiency=1.0,
+                                            thread_overhead_growth=0.0)}))  # fmt: skip
 
 
 def test_options_reach_the_method():

@@ -1,0 +1,143 @@
+"""Step calibration and the fixed costs it feeds: the real-step fits recover known overheads,
+rates and thread scaling from synthetic timings (outliers dropped), the schedule features
+count what the code does at W = 1, and the model prices step, phase, collective-call and
+thread costs by its docstring's formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from profiling.losses.registry import Phase, Schedule, Transfer
+from simulator import predict, step_fit
+from tests.simulator_fakes import cpu_hardware, make_method, rng
+
+TRUE = {"o_step": 150e-6, "o": 60e-6, "k": 40e-6, "mm": 9e10, "pw": 5e8}
+
+
+def _synthetic_points(gen, n=40) -> list[step_fit.StepPoint]:
+    points = []
+    for i in range(n):
+        b, d = int(gen.integers(16, 400)), int(gen.integers(16, 256))
+        phases = float(gen.integers(1, 3))
+        calls = float(gen.choice([0, 2, 4]))
+        flops = phases * 6.0 * b * b * d
+        points.append(
+            step_fit.StepPoint(f"m{i}", b, d, "fp32", phases, flops, phases * b * b, calls)
+        )
+    return points
+
+
+def _one_thread_times(points, gen, noise=0.01):
+    x = step_fit.features(points)
+    coef = np.array([TRUE["o_step"], TRUE["o"], TRUE["k"], 1 / TRUE["mm"], 1 / TRUE["pw"]])
+    return (x @ coef) * (1 + noise * gen.standard_normal(len(points)))
+
+
+def test_one_thread_fit_recovers_overheads_and_rates_despite_an_outlier():
+    gen = rng(7)
+    points = _synthetic_points(gen)
+    times = _one_thread_times(points, gen)
+    times[3] *= 8.0  # a step that met a busy machine
+    fit = step_fit.fit_one_thread(points, times)
+    assert fit["dropped"] >= 1
+    assert fit["step_overhead_s"] == pytest.approx(TRUE["o_step"], rel=0.1)
+    assert fit["phase_overhead_s"] == pytest.approx(TRUE["o"], rel=0.15)
+    assert fit["collective_call_s"] == pytest.approx(TRUE["k"], rel=0.15)
+    assert fit["matmul_rate"] == pytest.approx(TRUE["mm"], rel=0.05)
+    assert fit["pointwise_rate"] == pytest.approx(TRUE["pw"], rel=0.1)
+    assert fit["median_rel_err"] < 0.03
+
+
+def test_thread_fit_recovers_growth_and_speedup_and_clips_a_slowdown():
+    gen = rng(11)
+    points = _synthetic_points(gen)
+    one = step_fit.fit_one_thread(points, _one_thread_times(points, gen, noise=0.0))
+    fixed, rates = step_fit.split_one_thread(points, one)
+    threaded = step_fit.fit_threads(points, 1.3 * fixed + rates / 1.6, one, 2)
+    assert threaded["thread_overhead_growth"] == pytest.approx(0.3, rel=1e-3)
+    assert threaded["parallel_efficiency"] == pytest.approx(0.6, rel=1e-3)
+    slower = step_fit.fit_threads(points, fixed + rates * 5.0, one, 2)
+    assert slower["speedup"] == pytest.approx(0.5)  # clipped at 1/n
+    assert slower["parallel_efficiency"] == pytest.approx(-0.5)
+    assert step_fit.fit_threads(points, fixed, one, 1)["parallel_efficiency"] == 1.0
+
+
+def test_too_few_points_is_refused_with_one_line():
+    points = _synthetic_points(rng(3), n=3)
+    with pytest.raises(ValueError, match="at least 5 points"):
+        step_fit.fit_one_thread(points, np.ones(3))
+
+
+def test_features_count_calls_made_at_world_one():
+    points = {
+        p.method: p
+        for p in step_fit.step_points(
+            ["sigmoid-ring", "sigmoid-allgather", "softmax-allgather", "softmax-ring"],
+            [8],
+            [4],
+            "fp32",
+        )
+    }
+    # the rank check is skipped on one rank; every other collective is still called
+    assert points["sigmoid-ring"].collective_calls == 0
+    assert points["sigmoid-allgather"].collective_calls == 2
+    assert points["softmax-allgather"].collective_calls == 4
+    assert points["softmax-ring"].compute_phases == 2  # home blocks, no rounds at W = 1
+    assert points["sigmoid-ring"].matmul_flops == 6 * 8 * 8 * 4
+
+
+def _method_with_gather():
+    def schedule(shape):
+        gather = Transfer(
+            op="all_gather",
+            label="fake.gather",
+            bytes_sent=0 * shape.world,
+            bytes_received=0 * shape.world,
+            messages=0 * shape.world,
+        )
+        check = Transfer(
+            op="all_gather",
+            label="rank_check",
+            bytes_sent=0 * shape.world,
+            bytes_received=0 * shape.world,
+            messages=0 * shape.world,
+        )
+        return Schedule((
+            Phase(name="check", pass_="forward", repeat=1, transfers=(check,)),
+            Phase(name="block", pass_="forward", repeat=1, matmul_flops=1e9 + 0 * shape.world,
+                  transfers=(gather,)),
+        ))  # fmt: skip
+
+    return make_method(schedule, lambda s: {"none": 0 * s.batch}, "fake-gather")
+
+
+def test_step_phase_and_call_costs_with_thread_scaling():
+    hw = cpu_hardware(
+        **{
+            "threads_per_rank": {"value": None, "source": "test: launch policy"},
+            "compute.step_overhead_us": 100.0,
+            "compute.collective_call_us": 30.0,
+            "compute.parallel_efficiency": 0.5,
+            "compute.thread_overhead_growth": 0.2,
+        }
+    )
+    p = predict(_method_with_gather(), 1, 1, 1, hardware=hw)
+    # W=1 on 2 cores: 2 threads, speedup 1.5, fixed costs x1.2; one gather call, no check
+    fixed = 1.2 * (100e-6 + 10e-6 + 30e-6)
+    assert p.step_time_s.item() == pytest.approx(fixed + 1e9 / 1e12 / 1.5)
+    assert p.compute_s.item() == pytest.approx(p.step_time_s.item())
+    assert p.forward_time_s.item() == pytest.approx(p.step_time_s.item())
+    slower = predict(
+        _method_with_gather(),
+        1,
+        1,
+        1,
+        hardware=cpu_hardware(
+            **{
+                "threads_per_rank": {"value": None, "source": "test"},
+                "compute.parallel_efficiency": -0.5,
+            }
+        ),
+    )
+    assert slower.step_time_s.item() == pytest.approx(10e-6 + 1e9 / 1e12 / 0.5)
