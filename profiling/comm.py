@@ -265,16 +265,20 @@ class TorchDistributedTransport(Transport):
         after ``W−1`` steps rank ``r`` holds the full sum of chunk ``r``."""
         world, rank = self.world_size, self.rank
         chunks = tensor.chunk(world)
-        partial = chunks[(rank - 1) % world]
+        if world == 1:
+            return chunks[0].clone()
+        partial = chunks[(rank - 1) % world].contiguous()
+        spare = torch.empty_like(partial)  # two buffers, alternating: no allocation churn
         for step in range(world - 1):
             index = (rank - step - 2) % world
-            arriving = torch.empty_like(chunks[index])
+            arriving = spare
             for work in self._post_p2p(
-                [(partial.contiguous(), (rank + 1) % world)], [(arriving, (rank - 1) % world)]
+                [(partial, (rank + 1) % world)], [(arriving, (rank - 1) % world)]
             ):
                 work.wait()
+            spare = partial if step > 0 else torch.empty_like(partial)
             partial = arriving.add_(chunks[index])
-        return partial if world > 1 else partial.clone()
+        return partial
 
     def _post_p2p(self, sends, recvs):
         ops = [dist.P2POp(dist.isend, t, self._global[peer], self.group) for t, peer in sends]

@@ -36,7 +36,9 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.reshape(-1), b.reshape(-1)
     if a.numel() <= _DOT_CHUNK:
         return torch.dot(a, b)
-    return sum(torch.dot(x, y) for x, y in zip(a.split(_DOT_CHUNK), b.split(_DOT_CHUNK), strict=True))
+    return sum(
+        torch.dot(x, y) for x, y in zip(a.split(_DOT_CHUNK), b.split(_DOT_CHUNK), strict=True)
+    )
 
 
 def tile_ranges(n: int, tile: int | None):
@@ -62,23 +64,29 @@ def sigmoid_block(x, y, t: float, bias: float, *, diag, tile, dx, dy, sums) -> N
 
     ``sums`` is a 3-vector (loss, dt, dβ); ``dx``/``dy`` None skips the gradient work.
     """
-    want_grad = dx is not None
     for rows, cols, k in _tiles(x, y, tile, diag):
-        xt, yt = x[rows], y[cols]
-        cos = xt @ yt.T
-        logits = torch.mul(cos, t).add_(bias)
-        sums[0] += F.softplus(logits).sum()
-        if k is not None:
-            sums[0] -= logits.diagonal(k).sum()
-        if not want_grad:
-            continue
-        g = logits.sigmoid_()
-        if k is not None:
-            g.diagonal(k).sub_(1)
-        sums[1] += _dot(g, cos)
-        sums[2] += g.sum()
-        dx[rows].addmm_(g, yt, alpha=t)
-        dy[cols].addmm_(g.T, xt, alpha=t)
+        grads = (dx[rows], dy[cols]) if dx is not None else None
+        _sigmoid_tile(x[rows], y[cols], t, bias, k, grads, sums)
+
+
+def _sigmoid_tile(x, y, t, bias, k, grads, sums) -> None:
+    # One function per tile: its scratch (cosines, logits, softplus) is freed on return,
+    # so at most 3 tiles of scratch are ever alive.
+    cos = x @ y.T
+    logits = torch.mul(cos, t).add_(bias)
+    sums[0] += F.softplus(logits).sum()
+    if k is not None:
+        sums[0] -= logits.diagonal(k).sum()
+    if grads is None:
+        return
+    g = logits.sigmoid_()
+    if k is not None:
+        g.diagonal(k).sub_(1)
+    sums[1] += _dot(g, cos)
+    sums[2] += g.sum()
+    dx, dy = grads
+    dx.addmm_(g, y, alpha=t)
+    dy.addmm_(g.T, x, alpha=t)
 
 
 def softmax_stats(x, y, t: float, *, tile, row_lse, col_lse) -> None:
@@ -87,6 +95,7 @@ def softmax_stats(x, y, t: float, *, tile, row_lse, col_lse) -> None:
         s = (x[rows] @ y[cols].T).mul_(t)
         torch.logaddexp(row_lse[rows], torch.logsumexp(s, 1), out=row_lse[rows])
         torch.logaddexp(col_lse[cols], torch.logsumexp(s, 0), out=col_lse[cols])
+        del s
 
 
 def softmax_grad(x, y, t: float, *, tile, row_lse, row_coef, col_lse, col_coef, diag, dx, dy, sums):
@@ -96,17 +105,22 @@ def softmax_grad(x, y, t: float, *, tile, row_lse, row_coef, col_lse, col_coef, 
     owns the rows (images) and of the rank that owns the columns (texts).
     """
     for rows, cols, k in _tiles(x, y, tile, diag):
-        xt, yt = x[rows], y[cols]
-        cos = xt @ yt.T
-        s = torch.mul(cos, t)
-        g = (s - row_lse[rows, None]).exp_().mul_(row_coef)
-        g.add_(s.sub_(col_lse[None, cols]).exp_().mul_(col_coef))
-        del s
-        if k is not None:
-            g.diagonal(k).sub_(row_coef + col_coef)
-        sums[1] += _dot(g, cos)
-        dx[rows].addmm_(g, yt, alpha=t)
-        dy[cols].addmm_(g.T, xt, alpha=t)
+        lse = (row_lse[rows], row_coef, col_lse[cols], col_coef)
+        _softmax_grad_tile(x[rows], y[cols], t, lse, k, dx[rows], dy[cols], sums)
+
+
+def _softmax_grad_tile(x, y, t, lse, k, dx, dy, sums) -> None:
+    row_lse, row_coef, col_lse, col_coef = lse
+    cos = x @ y.T
+    s = torch.mul(cos, t)
+    g = (s - row_lse[:, None]).exp_().mul_(row_coef)
+    g.add_(s.sub_(col_lse[None, :]).exp_().mul_(col_coef))
+    del s
+    if k is not None:
+        g.diagonal(k).sub_(row_coef + col_coef)
+    sums[1] += _dot(g, cos)
+    dx.addmm_(g, y, alpha=t)
+    dy.addmm_(g.T, x, alpha=t)
 
 
 def softmax_rows_fused(x, y, t: float, *, diag: int, dx, dy, sums) -> None:

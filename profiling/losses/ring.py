@@ -54,8 +54,21 @@ def both_ways(world: int) -> tuple[Chain, ...]:
     return tuple(c for c in chains if c.rounds > 0)
 
 
-Visit = Callable[[Sequence[torch.Tensor], int], torch.Tensor | None]
+Visit = Callable[[Sequence[torch.Tensor], int, torch.Tensor | None], None]
 Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class _ChainState:
+    """One chain's buffers. Buffers are reused, never freed mid-pass, so the memory a
+    pass holds does not depend on when the backend lets go of a finished send."""
+
+    def __init__(self) -> None:
+        self.held: list[torch.Tensor] | None = None  # payload computed on this round
+        self.spare: list[torch.Tensor] | None = None  # payload buffers free to receive into
+        self.incoming: PendingP2P | None = None  # the next payload
+        self.free: list[torch.Tensor] = []  # accumulator buffers free for reuse
+        self.exchange: PendingP2P | None = None  # the accumulator posted last round
+        self.sent: torch.Tensor | None = None  # ...and the buffer it sends
 
 
 def ring_pass(
@@ -65,96 +78,107 @@ def ring_pass(
     visit: Visit,
     combine: Combine,
     *,
+    new_accumulator: Callable[[], torch.Tensor] | None,
     overlap: bool,
     label: str,
 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """Run one pass; return the home contribution and each chain's returned accumulator.
 
-    ``visit(payload, owner_rank)`` is called once for this rank's own payload (first) and
-    once per round and chain for the payload held then. It returns a contribution to that
-    payload's accumulator, or None when the pass has no accumulator.
+    ``visit(payload, owner_rank, out)`` is called once for this rank's own payload
+    (first) and once per round and chain for the payload held then; it initialises and
+    fills ``out``, its contribution to that payload's accumulator (a buffer from
+    ``new_accumulator()``, reused across rounds), or gets None when the pass has no
+    accumulator (``new_accumulator=None``).
     """
     rank, world = transport.rank, transport.world_size
+    states = {c: _ChainState() for c in chains}
 
-    def post_payload(index: int, chain: Chain, tensors) -> PendingP2P:
+    def post_payload(chain: Chain, state: _ChainState, tensors) -> None:
         dst, src = (rank + chain.direction) % world, (rank - chain.direction) % world
-        buffers = [torch.empty_like(t) for t in tensors]
-        pending = transport.start_p2p(
+        buffers = state.spare or [torch.empty_like(t) for t in tensors]
+        state.spare = None
+        state.incoming = transport.start_p2p(
             [(t, dst) for t in tensors], [(b, src) for b in buffers], f"{label}.payload"
         )
         if not overlap:
-            pending.wait()
-        return pending
+            state.incoming.wait()
 
-    def post_accumulator(chain: Chain, i: int, acc: torch.Tensor) -> PendingP2P:
+    def take(state: _ChainState) -> torch.Tensor:
+        return state.free.pop() if state.free else new_accumulator()
+
+    def post_accumulator(chain: Chain, state: _ChainState, i: int, acc: torch.Tensor) -> None:
         if i < chain.rounds:  # on to the payload's next stop; ours arrives from behind
             dst, src = (rank + chain.direction) % world, (rank - chain.direction) % world
         else:  # last stop: send it home; our own comes home from our payload's last stop
             dst = (rank - chain.direction * i) % world
             src = (rank + chain.direction * chain.rounds) % world
-        pending = transport.start_p2p([(acc, dst)], [(torch.empty_like(acc), src)], f"{label}.acc")
+        state.exchange = transport.start_p2p([(acc, dst)], [(take(state), src)], f"{label}.acc")
+        state.sent = acc
         if not overlap:
-            pending.wait()
-        return pending
+            state.exchange.wait()
+            state.free.append(acc)
+            state.sent = None
 
-    incoming = {c: post_payload(n, c, payload) for n, c in enumerate(chains)}
-    home = visit(payload, rank)
-    accumulators: dict[Chain, PendingP2P] = {}
+    def collect(state: _ChainState) -> torch.Tensor:
+        received = state.exchange.wait()[0]
+        if state.sent is not None:
+            state.free.append(state.sent)
+        state.exchange = state.sent = None
+        return received
+
+    for chain, state in states.items():
+        post_payload(chain, state, payload)
+    home = new_accumulator() if new_accumulator is not None else None
+    visit(payload, rank, home)
     for i in range(1, max((c.rounds for c in chains), default=0) + 1):
         active = [c for c in chains if c.rounds >= i]
-        held = {c: incoming.pop(c).wait() for c in active}
-        for n, c in enumerate(active):
-            if i < c.rounds:
-                incoming[c] = post_payload(n, c, held[c])
         for c in active:
-            contribution = visit(held[c], (rank - c.direction * i) % world)
-            if contribution is None:
+            state = states[c]
+            previous, state.held = state.held, state.incoming.wait()
+            state.spare = previous  # its send just completed (None: our own input)
+        for c in active:
+            if i < c.rounds:
+                post_payload(c, states[c], states[c].held)
+        for c in active:
+            state = states[c]
+            owner = (rank - c.direction * i) % world
+            if new_accumulator is None:
+                visit(state.held, owner, None)
                 continue
+            contribution = take(state)
+            visit(state.held, owner, contribution)
             if i > 1:
-                contribution = combine(accumulators.pop(c).wait()[0], contribution)
-            accumulators[c] = post_accumulator(c, i, contribution)
-            del contribution  # in flight now: the pending exchange holds it until sent
-        del held
-    returned = [accumulators.pop(c).wait()[0] for c in chains if c in accumulators]
+                acc = combine(collect(state), contribution)
+                state.free.append(contribution)
+            else:
+                acc = contribution
+            post_accumulator(c, state, i, acc)
+    returned = [collect(s) for s in states.values() if s.exchange is not None]
     return home, returned
 
 
-def buffer_peaks(rounds, payload_bytes, acc_bytes, overlap=True):
-    """Peak bytes of the payload and accumulator buffers :func:`ring_pass` holds.
+def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True):
+    """Bytes of the buffers :func:`ring_pass` holds: (at the last block, at the end).
 
-    Returns two arrays: the peak while a block is computed (add the visit's own scratch
-    to it) and the peak while an accumulator is posted (no scratch then). ``rounds``:
-    each chain's round count (arrays broadcast). At the moment chain ``k`` works in round
-    ``i``, per chain: the payload held (and the next one arriving, unless it is the last
-    round); chain ``k``'s accumulators: while computing, the fresh contribution plus the
-    exchange posted the round before (out and in); while posting, the outgoing
-    accumulator and the new receive buffer; a chain that already worked this round holds
-    its posted exchange, a chain still to work its previous one, a finished chain its
-    last one (out and in with ``overlap``; without it the exchange completed when posted,
-    so only the received buffer). The owner's own block and the caller's buffers are not
-    included.
-    Candidates ``i`` ∈ {1, 2, 3, last round of each chain} cover every case: the state
-    is the same for all middle rounds.
+    ``rounds``: each chain's round count (arrays broadcast), in chain order. A chain of
+    ``R ≥ 1`` rounds ends up holding ``min(R, 2)`` payloads (the one computed on and the
+    one arriving, or the one whose send just completed) and accumulators: its fresh
+    contribution, the one in flight out and the one arriving (3), or 2 when ``R = 1``
+    or without overlap (a completed send frees its buffer at once). All of them exist
+    from the second round on; the one exception is the last chain to compute, if its
+    ring has a single round: its last receive buffer is taken only after its block. The
+    owner's own block and the caller's buffers are not included.
     """
     rounds = [np.asarray(r) for r in rounds]
     p, a = np.asarray(payload_bytes), np.asarray(acc_bytes)
-    shape = np.broadcast(*rounds, p, a).shape
-    computing, posting = np.zeros(shape), np.zeros(shape)
-    exchanged = (2 if overlap else 1) * a  # an accumulator exchange still held
-    for k, r_k in enumerate(rounds):
-        for i in [1, 2, 3, *rounds]:
-            i = np.asarray(i)
-            valid = (i >= 1) & (i <= r_k)
-            others = 0
-            for c, r_c in enumerate(rounds):
-                if c == k:
-                    continue
-                active = i <= r_c
-                posted = exchanged if c < k else exchanged * (i >= 2)
-                others = others + np.where(
-                    active, p * (1 + (i < r_c)) + posted, exchanged * (r_c >= 1)
-                )
-            held = p * (1 + (i < r_k)) + others
-            computing = np.maximum(computing, np.where(valid, held + a + exchanged * (i >= 2), 0))
-            posting = np.maximum(posting, np.where(valid, held + 2 * a, 0))
-    return computing, posting
+    full = 0
+    for r in rounds:
+        n_payload = np.minimum(r, 2)
+        n_acc = np.where(r == 0, 0, np.where((r == 1) | (not overlap), 2, 3))
+        full = full + p * n_payload + a * n_acc
+    # the chain that computes last: the longest, the later one on a tie
+    longest = rounds[0]
+    for r in rounds[1:]:
+        longest = np.maximum(longest, r)
+    at_last_block = full - a * (longest == 1)
+    return at_last_block + 0 * p, full + 0 * p

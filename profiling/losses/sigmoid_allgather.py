@@ -13,7 +13,7 @@ the upstream gradient and reduce-scatters home. Per rank per step::
 
 Peak memory per rank grows with W (``N = W·b``)::
 
-    gathered texts                 N·d·c   (half inputs: gathered as N·d·s, kept in fp32)
+    gathered texts                 N·d·s   (+ N·d·c fp32 copy for half inputs)
     their gradient                 N·d·c
     dx                             b·d·c   (+ b·d·c fp32 copy of x for half inputs)
     logit block                    3·b·N·c (cosines, logits, softplus)
@@ -42,7 +42,11 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
         xc = x.to(cdt)
-        texts = transport.all_gather(y, "sigmoid.texts").to(cdt)
+        # The gathered tensor is kept until the block is done even for half inputs, where
+        # the block uses an fp32 copy: the backend may hold it a moment after the
+        # collective returns, and keeping it makes the peak independent of that timing.
+        gathered = transport.all_gather(y, "sigmoid.texts")
+        texts = gathered.to(cdt)
         sums = torch.zeros(3, dtype=cdt, device=x.device)
         dx = torch.zeros_like(xc) if want_grad else None
         dtexts = torch.zeros_like(texts) if want_grad else None
@@ -57,7 +61,7 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
             dy=dtexts,
             sums=sums,
         )
-        del texts
+        del texts, gathered
         if want_grad:
             inv_b = 1.0 / b
             ctx.grads = (dx.mul_(inv_b), dtexts.mul_(inv_b), sums[1] * inv_b, sums[2] * inv_b)
@@ -160,7 +164,7 @@ def memory_terms(shape: Shape):
     )
     half = int(s < c)
     return {
-        "gathered texts": n * d * c,
+        "gathered texts": n * d * c + half * n * d * s,
         "gathered text gradients": n * d * c,
         "dx": b * d * c + half * b * d * c,
         "logit block": 3 * b * n * c,

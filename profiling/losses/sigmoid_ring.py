@@ -27,11 +27,13 @@ only the texts travel.
 
 Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
 
-    dx, home dy, returned dy       3·b·d·c
-    payloads in flight             2·b·d·s     (held + arriving)
-    accumulators in flight         3·b·d·c     (outgoing, incoming, fresh contribution)
+    dx, home dy                    2·b·d·c
+    ring buffers                   2·b·d·s     (payloads: held + arriving)
+                                 + 3·b·d·c     (accumulators: out, in, fresh contribution)
     block-math copies (half only)  2·b·d·c     (x and the held texts in fp32)
     tile                           3·T²·c      (cosines, logits, softplus)
+
+(fewer buffers for rings of one or two rounds and without overlap: ``ring.pool_bytes``).
 
 Overlap: the next round's texts are posted before the current block is computed and the
 accumulator from round ``i`` is awaited only after block ``i+1`` (``overlap=False``
@@ -66,12 +68,12 @@ class _SigmoidRingFunction(torch.autograd.Function):
         sums = torch.zeros(3, dtype=cdt, device=x.device)  # loss, dt, dβ
         dx = torch.zeros_like(xc) if want_grad else None
 
-        def visit(payload, owner):
-            texts = payload[0].to(cdt)
-            dy = torch.zeros_like(texts) if want_grad else None
+        def visit(payload, owner, dy):
+            if dy is not None:
+                dy.zero_()
             diag = 0 if owner == transport.rank else None
+            texts = payload[0].to(cdt)
             blocks.sigmoid_block(xc, texts, t, beta, diag=diag, tile=tile, dx=dx, dy=dy, sums=sums)
-            return dy
 
         dy, returned = ring.ring_pass(
             transport,
@@ -79,6 +81,7 @@ class _SigmoidRingFunction(torch.autograd.Function):
             chains,
             visit,
             lambda received, contribution: received.add_(contribution),
+            new_accumulator=(lambda: torch.empty_like(xc)) if want_grad else None,
             overlap=overlap,
             label="sigmoid",
         )
@@ -201,26 +204,20 @@ def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
     grads, payload = b * d * c, b * d * s
     half = int(s < c)
     tile = shape.tile_side
-    chains_used = sum((np.asarray(r) >= 1).astype(np.int64) for r in rounds)
-    computing, posting = ring.buffer_peaks(rounds, payload, grads, shape.overlap)
-    mid_ring_block = {
+    at_last_block, pools = ring.pool_bytes(rounds, payload, grads, shape.overlap)
+    computing_a_block = {
         "dx, home dy": 2 * grads,
-        "ring buffers in flight": computing,
+        "ring buffers": at_last_block,
         "block-math copies": half * 2 * grads,
         "tile": 3 * tile * tile * c,
     }
-    mid_ring_post = {
+    end_of_ring = {
         "dx, home dy": 2 * grads,
-        "ring buffers in flight": posting,
-        "block-math copies": half * grads,
-    }
-    end_of_forward = {
-        "dx, home dy": 2 * grads,
-        "returned dy": 2 * grads * chains_used,
+        "ring buffers": pools,
         "block-math copies": half * grads,
     }
     backward = {"dx, home dy": 2 * grads, "input gradients": 2 * payload + half * grads}
-    return peak_of(mid_ring_block, mid_ring_post, end_of_forward, backward)
+    return peak_of(computing_a_block, end_of_ring, backward)
 
 
 register(

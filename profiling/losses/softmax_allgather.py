@@ -15,7 +15,7 @@ forms the gradients of both gathered tensors (``softmax − onehot``, one pass p
 
 Peak memory per rank grows with W (``N = W·b``)::
 
-    gathered images and texts      2·N·d·c (half inputs: gathered as 2·N·d·s, kept in fp32)
+    gathered images and texts      2·N·d·s (+ 2·N·d·c fp32 copies for half inputs)
     their gradients                2·N·d·c
     dx, dy                         2·b·d·c (+ 2·b·d·c fp32 copies for half inputs)
     logit block                    2·b·N·c (cosines, then logits turned into G in place)
@@ -46,14 +46,18 @@ class _SoftmaxAllGatherFunction(torch.autograd.Function):
         t = float(scale)
         xc, yc = x.to(cdt), y.to(cdt)
         sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss·2b, dt·2b
-        images = transport.all_gather(x, "softmax.images").to(cdt)
-        texts = transport.all_gather(y, "softmax.texts").to(cdt)
+        # Gathered tensors are kept until the blocks are done (see sigmoid_allgather).
+        gathered = (
+            transport.all_gather(x, "softmax.images"),
+            transport.all_gather(y, "softmax.texts"),
+        )
+        images, texts = (g.to(cdt) for g in gathered)
         dx, dy = torch.zeros_like(xc), torch.zeros_like(yc)
         dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)
         diag = transport.rank * b
         blocks.softmax_rows_fused(xc, texts, t, diag=diag, dx=dx, dy=dtexts, sums=sums)
         blocks.softmax_rows_fused(yc, images, t, diag=diag, dx=dy, dy=dimages, sums=sums)
-        del images, texts
+        del images, texts, gathered
         coef = 1.0 / (2 * b)
         if want_grad:
             ctx.grads = (dx.mul_(coef), dy.mul_(coef), dimages.mul_(coef), dtexts.mul_(coef))
@@ -152,7 +156,7 @@ def memory_terms(shape: Shape):
     )
     half = int(s < c)
     return {
-        "gathered images and texts": 2 * n * d * c,
+        "gathered images and texts": 2 * n * d * c + half * 2 * n * d * s,
         "gathered gradients": 2 * n * d * c,
         "dx, dy": 2 * b * d * c + half * 2 * b * d * c,
         "logit block": 2 * b * n * c,

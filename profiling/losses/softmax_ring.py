@@ -64,12 +64,11 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         xc = x.to(cdt)
         row_lse = torch.full((b,), -torch.inf, dtype=cdt, device=x.device)
 
-        def visit(payload, owner):
-            col_lse = torch.full_like(row_lse, -torch.inf)
+        def visit(payload, owner, col_lse):
+            col_lse.fill_(-torch.inf)
             blocks.softmax_stats(
                 xc, payload[0].to(cdt), t, tile=tile, row_lse=row_lse, col_lse=col_lse
             )
-            return col_lse
 
         col_lse, returned = ring.ring_pass(
             transport,
@@ -77,6 +76,7 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             ring.one_way(transport.world_size),
             visit,
             _logaddexp_,
+            new_accumulator=lambda: torch.empty_like(row_lse),
             overlap=overlap,
             label="softmax.fwd",
         )
@@ -101,9 +101,9 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         dx = torch.zeros_like(xc)
         sums = torch.zeros(2, dtype=cdt, device=x.device)  # unused, dt
 
-        def visit(payload, owner):
+        def visit(payload, owner, dy):
             texts, stats = payload[0].to(cdt), payload[1]
-            dy = torch.zeros_like(texts)
+            dy.zero_()
             blocks.softmax_grad(
                 xc,
                 texts,
@@ -118,7 +118,6 @@ class _SoftmaxRingFunction(torch.autograd.Function):
                 dy=dy,
                 sums=sums,
             )
-            return dy
 
         stats = torch.cat([col_lse, coef.reshape(1)])
         dy, returned = ring.ring_pass(
@@ -127,6 +126,7 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             ring.one_way(transport.world_size),
             visit,
             lambda received, contribution: received.add_(contribution),
+            new_accumulator=lambda: torch.empty_like(xc),
             overlap=overlap,
             label="softmax.bwd",
         )
@@ -219,34 +219,28 @@ def memory_terms(shape: Shape):
     grads, payload, lse = b * d * c, b * d * s, b * c
     half = int(s < c)
     tile = shape.tile_side
-    stats_computing, _ = ring.buffer_peaks(rounds, payload, lse, shape.overlap)
-    computing, posting = ring.buffer_peaks(rounds, payload + lse + c, grads, shape.overlap)
+    stats_last_block, _ = ring.pool_bytes(rounds, payload, lse, shape.overlap)
+    at_last_block, pools = ring.pool_bytes(rounds, payload + lse + c, grads, shape.overlap)
     statistics_pass = {
         "row and column lse": 2 * lse,
-        "ring buffers in flight": stats_computing,
+        "ring buffers": stats_last_block,
         "block-math copies": half * 2 * grads,
         "tile": 2 * tile * tile * c,
     }
     gradient_pass_block = {
         "row and column lse": 2 * lse + (lse + c),
         "dx, home dy": 2 * grads,
-        "ring buffers in flight": computing,
+        "ring buffers": at_last_block,
         "block-math copies": half * 2 * grads,
         "tile": 3 * tile * tile * c,
     }
-    gradient_pass_post = {
+    gradient_pass_end = {
         "row and column lse": 2 * lse + (lse + c),
         "dx, home dy": 2 * grads,
-        "ring buffers in flight": posting,
+        "ring buffers": pools,
         "block-math copies": half * grads,
     }
-    end_of_backward = {
-        "row and column lse": 2 * lse + (lse + c),
-        "dx, home dy": 2 * grads,
-        "returned dy": 2 * grads * (shape.world > 1),
-        "block-math copies": half * grads,
-    }
-    return peak_of(statistics_pass, gradient_pass_block, gradient_pass_post, end_of_backward)
+    return peak_of(statistics_pass, gradient_pass_block, gradient_pass_end)
 
 
 register(
