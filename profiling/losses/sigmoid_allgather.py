@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from profiling import comm
 from profiling.losses import blocks
+from profiling.losses.base import DistributedLoss
 from profiling.losses.checks import (
-    as_scalar,
-    check_bias,
-    check_features,
-    check_ranks,
     compute_dtype,
 )
 from profiling.losses.costs import block_flops, rank_check_phase
@@ -86,25 +82,15 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
         )
 
 
-class SigmoidAllGatherLoss(torch.nn.Module):
+class SigmoidAllGatherLoss(DistributedLoss):
     """SigLIP loss over all-gathered texts; gradients go home by reduce-scatter."""
 
     kind = "sigmoid"
 
-    def __init__(self, *, check_ranks: bool = True):
-        super().__init__()
-        self.check_ranks = check_ranks
-
     def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        check_bias(self.kind, logit_bias)
-        check_features(image_features, text_features)
-        scale = as_scalar("logit_scale", logit_scale, image_features)
-        bias = as_scalar("logit_bias", logit_bias, image_features)
-        transport = comm.current()
-        if self.check_ranks:
-            check_ranks(transport, image_features)
-        inputs = (image_features, text_features, scale, bias)
-        want_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        inputs, transport, want_grad = self.prepare(
+            image_features, text_features, logit_scale, logit_bias
+        )
         return _SigmoidAllGatherFunction.apply(*inputs, transport, want_grad)
 
 

@@ -45,13 +45,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from profiling import comm
 from profiling.losses import blocks, ring
+from profiling.losses.base import RingLoss
 from profiling.losses.checks import (
-    as_scalar,
-    check_bias,
-    check_features,
-    check_ranks,
     compute_dtype,
 )
 from profiling.losses.costs import block_flops, rank_check_phase
@@ -104,38 +100,19 @@ class _SigmoidRingFunction(torch.autograd.Function):
         return gx, gy, gt, gb, None, None, None, None, None
 
 
-class SigmoidRingLoss(torch.nn.Module):
+class SigmoidRingLoss(RingLoss):
     """SigLIP loss by a ring of texts; one direction (``chains=ring.one_way``)."""
 
     kind = "sigmoid"
-
-    def __init__(self, *, overlap: bool = True, tile: int | None = None, check_ranks: bool = True):
-        super().__init__()
-        if tile is not None and (not isinstance(tile, int) or tile < 1):
-            raise ValueError(f"tile must be a positive int or None, got {tile!r}")
-        self.overlap = overlap
-        self.tile = tile
-        self.check_ranks = check_ranks
-
     chains = staticmethod(ring.one_way)
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        check_bias(self.kind, logit_bias)
-        check_features(image_features, text_features)
-        scale = as_scalar("logit_scale", logit_scale, image_features)
-        bias = as_scalar("logit_bias", logit_bias, image_features)
-        transport = comm.current()
-        if self.check_ranks:
-            check_ranks(transport, image_features)
-        inputs = (image_features, text_features, scale, bias)
-        want_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        inputs, transport, want_grad = self.prepare(
+            image_features, text_features, logit_scale, logit_bias
+        )
+        chains = self.chains(transport.world_size)
         return _SigmoidRingFunction.apply(
-            *inputs,
-            transport,
-            self.chains(transport.world_size),
-            self.tile,
-            self.overlap,
-            want_grad,
+            *inputs, transport, chains, self.tile, self.overlap, want_grad
         )
 
 

@@ -38,13 +38,9 @@ from __future__ import annotations
 
 import torch
 
-from profiling import comm
 from profiling.losses import blocks, ring
+from profiling.losses.base import RingLoss
 from profiling.losses.checks import (
-    as_scalar,
-    check_bias,
-    check_features,
-    check_ranks,
     compute_dtype,
 )
 from profiling.losses.costs import rank_check_phase
@@ -135,29 +131,14 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         return dx.to(x.dtype), dy.to(y.dtype), sums[1].to(scale_dtype), None, None, None
 
 
-class SoftmaxRingLoss(torch.nn.Module):
+class SoftmaxRingLoss(RingLoss):
     """CLIP loss by a one-way ring with online log-sum-exp and a recomputing backward."""
 
     kind = "softmax"
 
-    def __init__(self, *, overlap: bool = True, tile: int | None = None, check_ranks: bool = True):
-        super().__init__()
-        if tile is not None and (not isinstance(tile, int) or tile < 1):
-            raise ValueError(f"tile must be a positive int or None, got {tile!r}")
-        self.overlap = overlap
-        self.tile = tile
-        self.check_ranks = check_ranks
-
     def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        check_bias(self.kind, logit_bias)
-        check_features(image_features, text_features)
-        scale = as_scalar("logit_scale", logit_scale, image_features)
-        transport = comm.current()
-        if self.check_ranks:
-            check_ranks(transport, image_features)
-        return _SoftmaxRingFunction.apply(
-            image_features, text_features, scale, transport, self.tile, self.overlap
-        )
+        inputs, transport, _ = self.prepare(image_features, text_features, logit_scale, logit_bias)
+        return _SoftmaxRingFunction.apply(*inputs, transport, self.tile, self.overlap)
 
 
 def schedule(shape: Shape) -> Schedule:
