@@ -27,10 +27,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -252,16 +254,35 @@ def replay(transport: RecordingTransport, group, device) -> tuple[float, dict[st
     return reduced[0], dict(zip(keys, reduced[1:], strict=True))
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Kineto writes a "USDT ... profiler_start/stop" line to stderr (fd 2) at every start
+    and stop, per rank; a grid would print hundreds. Silence fd 2 for those two calls."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def cross_check(step_fn, transport: RecordingTransport, rec: comm.CommRecord, group, device):
     """Profiled step (byte cross-check) and replayed traffic (time, bandwidth)."""
     transport.log = []
     transport.logging = True
+    prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
     try:
-        with (
-            comm.record(transport) as profiled,
-            profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof,
-        ):
-            step_fn()
+        with comm.record(transport) as profiled:
+            with _stderr_silenced():
+                prof.start()
+            try:
+                step_fn()  # outside the silenced stretch: its errors still show
+            finally:
+                with _stderr_silenced():
+                    prof.stop()
     finally:
         transport.logging = False
     theirs = profiler_bytes(_trace_events(prof), transport.world_size)
