@@ -16,7 +16,9 @@ down the process group, and turns whatever happens into one :class:`LaunchOutcom
 * :func:`init_process_group` / :func:`cleanup`: the one idempotent pair; every path
   through :func:`launch` and :func:`run_from_env` destroys the group in ``finally``.
   The process-group timeout (``pg_timeout_s``) bounds a collective waiting on a dead or
-  hung peer. With gloo, each rank gets ``cores // W`` intra-op threads (at least 1).
+  hung peer. With gloo, a rank is one device: one thread (``torch.set_num_threads(1)``),
+  at every W, so W = 1 runs what the cost model's one-thread calibration describes and
+  step times do not swing with how many idle cores intra-op threads happen to find.
 
 A failure is classified by :func:`classify_failure` as ``oom`` (``torch.OutOfMemoryError``,
 ``MemoryError``, allocator "out of memory" / "can't allocate memory"), ``timeout`` (a
@@ -147,8 +149,8 @@ def _rank_main(rank, world, backend, init_method, pg_timeout_s, fn, args, result
     """Entry of each spawned rank: own process group, init, run, report, clean up."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # so the parent can kill this rank and anything it starts
-    if backend == "gloo":  # W ranks share the cores: do not oversubscribe them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if backend == "gloo":  # a rank is one device: one thread (module docstring)
+        torch.set_num_threads(1)
     try:
         init_process_group(
             backend, rank=rank, world=world, init_method=init_method, pg_timeout_s=pg_timeout_s

@@ -5,10 +5,11 @@ with :mod:`simulator.benchmarks` and fits the forms :mod:`simulator.model` price
 
 * real loss steps (CPU, :mod:`simulator.step_fit`): every registered method at ``W = 1``
   on a calibration set of ``(b, d)`` disjoint from the default validation grid, timed
-  by the profiler's own method on one thread and on ``cores`` threads; fits the fp32
-  ``matmul_TFLOPs`` and ``pointwise_Gelem_per_s`` (the block math of fp32, bf16 and
-  fp16 inputs), ``step_overhead_us``, ``phase_overhead_us``, ``collective_call_us``,
-  ``parallel_efficiency`` and ``thread_overhead_growth``;
+  by the profiler's own method on one thread; fits the fp32 ``matmul_TFLOPs`` and
+  ``pointwise_Gelem_per_s`` (the block math of fp32, bf16 and fp16 inputs),
+  ``step_overhead_us``, ``phase_overhead_us``, ``collective_call_us``; then the same
+  configurations at ``W = min(2, cores)``, every rank busy, fitted on the model with
+  the communication fits below: ``busy_rank_slowdown`` and ``intra_node.sync_us``;
 * matmul microbenchmark: ``t = t0 + F / R_mm`` per dtype over a few shapes; gives
   ``matmul_TFLOPs`` for the other dtypes (and for fp32 on GPUs);
 * block elementwise: ``t − F / R_mm = o + b² / R_pw`` for a sigmoid block of ``b×b``
@@ -47,7 +48,7 @@ from rich.table import Table
 
 from simulator import benchmarks, step_fit
 from simulator.calibrated_profile import build_profile
-from simulator.hardware import host_profile_path, load_profile
+from simulator.hardware import host_profile_path, load_profile, parse_profile
 from simulator.procgroup import run_group
 
 
@@ -66,7 +67,7 @@ class CalibrationConfig:
     dtypes: tuple[str, ...] = ("fp32", "fp64", "bf16")
     threads: int | None = None
     """torch threads per rank in the communication benchmarks and the profile (CPU); None:
-    ``max(1, cores // W)``, as ``profiling.launch`` sets. Compute is always measured on one
+    one, as ``profiling.launch`` sets. Compute is always measured on one
     thread (rates per core)."""
     backend: str = "auto"
     """"gloo", "nccl" or "auto" (nccl with two or more GPUs, gloo on CPU)."""
@@ -227,7 +228,7 @@ def measure_comm(config: CalibrationConfig, backend: str, worlds, console: Conso
                 config.warmup,
                 config.repeats,
                 backend=backend,
-                threads=config.threads or max(1, len(os.sched_getaffinity(0)) // world),
+                threads=config.threads or 1,
                 timeout_s=config.timeout_s,
             )
         rows.extend(results[0])
@@ -252,7 +253,7 @@ def calibrate(config: CalibrationConfig, console: Console | None = None) -> tupl
     console.print(
         f"[bold]calibrating[/] {host}: {device.type}, {backend}, {cores} "
         f"{'GPUs' if cuda else 'cores'}; compute on 1 thread, ranks on "
-        f"{config.threads or 'max(1, cores // W)'} thread(s)"
+        f"{config.threads or 1} thread(s)"
     )
     compute = measure_compute(config, device, console)
     if device.type == "cpu":
@@ -271,6 +272,19 @@ def calibrate(config: CalibrationConfig, console: Console | None = None) -> tupl
             "bundled profile and says so in its sources"
         )
     profile = build_profile(config, device, backend, compute, comm_fits, cores, stamp)
+    busy_steps = compute.get("steps", {}).get("busy")
+    if busy_steps is not None and comm_fits is not None:
+        hardware = parse_profile(profile, "the profile being calibrated")
+        busy = step_fit.fit_busy_ranks(
+            compute["steps"]["configs"], busy_steps["seconds"], hardware, busy_steps["ranks"]
+        )
+        console.print(
+            f"  real steps (W={busy['ranks']}, every rank busy): compute x"
+            f"{busy['slowdown']:.2f} of one rank alone, {busy['sync_s'] * 1e6:.0f} us per "
+            f"exchange or collective waited on; median rel err {busy['median_rel_err']:.3f}, "
+            f"max {busy['max_rel_err']:.3f} ({busy['dropped']} dropped)"
+        )
+        profile = build_profile(config, device, backend, compute, comm_fits, cores, stamp, busy)
     path = Path(config.output) if config.output else host_profile_path(host)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(profile, indent=2) + "\n")

@@ -44,8 +44,11 @@ def _copied_network(base: dict[str, Any], base_name: str) -> dict[str, Any]:
     return walk(base)
 
 
-def build_profile(config, device, backend, compute, comm_fits, cores, stamp) -> dict[str, Any]:
-    """The profile JSON (see :mod:`simulator.hardware`) from the measurements."""
+def build_profile(
+    config, device, backend, compute, comm_fits, cores, stamp, busy=None
+) -> dict[str, Any]:
+    """The profile JSON (see :mod:`simulator.hardware`) from the measurements; ``busy``
+    is :func:`simulator.step_fit.fit_busy_ranks`'s result (None: not measured, 0)."""
     host = socket.gethostname()
     profile: dict[str, Any] = {"schema": 1, "name": host}
     if device.type == "cuda":
@@ -77,7 +80,7 @@ def build_profile(config, device, backend, compute, comm_fits, cores, stamp) -> 
     elif config.threads is None:
         profile["threads_per_rank"] = {
             "value": None,
-            "source": "profiling.launch policy: max(1, cores // ranks on the node)",
+            "source": "profiling.launch policy: one thread per rank (a rank is one device)",
         }
     else:
         profile["threads_per_rank"] = _num(config.threads, "calibrate --threads")
@@ -88,8 +91,10 @@ def build_profile(config, device, backend, compute, comm_fits, cores, stamp) -> 
         else "NCCL runs beside the compute streams",
     }
     profile["compute"] = _compute_section(compute, stamp)
+    profile["compute"]["busy_rank_slowdown"] = _busy_number(busy, "busy_rank_slowdown", stamp)
     if comm_fits is not None:
         profile["intra_node"] = _level(comm_fits, stamp)
+        profile["intra_node"]["sync_us"] = _busy_number(busy, "sync_s", stamp, scale=1e6)
         if device.type == "cuda" and base is not None:
             profile["inter_node"] = _copied_network(base, base_name)["inter_node"]
         elif device.type == "cuda":
@@ -97,6 +102,18 @@ def build_profile(config, device, backend, compute, comm_fits, cores, stamp) -> 
         else:
             profile["inter_node"] = None
     return profile
+
+
+def _busy_number(busy, key: str, stamp: str, scale: float = 1.0) -> dict[str, Any]:
+    if busy is None:
+        return _num(0.0, f"{stamp}; not measured (one core, or no real-step fit): 0")
+    return _num(
+        busy[key] * scale,
+        f"{stamp}; real loss steps at W={busy['ranks']} (every rank busy, one thread each) "
+        f"fitted on the model with the other numbers held, {busy['points']} points "
+        f"({busy['dropped']} dropped), median rel err {busy['median_rel_err']:.3f}, "
+        f"max {busy['max_rel_err']:.3f}",
+    )
 
 
 def _level(fits: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any]:
@@ -181,7 +198,7 @@ def _compute_section(compute: dict[str, Any], stamp: str) -> dict[str, Any]:
             "thread_overhead_growth": _num(0.0, "one GPU per rank: no host-thread cost"),
         }
         return section
-    one, threaded = steps["one_thread"], steps["threads"]
+    one = steps["one_thread"]
     note = (
         f"{stamp}; real loss steps at W=1 on 1 thread, least squares over {one['points']} "
         f"points ({one['dropped']} outliers dropped), median rel err "
@@ -193,14 +210,7 @@ def _compute_section(compute: dict[str, Any], stamp: str) -> dict[str, Any]:
     section["phase_overhead_us"] = _num(one["phase_overhead_s"] * 1e6, note)
     section["step_overhead_us"] = _num(one["step_overhead_s"] * 1e6, note)
     section["collective_call_us"] = _num(one["collective_call_s"] * 1e6, note)
-    if threaded["points"]:
-        tnote = (
-            f"{stamp}; real loss steps at W=1 on {threaded['threads']} threads vs the "
-            f"1-thread fit, {threaded['points']} points ({threaded['dropped']} dropped), "
-            f"median rel err {threaded['median_rel_err']:.3f}"
-        )
-    else:
-        tnote = f"{stamp}; one core: no thread scaling to measure"
-    section["parallel_efficiency"] = _num(threaded["parallel_efficiency"], tnote)
-    section["thread_overhead_growth"] = _num(threaded["thread_overhead_growth"], tnote)
+    single = f"{stamp}; profiling.launch runs one thread per rank: thread scaling not used"
+    section["parallel_efficiency"] = _num(1.0, single)
+    section["thread_overhead_growth"] = _num(0.0, single)
     return section

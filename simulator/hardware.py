@@ -13,7 +13,7 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
     memory_shared         true when the ranks of a node share it (host RAM on CPU)
     cores                 compute units per node that ranks share (CPU cores; GPUs)
     threads_per_rank      torch threads per rank on CPU (1 for GPUs); value null: the
-                          profiler's policy, max(1, cores // ranks on the node)
+                          profiler's policy, one thread per rank (``profiling.launch``)
     ranks_per_node        ranks on one node; value null: every rank on one host
     comm_uses_cores       true when moving bytes needs the same cores (gloo on CPU)
     compute.matmul_TFLOPs.<dtype>, compute.pointwise_Gelem_per_s.<dtype>
@@ -27,11 +27,15 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
                                 busy machine)
     compute.thread_overhead_growth  g ≥ 0: with t threads the fixed costs are
                                 1 + (t − 1)·g times the one-thread ones
+    compute.busy_rank_slowdown  k ≥ 0 (optional, absent: 0): with q ≤ cores ranks busy
+                                on a node each computes 1 + (q − 1)·k times slower
     intra_node / inter_node:    one network level each (inter_node may be null)
         link.latency_us, link.bandwidth_GBps          (per direction, line rate)
         all_gather / reduce_scatter: base_us, alpha_us, beta_us_per_MB
         p2p: alpha_us, beta_us_per_MB, duplex_efficiency
         oversubscribed_wait_us   extra latency per α when ranks outnumber cores
+        sync_us     (optional, absent: 0) exposed cost per collective call and per p2p
+                    exchange waited on at W ≥ 2 (a sleeping rank woken by its peer)
 
 MB is 10^6 bytes and GB 10^9 bytes; ``beta_us_per_MB = 1e3 / bandwidth_GBps``.
 A file with a missing key, an unknown key or a wrong unit suffix is refused with one
@@ -95,6 +99,9 @@ class NetworkLevel:
     p2p: P2PFit
     oversubscribed_wait_s: float
     """Added to every α when ranks outnumber cores: the wait for a descheduled peer."""
+    sync_s: float = 0.0
+    """Paid, exposed, per collective call and per p2p exchange that a rank waits on at
+    ``W ≥ 2`` (waking a rank that slept on its peer); on top of the α-β time."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -108,6 +115,9 @@ class Compute:
     """Speedup of ``t`` threads over one: ``1 + (t − 1)·parallel_efficiency``."""
     thread_overhead_growth: float
     """Fixed costs with ``t`` threads: ``1 + (t − 1)·thread_overhead_growth`` times."""
+    busy_rank_slowdown: float = 0.0
+    """k: with ``q`` ranks busy on a node (``q ≤ cores``), each computes ``1 + (q − 1)·k``
+    times slower than a rank alone."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -123,7 +133,7 @@ class Hardware:
     """True: the ranks of a node share ``memory_bytes`` (host RAM); False: one device each."""
     cores: int
     threads_per_rank: int | None
-    """None: ``max(1, cores // ranks on the node)``, what ``profiling.launch`` sets on CPU."""
+    """None: one thread per rank, what ``profiling.launch`` sets on CPU."""
     ranks_per_node: int | None
     """None: every rank runs on one host."""
     comm_uses_cores: bool
@@ -144,6 +154,7 @@ _LEVEL = {
     "reduce_scatter": _COLLECTIVE,
     "p2p": {"alpha_us": NUM, "beta_us_per_MB": NUM, "duplex_efficiency": NUM},
     "oversubscribed_wait_us": NUM,
+    "sync_us": NUM,
 }
 _DTYPE_MAP = "dtype map"
 SCHEMA: dict[str, Any] = {
@@ -165,11 +176,14 @@ SCHEMA: dict[str, Any] = {
         "collective_call_us": NUM,
         "parallel_efficiency": NUM,
         "thread_overhead_growth": NUM,
+        "busy_rank_slowdown": NUM,
     },
     "intra_node": _LEVEL,
     "inter_node": _LEVEL,
 }
 _OPTIONAL_NULL = {"inter_node"}
+_OPTIONAL_ZERO = {"compute.busy_rank_slowdown", "intra_node.sync_us", "inter_node.sync_us"}
+"""Keys added after profiles were first written: absent means 0 (not modelled)."""
 _MAY_BE_NEGATIVE = {"compute.parallel_efficiency"}
 _UNIT_START = re.compile(r"^(.*?)_(?:[A-Z]|(?:us|ms|ns|s|per)(?:_|$))")
 
@@ -204,6 +218,9 @@ class _Reader:
         out = {}
         for key, kind in spec.items():
             path = f"{prefix}{key}"
+            if key not in data and path in _OPTIONAL_ZERO:
+                out[key] = 0.0
+                continue
             if key not in data:
                 self.fail(f"missing key {path!r}")
             value = data[key]
@@ -278,6 +295,7 @@ def _level(raw: dict) -> NetworkLevel:
             duplex_efficiency=p2p["duplex_efficiency"],
         ),
         oversubscribed_wait_s=raw["oversubscribed_wait_us"] * 1e-6,
+        sync_s=raw["sync_us"] * 1e-6,
     )
 
 
@@ -334,6 +352,7 @@ def parse_profile(data: Any, where: str) -> Hardware:
             collective_call_s=compute["collective_call_us"] * 1e-6,
             parallel_efficiency=compute["parallel_efficiency"],
             thread_overhead_growth=compute["thread_overhead_growth"],
+            busy_rank_slowdown=compute["busy_rank_slowdown"],
         ),
         intra_node=_level(raw["intra_node"]),
         inter_node=None if raw["inter_node"] is None else _level(raw["inter_node"]),

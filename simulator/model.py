@@ -7,7 +7,7 @@ over its :class:`~profiling.losses.registry.Schedule`, peak memory is the sum of
 Math, per point ``(W, b, d)``. A schedule is a list of phases ``p``, each repeated ``r_p``
 times per step. With ``f`` the core share (below), one repetition costs::
 
-    compute_p = f·a·(o + [W=1]·K_p·k) + (F_p / R_mm(dtype) + E_p / R_pw(dtype)) / c
+    compute_p = u·f·a·(o + [W=1]·K_p·k) + u·(F_p / R_mm(dtype) + E_p / R_pw(dtype)) / c
                                                            (o only if F_p + E_p > 0)
     comm_p    = g · Σ_transfers T(transfer)                          (g = f if comm uses cores)
 
@@ -16,8 +16,11 @@ times per step. With ``f`` the core share (below), one repetition costs::
     T(p2p)                         = (m/k)·α + (B/k)·β / e_k         (k = directions,
                                                                      e_1 = 1, e_2 = duplex eff.)
 
-    overlapped phase:  time_p = max(compute_p, comm_p),  exposed_p = max(0, comm_p − compute_p)
-    otherwise:         time_p = compute_p + comm_p,      exposed_p = comm_p
+    overlapped phase:  time_p = max(compute_p, comm_p) + sync_p,
+                       exposed_p = max(0, comm_p − compute_p) + sync_p
+    otherwise:         time_p = compute_p + comm_p + sync_p,  exposed_p = comm_p + sync_p
+
+    sync_p = sync_s · (transfers of the phase that move bytes)      (W ≥ 2; below)
 
     step_time = f·a·o_step + Σ_p r_p · time_p = compute_s + exposed_comm_s
 
@@ -41,8 +44,18 @@ each way at once; on full-duplex links (``e_2 = 1``) the two directions do not s
 bandwidth.
 
 Core sharing (CPU backends): ``q = min(W, ranks_per_node)`` ranks share a node's
-``cores``; rates are per core (one thread). A rank runs ``t = threads_per_rank`` threads
-(null: ``max(1, cores // q)``, as ``profiling.launch`` sets) on ``n = min(t, max(1,
+``cores``; rates are per core (one thread). Ranks of a multi-rank step compute slower
+than one rank alone, even on cores of their own (on this project's 2-vCPU VM about 2x
+at W = 2, although tight compute loops on its two cores do not slow each other: the
+cause lies in how a step interleaves compute with waits, and is not isolated), so
+all compute of a rank is ``u = 1 + (min(q, cores) − 1)·k`` times slower, ``k`` the profile's
+``busy_rank_slowdown``, which calibration measures from real steps at ``W = min(2, cores)``
+(so it is interpolated linearly for ``q ≤ cores`` and held at ``q = cores`` beyond, where
+the core share below applies on top). Every collective call and p2p exchange that moves
+bytes also pays the level's ``sync_s``, exposed (never hidden by overlap): the cost of a
+rank that waited on its peer being woken, calibrated from the same steps.
+A rank runs ``t = threads_per_rank`` threads
+(null: one thread, as ``profiling.launch`` sets on gloo) on ``n = min(t, max(1,
 cores / q))`` cores; with the profile's parallel efficiency ``e`` (1: perfect scaling,
 0: extra threads gain nothing, negative: they slow it down; calibration measures it on
 real loss steps) its math runs ``c = clip(1 + (n − 1)·e, 1/n, n) · min(1, cores / q)``
@@ -328,16 +341,13 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
     pointwise_rate = _rate(hw.compute.pointwise_elems_per_s, compute_dtype, "pointwise", hw)
     w = world.astype(np.float64)
     on_node = w if hw.ranks_per_node is None else np.minimum(w, hw.ranks_per_node)
-    threads = (
-        np.maximum(1.0, np.floor(hw.cores / on_node))
-        if hw.threads_per_rank is None
-        else float(hw.threads_per_rank)
-    )
+    threads = 1.0 if hw.threads_per_rank is None else float(hw.threads_per_rank)
     core_share = np.maximum(1.0, on_node / hw.cores)
     usable = np.minimum(threads, np.maximum(1.0, hw.cores / on_node))
     speedup = np.clip(1.0 + (usable - 1.0) * hw.compute.parallel_efficiency, 1.0 / usable, usable)
-    parallel_cores = speedup / core_share
-    fixed_scale = core_share * (1.0 + (usable - 1.0) * hw.compute.thread_overhead_growth)
+    busy = 1.0 + (np.minimum(on_node, hw.cores) - 1.0) * hw.compute.busy_rank_slowdown
+    parallel_cores = speedup / (core_share * busy)
+    fixed_scale = core_share * busy * (1.0 + (usable - 1.0) * hw.compute.thread_overhead_growth)
     comm_share = core_share if hw.comm_uses_cores else np.ones_like(core_share)
     crosses = np.zeros(w.shape, dtype=bool) if hw.ranks_per_node is None else w > hw.ranks_per_node
     oversubscribed = on_node > hw.cores
@@ -355,17 +365,21 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
         compute = fixed_scale * overhead + (flops / matmul_rate + elems / pointwise_rate) / (
             parallel_cores
         )
-        comm = zeros.copy()
+        comm, sync = zeros.copy(), zeros.copy()
         for transfer in phase.transfers:
             t = transfer_time_s(transfer, hw.intra_node, oversubscribed)
+            waited = np.asarray(transfer.messages, dtype=np.float64) > 0
+            s = np.where(waited, hw.intra_node.sync_s, 0.0)
             if hw.inter_node is not None and crosses.any():
                 t = np.where(crosses, transfer_time_s(transfer, hw.inter_node, oversubscribed), t)
-            comm = comm + t
+                s = np.where(crosses & waited, hw.inter_node.sync_s, s)
+            comm, sync = comm + t, sync + s
         comm = comm * comm_share
         if phase.overlapped:
             step, exposed = np.maximum(compute, comm), np.maximum(0.0, comm - compute)
         else:
             step, exposed = compute + comm, comm
+        step, exposed, comm = step + sync, exposed + sync, comm + sync
         acc["compute"] = acc["compute"] + repeat * compute
         acc["comm"] = acc["comm"] + repeat * comm
         acc["exposed"] = acc["exposed"] + repeat * exposed

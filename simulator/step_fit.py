@@ -9,19 +9,21 @@ barrier before each step, ``perf_counter``, max over ranks, median over steps), 
 on each method's own schedule. With ``P = Σ_p r_p·[phase p computes]``, ``F = Σ_p r_p·F_p``
 and ``E = Σ_p r_p·E_p`` read from the schedule at ``W = 1``::
 
-    one thread:     t = o_step + o·P + F / R_mm + E / R_pw     → o_step, o, R_mm, R_pw
-    cores threads:  t = o_step + o·P + (F / R_mm + E / R_pw) / c  → c, e = (c − 1)/(cores − 1)
+    W = 1:  t = o_step + o·P + F / R_mm + E / R_pw     → o_step, o, R_mm, R_pw
 
-(the model's ``c = 1 + (n − 1)·e`` with ``n`` threads; see :mod:`simulator.model`). The
-one-thread fit is weighted by ``1/t`` (relative error), with no negative term; points
+The fit is weighted by ``1/t`` (relative error), with no negative term; points
 whose relative residual exceeds :data:`OUTLIER_FACTOR` times the median one (a step
 that met a busy machine) are dropped once and the fit repeated, and the count is written
-into the sources. ``c`` is the median over points of the ratio of the predicted rate
-terms to the measured time less the fixed terms, over the points where the rate terms
-are at least half the step (a robust estimate: one descheduled thread cannot move it).
+into the sources.
+
+Then the same configurations at ``W = min(2, cores)``, every rank busy, one thread each
+(as ``profiling.launch`` runs them), give what one rank alone does not show: how much
+slower each rank computes when its neighbours are busy too (``busy_rank_slowdown``) and
+the exposed cost of each exchange or collective a rank waits on (``sync_us``), fitted by
+:func:`fit_busy_ranks` on the model itself with every other number held.
 
 Calibration set (:data:`CALIBRATION_BATCHES`, :data:`CALIBRATION_DIMS`, every registered
-method, ``W = 1``): none of it is in the default experiment's validation grid
+method, ``W = 1`` and ``W = min(2, cores)``): none of it is in the default experiment's validation grid
 (``experiments/configs/default.toml``: ``b ∈ {32, 128, 512}``, ``d = 64``), so the
 validation table measures prediction, not the fit.
 """
@@ -185,35 +187,77 @@ def split_one_thread(points: list[StepPoint], one_thread: dict[str, Any]):
     return fixed, rates
 
 
-def fit_threads(points: list[StepPoint], seconds, one_thread: dict[str, Any], threads: int):
-    """Fit ``t = A·fixed₁ + rates₁ / c`` on steps timed with ``threads`` threads.
+def fit_busy_ranks(configs: list[dict], seconds, hardware, ranks: int) -> dict[str, Any]:
+    """Fit ``busy_rank_slowdown`` k and ``sync_s`` w to steps timed at ``W = ranks`` (all
+    ranks busy on one node, one thread each), holding every other number of ``hardware``.
 
-    ``A = 1 + (n − 1)·g`` (fixed costs grow with threads: fork/join, spinning workers)
-    and ``c = 1 + (n − 1)·e`` (the rate terms' speedup; ``e < 0`` when more threads are
-    slower, as on a busy machine). Returns ``thread_overhead_growth`` g ≥ 0 and
-    ``parallel_efficiency`` e, clipped so that ``c`` stays in [1/n, n].
+    The model's step at slowdown ``s = 1 + (ranks − 1)·k`` is ``T(s) + n·w``, ``n`` the
+    exchanges and collective calls that move bytes (sync is exposed, so it adds linearly).
+    For each ``s`` on a grid over [1, 5] the best ``w ≥ 0`` is closed-form (least squares
+    weighted by ``1/t``); the ``s`` with the smallest weighted residual wins. Points whose
+    relative residual exceeds :data:`OUTLIER_FACTOR` times the median are dropped once.
     """
-    if threads <= 1:
-        return {"thread_overhead_growth": 0.0, "parallel_efficiency": 1.0, "points": 0}
+    import dataclasses
+
+    from simulator.model import predict
+
+    if ranks < 2:
+        raise ValueError(f"a busy-rank fit needs at least 2 ranks, got {ranks}")
     y = np.asarray(seconds, dtype=np.float64)
-    fixed, rates = split_one_thread(points, one_thread)
-    coef, keep = _robust_fit(np.column_stack([fixed, rates]), y)
-    growth = max(0.0, (coef[0] - 1.0) / (threads - 1))
-    speedup = 1.0 / coef[1] if coef[1] > 0 else float(threads)
-    speedup = float(np.clip(speedup, 1.0 / threads, threads))
+    if len(configs) != len(y) or len(y) < 2:
+        raise ValueError(f"a busy-rank fit needs 2 or more timed points, got {len(y)}")
+
+    def with_costs(slowdown: float, sync_s: float):
+        compute = dataclasses.replace(
+            hardware.compute, busy_rank_slowdown=(slowdown - 1.0) / (ranks - 1)
+        )
+        level = dataclasses.replace(hardware.intra_node, sync_s=sync_s)
+        return dataclasses.replace(hardware, compute=compute, intra_node=level)
+
+    def steps(hw) -> np.ndarray:
+        out = np.empty(len(configs))
+        for i, c in enumerate(configs):
+            pred = predict(c["method"], ranks, c["batch"], c["dim"], c["dtype"], hardware=hw)
+            out[i] = float(pred.step_time_s)
+        return out
+
+    base = steps(with_costs(1.0, 0.0))
+    syncs = (steps(with_costs(1.0, 1.0)) - base).round()
+    grid = np.arange(1.0, 5.0001, 0.02)
+    curves = np.array([steps(with_costs(s, 0.0)) for s in grid])
+
+    def solve(keep):
+        best = None
+        for slowdown, model in zip(grid, curves, strict=True):
+            r, n, t = model[keep], syncs[keep], y[keep]
+            denom = float(np.sum((n / t) ** 2))
+            w = max(0.0, float(np.sum(n * (t - r) / t**2)) / denom) if denom > 0 else 0.0
+            loss = float(np.sum(((r + n * w - t) / t) ** 2))
+            if best is None or loss < best[0]:
+                best = (loss, float(slowdown), w, model + syncs * w)
+        return best[1:]
+
+    keep = np.ones(len(y), dtype=bool)
+    slowdown, sync_s, fitted = solve(keep)
+    rel = np.abs(fitted - y) / y
+    drop = rel > OUTLIER_FACTOR * max(float(np.median(rel)), 1e-3)
+    if drop.any() and (~drop).sum() >= 2:
+        keep = ~drop
+        slowdown, sync_s, fitted = solve(keep)
     return {
-        "thread_overhead_growth": growth,
-        "parallel_efficiency": (speedup - 1.0) / (threads - 1),
-        "speedup": speedup,
-        "threads": threads,
-        **_quality(np.column_stack([fixed, rates]) @ coef, y, keep),
+        "busy_rank_slowdown": (slowdown - 1.0) / (ranks - 1),
+        "slowdown": slowdown,
+        "sync_s": sync_s,
+        "ranks": ranks,
+        **_quality(fitted, y, keep),
     }
 
 
 def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict[str, Any]:
-    """Time the calibration set at ``W = 1`` on one thread and on ``cores`` threads (the
-    launcher's policy for one rank), fit both; fp32 only (block math of fp32, bf16 and
-    fp16 inputs)."""
+    """Time the calibration set at ``W = 1`` and, with two or more cores, at ``W = min(2,
+    cores)`` (every rank busy), one thread per rank as ``profiling.launch`` runs them; fit
+    the one-rank step. fp32 only (block math of fp32, bf16 and fp16 inputs). The busy
+    timings are returned for :func:`fit_busy_ranks`, which needs the communication fits."""
     from profiling.losses import METHODS
     from simulator.procgroup import run_group
 
@@ -222,13 +266,9 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
     configs = [
         {"method": p.method, "batch": p.batch, "dim": p.dim, "dtype": p.dtype} for p in points
     ]
-    timed = {}
-    for threads in sorted({1, cores}):
-        with console.status(f"{len(points)} real loss steps at W=1 on {threads} thread(s)"):
-            rows = run_group(1, step_worker, configs, 5, 2, threads=threads, timeout_s=timeout_s)[0]
-        timed[threads] = [median for median, _ in rows]
-    one = fit_one_thread(points, timed[1])
-    threaded = fit_threads(points, timed[cores], one, cores)
+    with console.status(f"{len(points)} real loss steps at W=1"):
+        rows = run_group(1, step_worker, configs, 5, 2, threads=1, timeout_s=timeout_s)[0]
+    one = fit_one_thread(points, [median for median, _ in rows])
     console.print(
         f"  real steps (W=1, 1 thread): per step {one['step_overhead_s'] * 1e6:.0f} us, per "
         f"phase {one['phase_overhead_s'] * 1e6:.1f} us, per collective call "
@@ -237,10 +277,10 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
         f"{one['median_rel_err']:.3f}, max {one['max_rel_err']:.3f} over {one['points']} "
         f"points ({one['dropped']} dropped)"
     )
-    if cores > 1:
-        console.print(
-            f"  real steps (W=1, {cores} threads): block-math speedup "
-            f"{threaded['speedup']:.2f}, fixed costs x{1 + (cores - 1) * threaded['thread_overhead_growth']:.2f}; "
-            f"median rel err {threaded['median_rel_err']:.3f} ({threaded['dropped']} dropped)"
-        )
-    return {"one_thread": one, "threads": threaded, "points": len(points)}
+    out: dict[str, Any] = {"one_thread": one, "points": len(points), "configs": configs}
+    ranks = min(2, cores)
+    if ranks >= 2:
+        with console.status(f"{len(points)} real loss steps at W={ranks}, every rank busy"):
+            rows = run_group(ranks, step_worker, configs, 9, 2, threads=1, timeout_s=timeout_s)[0]
+        out["busy"] = {"ranks": ranks, "seconds": [median for median, _ in rows]}
+    return out

@@ -70,6 +70,10 @@ def test_tiny_calibration_writes_a_usable_profile(tmp_path):
     assert len(fitted) >= 15
     assert all("calibrated on" in profile.sources[k] for k in fitted)
     assert "pytest tests/test_calibrate.py" in profile.sources["intra_node.p2p.alpha_us"]
+    if profile.cores >= 2:  # the busy-rank fit ran at W=2 and says so
+        assert "W=2" in profile.sources["compute.busy_rank_slowdown"]
+        assert "W=2" in profile.sources["intra_node.sync_us"]
+        assert profile.compute.busy_rank_slowdown >= 0 and profile.intra_node.sync_s >= 0
     for op in ("all_gather", "reduce_scatter", "p2p"):
         assert np.isfinite(fits["comm"][op]["r2"])
     p = predict(make_method(), [1, 2, 4], 256, 128, hardware=profile)

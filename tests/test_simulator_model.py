@@ -217,14 +217,29 @@ def test_options_reach_the_method():
 
 
 def test_thread_policy_of_the_profiler():
-    # threads_per_rank null: max(1, cores // q) threads, so on 2 cores one rank's math runs
-    # on both cores, two ranks get one each, four share them; overhead stays serial.
+    # threads_per_rank null: one thread per rank (profiling.launch), so one rank's math
+    # runs on one core, two ranks get one each, four share them; overhead stays serial.
     hw = cpu_hardware(threads_per_rank={"value": None, "source": "test: launch policy"})
     transfer = _p2p(0)
     method = _single_phase(lambda s: 1 + 0 * s.world, 1e9, transfer, False)
     p = predict(method, [1, 2, 4], 1, 1, hardware=hw)
     math_s = 1e9 / 1e12
     overhead, alpha, wait = 10e-6, 10e-6, 1e-3
-    expected = [overhead + math_s / 2 + alpha, overhead + math_s + alpha]
+    expected = [overhead + math_s + alpha, overhead + math_s + alpha]
     expected.append(2 * overhead + 2 * math_s + 2 * (alpha + wait))
     np.testing.assert_allclose(p.step_time_s, expected)
+
+
+def test_busy_ranks_slow_compute_and_each_exchange_pays_an_exposed_sync():
+    # k = 0.5: two busy ranks compute 1.5x slower, four (on 2 cores) hold 1.5x and share
+    # the cores on top; every p2p exchange that moves bytes pays sync, even when overlap
+    # would hide its α-β time (this fake sends one message at every W, W = 1 included).
+    hw = cpu_hardware(**{"compute.busy_rank_slowdown": 0.5, "intra_node.sync_us": 70.0})
+    method = _single_phase(lambda s: 1 + 0 * s.world, 1e9, _p2p(1000), True)
+    p = predict(method, [1, 2, 4], 1, 1, hardware=hw)
+    compute = 10e-6 + 1e9 / 1e12
+    np.testing.assert_allclose(p.compute_s, [compute, 1.5 * compute, 2 * 1.5 * compute])
+    np.testing.assert_allclose(p.exposed_comm_s, [70e-6, 70e-6, 70e-6])
+    np.testing.assert_allclose(p.step_time_s, p.compute_s + p.exposed_comm_s)
+    quiet = predict(method, 1, 1, 1, hardware=cpu_hardware())
+    assert quiet.step_time_s.item() == pytest.approx(compute)

@@ -1,5 +1,5 @@
 """Step calibration and the fixed costs it feeds: the real-step fits recover known overheads,
-rates and thread scaling from synthetic timings (outliers dropped), the schedule features
+rates, and the busy-rank slowdown and sync cost from synthetic timings (outliers dropped), the schedule features
 count what the code does at W = 1, and the model prices step, phase, collective-call and
 thread costs by its docstring's formulas."""
 
@@ -49,18 +49,34 @@ def test_one_thread_fit_recovers_overheads_and_rates_despite_an_outlier():
     assert fit["median_rel_err"] < 0.03
 
 
-def test_thread_fit_recovers_growth_and_speedup_and_clips_a_slowdown():
+def test_busy_rank_fit_recovers_slowdown_and_sync_despite_an_outlier():
     gen = rng(11)
-    points = _synthetic_points(gen)
-    one = step_fit.fit_one_thread(points, _one_thread_times(points, gen, noise=0.0))
-    fixed, rates = step_fit.split_one_thread(points, one)
-    threaded = step_fit.fit_threads(points, 1.3 * fixed + rates / 1.6, one, 2)
-    assert threaded["thread_overhead_growth"] == pytest.approx(0.3, rel=1e-3)
-    assert threaded["parallel_efficiency"] == pytest.approx(0.6, rel=1e-3)
-    slower = step_fit.fit_threads(points, fixed + rates * 5.0, one, 2)
-    assert slower["speedup"] == pytest.approx(0.5)  # clipped at 1/n
-    assert slower["parallel_efficiency"] == pytest.approx(-0.5)
-    assert step_fit.fit_threads(points, fixed, one, 1)["parallel_efficiency"] == 1.0
+    hw = cpu_hardware(**{"compute.step_overhead_us": 120.0})
+    configs = [
+        {"method": m, "batch": int(b), "dim": int(d), "dtype": "fp32"}
+        for m in ("sigmoid-ring", "softmax-allgather", "sigmoid-ring-bidir")
+        for b, d in zip(gen.integers(16, 400, 6), gen.integers(16, 256, 6), strict=True)
+    ]
+    truth = cpu_hardware(
+        **{
+            "compute.step_overhead_us": 120.0,
+            "compute.busy_rank_slowdown": 0.8,
+            "intra_node.sync_us": 150.0,
+        }
+    )
+    times = np.array(
+        [
+            predict(c["method"], 2, c["batch"], c["dim"], hardware=truth).step_time_s.item()
+            for c in configs
+        ]
+    ) * (1 + 0.005 * gen.standard_normal(len(configs)))
+    times[2] *= 6.0  # a step that met a busy machine
+    fit = step_fit.fit_busy_ranks(configs, times, hw, 2)
+    assert fit["dropped"] >= 1
+    assert fit["busy_rank_slowdown"] == pytest.approx(0.8, abs=0.03)
+    assert fit["sync_s"] == pytest.approx(150e-6, rel=0.15)
+    with pytest.raises(ValueError, match="at least 2 ranks"):
+        step_fit.fit_busy_ranks(configs, times, hw, 1)
 
 
 def test_too_few_points_is_refused_with_one_line():
@@ -115,7 +131,7 @@ def _method_with_gather():
 def test_step_phase_and_call_costs_with_thread_scaling():
     hw = cpu_hardware(
         **{
-            "threads_per_rank": {"value": None, "source": "test: launch policy"},
+            "threads_per_rank": 2,
             "compute.step_overhead_us": 100.0,
             "compute.collective_call_us": 30.0,
             "compute.parallel_efficiency": 0.5,
@@ -135,7 +151,7 @@ def test_step_phase_and_call_costs_with_thread_scaling():
         1,
         hardware=cpu_hardware(
             **{
-                "threads_per_rank": {"value": None, "source": "test"},
+                "threads_per_rank": 2,
                 "compute.parallel_efficiency": -0.5,
             }
         ),
