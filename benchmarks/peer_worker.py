@@ -25,10 +25,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -40,7 +36,7 @@ from benchmarks import dist_counter
 from benchmarks.open_clip_peers import CONTENDER_NAMES, Contender, contender
 from benchmarks.reference_check import RankResult, reference_errors
 from profiling import comm, traffic
-from profiling.measure import PointConfig, StepInputs, forward, make_inputs
+from profiling.measure import PointConfig, StepInputs, forward, make_inputs, spread
 from profiling.memory import LiveTensorTracker
 
 KIND_METHOD = {"sigmoid": "sigmoid-ring", "softmax": "softmax-ring"}
@@ -88,21 +84,6 @@ class PeerConfig:
         return data
 
 
-def spread(values: list[float]) -> dict:
-    ordered = sorted(values)
-
-    def pct(q):
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-    return {
-        "median": statistics.median(ordered),
-        "p10": pct(0.1),
-        "p90": pct(0.9),
-        "min": ordered[0],
-        "max": ordered[-1],
-    }
-
-
 def _device(config: PeerConfig) -> torch.device:
     if config.device == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
@@ -128,17 +109,6 @@ def _timed_step(loss, inputs: StepInputs, device) -> tuple[float, float, float]:
     return t1 - t0, t2 - t1, t2 - t0
 
 
-def _trace_events(prof) -> list[dict]:
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            return json.load(f).get("traceEvents", [])
-    finally:
-        os.unlink(path)
-
-
 def _bytes_step(c: Contender, loss, inputs: StepInputs, world: int) -> dict:
     """One step counted by our counter of that side, and by torch.profiler."""
     counter = comm.record(comm.current()) if c.side == "ours" else dist_counter.count_traffic()
@@ -147,7 +117,7 @@ def _bytes_step(c: Contender, loss, inputs: StepInputs, world: int) -> dict:
         profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof,
     ):
         forward(loss, inputs).backward()
-    theirs = traffic.profiler_bytes(_trace_events(prof), world)
+    theirs = traffic.profiler_bytes(traffic.trace_events(prof), world)
     mine = traffic.comm_bytes_by_kind(rec.as_dict())
     unsized = sorted(k.removeprefix("other:") for k, v in theirs.items() if v["bytes_sent"] is None)
     theirs = {k: v for k, v in theirs.items() if v["bytes_sent"] is not None}

@@ -156,7 +156,8 @@ def single_step(config: PointConfig, rank: int, transport: comm.Transport, devic
 # -- the measurement ------------------------------------------------------------------------
 
 
-def _spread(values: list[float] | None) -> dict | None:
+def spread(values: list[float] | None) -> dict | None:
+    """Median, p10, p90, min and max of a list of times (None for no values)."""
     if not values:
         return None
     ordered = sorted(values)
@@ -264,10 +265,10 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
     )
     measured = {
         "loss": loss_sum / group.world,
-        "step_time_s": _spread(total),
-        "forward_time_s": _spread(fwd),
-        "backward_time_s": _spread(bwd),
-        "comm_exposed_s": _spread(exposed),
+        "step_time_s": spread(total),
+        "forward_time_s": spread(fwd),
+        "backward_time_s": spread(bwd),
+        "comm_exposed_s": spread(exposed),
         "bytes_sent": rec.bytes_sent,
         "bytes_received": rec.bytes_received,
         "messages": rec.messages,

@@ -99,7 +99,8 @@ def nvml_used_bytes(device) -> int | None:
 # -- torch.profiler cross-check -------------------------------------------------------------
 
 
-def _trace_events(prof) -> list[dict]:
+def trace_events(prof) -> list[dict]:
+    """A finished torch.profiler run's chrome-trace events."""
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:
@@ -285,7 +286,7 @@ def cross_check(step_fn, transport: RecordingTransport, rec: comm.CommRecord, gr
                     prof.stop()
     finally:
         transport.logging = False
-    theirs = profiler_bytes(_trace_events(prof), transport.world_size)
+    theirs = profiler_bytes(trace_events(prof), transport.world_size)
     if theirs:
         note = _compare(comm_bytes_by_kind(profiled.as_dict()), theirs)
         result = {"profiler_bytes": theirs, "profiler_agrees": note is None, "profiler_note": note}

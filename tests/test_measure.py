@@ -13,9 +13,9 @@ from profiling.losses import Shape, get_method
 from profiling.measure import (
     DistGroup,
     PointConfig,
-    _spread,
     measure_point,
     single_step,
+    spread,
 )
 
 CPU = torch.device("cpu")
@@ -113,7 +113,7 @@ def test_nccl_profiler_events_are_parsed():
 
 
 def test_overlap_rules_and_spread():
-    exposed = _spread([0.1, 0.3, 0.2])
+    exposed = spread([0.1, 0.3, 0.2])
     assert exposed["median"] == 0.2 and exposed["min"] == 0.1 and exposed["max"] == 0.3
 
     class Gloo:
