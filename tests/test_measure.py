@@ -130,3 +130,11 @@ def test_overlap_rules_and_spread():
         "no communication"
     )
     assert "NCCL" in traffic.overlap(exposed, {"comm_time_s": 0.8}, Nccl())["overlap_note"]
+
+
+def test_ranks_agree_exact_bytes_and_peak_within_slack():
+    from profiling.measure import PEAK_SLACK_BYTES, _ranks_agree
+
+    assert _ranks_agree([[100, 100, 2, 5000], [100, 100, 2, 5000 + PEAK_SLACK_BYTES]])
+    assert not _ranks_agree([[100, 100, 2, 5000], [100, 100, 2, 5001 + PEAK_SLACK_BYTES]])
+    assert not _ranks_agree([[100, 100, 2, 5000], [101, 100, 2, 5000]])
