@@ -11,6 +11,19 @@ def block_flops(rows, cols, dim):
     return 3 * 2 * rows * cols * dim
 
 
+def symmetric(op, label, nbytes, messages, *, peer="ring", directions=1) -> Transfer:
+    """A transfer that receives as many bytes as it sends (every op of these methods)."""
+    return Transfer(
+        op=op,
+        label=label,
+        bytes_sent=nbytes,
+        bytes_received=nbytes,
+        messages=messages,
+        peer=peer,
+        directions=directions,
+    )
+
+
 def rank_check_phase(shape: Shape) -> Phase:
     """The cross-rank shape check: an all-gather of 32 bytes per rank (``checks``)."""
     w = shape.world
@@ -19,13 +32,5 @@ def rank_check_phase(shape: Shape) -> Phase:
         name="rank check",
         pass_="forward",
         repeat=1,
-        transfers=(
-            Transfer(
-                op="all_gather",
-                label="rank_check",
-                bytes_sent=nbytes,
-                bytes_received=nbytes,
-                messages=(w - 1) * shape.check_ranks,
-            ),
-        ),
+        transfers=(symmetric("all_gather", "rank_check", nbytes, (w - 1) * shape.check_ranks),),
     )

@@ -28,8 +28,8 @@ from profiling.losses.base import DistributedLoss
 from profiling.losses.checks import (
     compute_dtype,
 )
-from profiling.losses.costs import block_flops, rank_check_phase
-from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, register
+from profiling.losses.costs import block_flops, rank_check_phase, symmetric
+from profiling.losses.registry import Method, Phase, Schedule, Shape, register
 
 
 class _SigmoidAllGatherFunction(torch.autograd.Function):
@@ -105,15 +105,7 @@ def schedule(shape: Shape) -> Schedule:
                 name="gather texts",
                 pass_="forward",
                 repeat=1,
-                transfers=(
-                    Transfer(
-                        op="all_gather",
-                        label="sigmoid.texts",
-                        bytes_sent=gathered,
-                        bytes_received=gathered,
-                        messages=w - 1,
-                    ),
-                ),
+                transfers=(symmetric("all_gather", "sigmoid.texts", gathered, w - 1),),
             ),
             Phase(
                 name="b×N block",
@@ -126,15 +118,7 @@ def schedule(shape: Shape) -> Schedule:
                 name="scatter text gradients",
                 pass_="backward",
                 repeat=1,
-                transfers=(
-                    Transfer(
-                        op="reduce_scatter",
-                        label="sigmoid.text_grads",
-                        bytes_sent=scattered,
-                        bytes_received=scattered,
-                        messages=w - 1,
-                    ),
-                ),
+                transfers=(symmetric("reduce_scatter", "sigmoid.text_grads", scattered, w - 1),),
             ),
         )
     )

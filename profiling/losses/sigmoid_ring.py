@@ -50,8 +50,8 @@ from profiling.losses.base import RingLoss
 from profiling.losses.checks import (
     compute_dtype,
 )
-from profiling.losses.costs import block_flops, rank_check_phase
-from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, peak_of, register
+from profiling.losses.costs import block_flops, rank_check_phase, symmetric
+from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 
 class _SigmoidRingFunction(torch.autograd.Function):
@@ -130,25 +130,11 @@ def ring_round_phase(shape: Shape, *, name: str, repeat, chains: int, label: str
         repeat=repeat,
         matmul_flops=chains * block_flops(b, b, d),
         pointwise_elems=chains * b * b,
-        transfers=(
-            Transfer(
-                op="p2p",
-                label=f"{label}.payload",
-                bytes_sent=chains * payload,
-                bytes_received=chains * payload,
-                messages=chains,
-                peer="neighbor",
-                directions=chains,
-            ),
-            Transfer(
-                op="p2p",
-                label=f"{label}.acc",
-                bytes_sent=chains * acc,
-                bytes_received=chains * acc,
-                messages=chains,
-                peer="neighbor",
-                directions=chains,
-            ),
+        transfers=tuple(
+            symmetric(
+                "p2p", f"{label}.{kind}", chains * size, chains, peer="neighbor", directions=chains
+            )
+            for kind, size in (("payload", payload), ("acc", acc))
         ),
         overlapped=shape.overlap,
     )

@@ -30,8 +30,8 @@ from profiling.losses.base import DistributedLoss
 from profiling.losses.checks import (
     compute_dtype,
 )
-from profiling.losses.costs import block_flops, rank_check_phase
-from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, register
+from profiling.losses.costs import block_flops, rank_check_phase, symmetric
+from profiling.losses.registry import Method, Phase, Schedule, Shape, register
 
 
 class _SoftmaxAllGatherFunction(torch.autograd.Function):
@@ -97,9 +97,7 @@ def schedule(shape: Shape) -> Schedule:
     scattered = (w - 1) * b * d * shape.compute_bytes
 
     def collective(op, label, nbytes):
-        return Transfer(
-            op=op, label=label, bytes_sent=nbytes, bytes_received=nbytes, messages=w - 1
-        )
+        return symmetric(op, label, nbytes, w - 1)
 
     return Schedule(
         (

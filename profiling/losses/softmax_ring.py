@@ -43,8 +43,8 @@ from profiling.losses.base import RingLoss
 from profiling.losses.checks import (
     compute_dtype,
 )
-from profiling.losses.costs import rank_check_phase
-from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer, peak_of, register
+from profiling.losses.costs import rank_check_phase, symmetric
+from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 
 def _logaddexp_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
@@ -147,14 +147,7 @@ def schedule(shape: Shape) -> Schedule:
     texts = b * d * s
 
     def p2p(label, nbytes, messages=1):
-        return Transfer(
-            op="p2p",
-            label=label,
-            bytes_sent=nbytes,
-            bytes_received=nbytes,
-            messages=messages,
-            peer="neighbor",
-        )
+        return symmetric("p2p", label, nbytes, messages, peer="neighbor")
 
     def block(name, pass_, flops, transfers=(), repeat=1):
         return Phase(
