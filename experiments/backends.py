@@ -239,6 +239,7 @@ def validate(records: Sequence[dict], hardware) -> tuple[list[dict], dict]:
 
 _QUANTITY_NAMES = {
     "step time": "step_time_s",
+    "step time (median)": "step_time_median_s",
     "peak memory": "peak_memory_bytes",
     "bytes sent": "bytes_sent",
 }

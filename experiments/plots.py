@@ -295,7 +295,8 @@ def step_time_vs_world(table: Sequence[Row], hardware=None) -> Figure:
 
 
 QUANTITY_UNITS = {
-    "step_time_s": ("step time", "ms", 1e3),
+    "step_time_s": ("step time (lower-quartile step)", "ms", 1e3),
+    "step_time_median_s": ("step time (median step)", "ms", 1e3),
     "peak_memory_bytes": ("peak memory per rank", "MiB", 1 / MiB),
     "bytes_sent": ("bytes sent per rank", "MiB", 1 / MiB),
 }

@@ -19,6 +19,9 @@ down the process group, and turns whatever happens into one :class:`LaunchOutcom
   hung peer. With gloo, a rank is one device: one thread (``torch.set_num_threads(1)``),
   at every W, so W = 1 runs what the cost model's one-thread calibration describes and
   step times do not swing with how many idle cores intra-op threads happen to find.
+  Every rank also keeps its freed host memory (``profiling.host_allocator``), so a
+  step's time does not depend on whether glibc happens to return large blocks to the
+  kernel in that process.
 
 A failure is classified by :func:`classify_failure` as ``oom`` (``torch.OutOfMemoryError``,
 ``MemoryError``, allocator "out of memory" / "can't allocate memory"), ``timeout`` (a
@@ -35,6 +38,7 @@ import pickle
 import queue
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -45,6 +49,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from profiling import host_allocator
+
 __all__ = [
     "ConfigError",
     "LaunchOutcome",
@@ -53,6 +59,8 @@ __all__ = [
     "find_free_port",
     "init_process_group",
     "launch",
+    "launch_or_raise",
+    "prepare_rank",
     "run_from_env",
     "visible_gpus",
 ]
@@ -145,12 +153,19 @@ def _one_line(exc: BaseException, limit: int = 400) -> str:
     return f"{type(exc).__name__}: {text[:limit]}"
 
 
-def _rank_main(rank, world, backend, init_method, pg_timeout_s, fn, args, results) -> None:
+def prepare_rank(backend: str, threads: int | None = None) -> None:
+    """What every rank does before its process group: a steady host allocator, and on
+    gloo one intra-op thread unless ``threads`` says otherwise (module docstring)."""
+    host_allocator.keep_freed_memory()
+    if threads is not None or backend == "gloo":
+        torch.set_num_threads(threads or 1)
+
+
+def _rank_main(rank, world, backend, threads, init_method, pg_timeout_s, fn, args, results) -> None:
     """Entry of each spawned rank: own process group, init, run, report, clean up."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # so the parent can kill this rank and anything it starts
-    if backend == "gloo":  # a rank is one device: one thread (module docstring)
-        torch.set_num_threads(1)
+    prepare_rank(backend, threads)
     try:
         init_process_group(
             backend, rank=rank, world=world, init_method=init_method, pg_timeout_s=pg_timeout_s
@@ -165,6 +180,15 @@ def _rank_main(rank, world, backend, init_method, pg_timeout_s, fn, args, result
     finally:
         with contextlib.suppress(Exception):
             cleanup()
+    # Leave without the interpreter's teardown once the report is flushed: torch.profiler
+    # (kineto) can leave a joinable thread that aborts a normal exit ("terminate called
+    # without an active exception", signal 6) after the work is done; the torchrun entry
+    # (profiling.__main__) leaves the same way.
+    results.close()
+    results.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _kill(process) -> None:
@@ -203,10 +227,12 @@ def launch(
     backend: str = "gloo",
     timeout_s: float = 600.0,
     pg_timeout_s: float = 120.0,
+    threads: int | None = None,
 ) -> LaunchOutcome:
     """Run ``fn(rank, world, *args)`` on ``world`` fresh local processes; never hangs.
 
-    ``fn`` must be importable by name (a module-level function) for ``spawn``.
+    ``fn`` must be importable by name (a module-level function) for ``spawn``;
+    ``threads``: intra-op threads per rank (None: one on gloo, torch's default on NCCL).
     """
     if world < 1:
         raise ConfigError(f"world size must be at least 1, got {world}")
@@ -221,7 +247,7 @@ def launch(
     processes = [
         ctx.Process(
             target=_rank_main,
-            args=(rank, world, backend, init_method, pg_timeout_s, fn, args, results),
+            args=(rank, world, backend, threads, init_method, pg_timeout_s, fn, args, results),
             daemon=True,
         )
         for rank in range(world)
@@ -269,6 +295,16 @@ def launch(
     return LaunchOutcome(status, message, values, time.perf_counter() - start)
 
 
+def launch_or_raise(fn: Callable[..., Any], args: tuple = (), **kwargs) -> list[Any]:
+    """:func:`launch`, returning ``fn``'s values in rank order, or raising ``RuntimeError``
+    with the root cause when any rank failed or timed out (calibration's way in)."""
+    outcome = launch(fn, args, **kwargs)
+    if outcome.status != "ok":
+        world = kwargs.get("world")
+        raise RuntimeError(f"process group of {world} failed ({outcome.status}): {outcome.message}")
+    return outcome.values
+
+
 def run_from_env(
     fn: Callable[..., Any], args: tuple = (), *, backend: str | None = None, pg_timeout_s=120.0
 ):
@@ -281,6 +317,7 @@ def run_from_env(
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    prepare_rank(backend)
     try:
         init_process_group(
             backend, rank=rank, world=world, pg_timeout_s=pg_timeout_s, local_rank=local_rank

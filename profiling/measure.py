@@ -17,13 +17,14 @@ API (small on purpose; ``profiling.grid`` and the benchmarks build on it):
 Method, per point: ``warmup`` untimed steps, then ``steps`` timed steps. Each timed step
 starts at a barrier; forward, backward and total are timed with ``time.perf_counter``
 on CPU and CUDA events on GPU, then reduced across ranks by the maximum (the slowest
-rank sets the step); the record holds median / p10 / p90 / min / max over steps. Peak
+rank sets the step); the record holds median / p10 / p25 / p90 / min / max over steps. Peak
 memory comes from separate untimed steps (the live-tensor tracker slows every operator
 down and is never active while timing). Traffic and its cross-checks are in
 ``profiling.traffic``. Inputs: per rank, ``b×d`` standard normal rows from a generator
 seeded by (seed, rank), L2-normalised, cast to the dtype, ``requires_grad``;
 ``logit_scale = exp(log 10)`` from a learnable 0-d tensor; ``logit_bias = -10`` (learnable)
-for sigmoid methods.
+for sigmoid methods. Ranks keep freed host memory (``profiling.host_allocator``; the
+record's ``host_allocator`` says what was set).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from profiling import comm, traffic
+from profiling import comm, host_allocator, traffic
 from profiling.losses import build_loss, get_method
 from profiling.losses.registry import TORCH_DTYPES
 from profiling.memory import LiveTensorTracker
@@ -157,7 +158,7 @@ def single_step(config: PointConfig, rank: int, transport: comm.Transport, devic
 
 
 def spread(values: list[float] | None) -> dict | None:
-    """Median, p10, p90, min and max of a list of times (None for no values)."""
+    """Median, p10, p25, p90, min and max of a list of times (None for no values)."""
     if not values:
         return None
     ordered = sorted(values)
@@ -168,6 +169,7 @@ def spread(values: list[float] | None) -> dict | None:
     return {
         "median": statistics.median(ordered),
         "p10": pct(0.1),
+        "p25": pct(0.25),
         "p90": pct(0.9),
         "min": ordered[0],
         "max": ordered[-1],
@@ -276,6 +278,7 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
         **cross,
         **memory,
         "torch_threads": torch.get_num_threads(),
+        "host_allocator": host_allocator.keep_freed_memory(),
         "ranks_agree": _ranks_agree(agree),
         "rank_values": None if _ranks_agree(agree) else agree,
     }

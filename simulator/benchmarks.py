@@ -1,21 +1,23 @@
 """Microbenchmarks that calibration fits: matmul, block elementwise work, and communication.
 
-* :func:`time_call`: median seconds of a call (CUDA synchronised), repeated until
+Every time is reduced to one number by the model's :data:`~simulator.model.STEP_STATISTIC`
+(the lower quartile of the repetitions), the statistic the model predicts for a step.
+
+* :func:`time_call`: seconds of a call (CUDA synchronised), repeated until
   ``min_time_s`` has passed and at least ``min_reps`` times, after one warm-up call.
 * :func:`matmul_times`: ``x @ y`` for ``(m, k, n)`` shapes, per dtype.
 * :func:`block_times`: ``profiling.losses.blocks.sigmoid_block`` with gradients on
   ``b×b`` blocks at a tiny width, so its time is the fixed cost of a block (Python and
   dispatch) plus its elementwise work per pair (logit scale and bias, softplus, sigmoid,
   reductions); the matmul part is subtracted by the caller.
-* :func:`comm_worker`: run inside a process group (``simulator.procgroup``), times
+* :func:`comm_worker`: run inside a process group (``profiling.launch``), times
   ring send/recv one way, send/recv both ways at once, all-gather and reduce-scatter
   through ``profiling.comm``'s transport (the same code path the losses use), each
-  iteration reduced across ranks by the maximum, then the median over iterations.
+  iteration reduced across ranks by the maximum, then over iterations.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -25,6 +27,13 @@ import torch.distributed as dist
 from profiling.comm import TorchDistributedTransport
 from profiling.losses import blocks
 from profiling.losses.registry import TORCH_DTYPES
+from profiling.measure import spread
+from simulator.model import STEP_STATISTIC
+
+
+def step_statistic(samples: Sequence[float]) -> float:
+    """The model's statistic (:data:`~simulator.model.STEP_STATISTIC`) of repeated timings."""
+    return spread(list(samples))[STEP_STATISTIC]
 
 
 def _sync(device: torch.device) -> None:
@@ -50,7 +59,7 @@ def time_call(
         _sync(device)
         samples.append(time.perf_counter() - start)
         spent += samples[-1]
-    return statistics.median(samples)
+    return step_statistic(samples)
 
 
 def matmul_times(
@@ -111,7 +120,7 @@ def _comm_ops(transport, elems, world, nxt, prv, gen, device) -> dict[str, Calla
 
 
 def comm_worker(rank: int, world: int, sizes: Sequence[int], warmup: int, repeats: int):
-    """Rank 0 returns ``[(op, world, bytes_per_rank, median_s)]``; other ranks None."""
+    """Rank 0 returns ``[(op, world, bytes_per_rank, seconds)]``; other ranks None."""
     transport = TorchDistributedTransport()
     device = (
         torch.device("cuda", torch.cuda.current_device())
@@ -143,5 +152,5 @@ def comm_worker(rank: int, world: int, sizes: Sequence[int], warmup: int, repeat
     rows = []
     for index, (op, nbytes) in enumerate(cases):
         per_iteration = [max(r[index][i] for r in gathered) for i in range(repeats)]
-        rows.append((op, world, nbytes, statistics.median(per_iteration)))
+        rows.append((op, world, nbytes, step_statistic(per_iteration)))
     return rows

@@ -46,10 +46,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from profiling import host_allocator
+from profiling.launch import launch_or_raise
 from simulator import benchmarks, step_fit
 from simulator.calibrated_profile import build_profile
 from simulator.hardware import host_profile_path, load_profile, parse_profile
-from simulator.procgroup import run_group
 
 
 @dataclass(kw_only=True, slots=True)
@@ -63,7 +64,7 @@ class CalibrationConfig:
     message_bytes: tuple[int, ...] = (4096, 65536, 524288, 4194304)
     """Bytes per rank per message (all-gather input, reduce-scatter output, p2p send)."""
     warmup: int = 2
-    repeats: int = 7
+    repeats: int = 12
     dtypes: tuple[str, ...] = ("fp32", "fp64", "bf16")
     threads: int | None = None
     """torch threads per rank in the communication benchmarks and the profile (CPU); None:
@@ -182,6 +183,7 @@ def _shapes(device: torch.device, quick: bool):
 def measure_compute(config: CalibrationConfig, device: torch.device, console: Console):
     """Matmul and block fits per dtype (rates in FLOP/s and pairs/s, overhead in s)."""
     matmul_shapes, sides = _shapes(device, config.quick)
+    host_allocator.keep_freed_memory()  # as every measured rank runs (profiling.launch)
     out: dict[str, Any] = {"matmul": {}, "pointwise": {}}
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -221,12 +223,10 @@ def measure_comm(config: CalibrationConfig, backend: str, worlds, console: Conso
     rows = []
     for world in worlds:
         with console.status(f"{backend} process group of {world}: p2p, all-gather, reduce-scatter"):
-            results = run_group(
-                world,
+            results = launch_or_raise(
                 benchmarks.comm_worker,
-                list(config.message_bytes),
-                config.warmup,
-                config.repeats,
+                (list(config.message_bytes), config.warmup, config.repeats),
+                world=world,
                 backend=backend,
                 threads=config.threads or 1,
                 timeout_s=config.timeout_s,

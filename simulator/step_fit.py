@@ -4,7 +4,8 @@ Bare matmul microbenchmarks miss most of what a short CPU step pays: the loss mo
 checks, the autograd ``Function`` and engine, a dozen eager operators per block, and
 threads that do not scale on small blocks. So this module times the registered losses
 themselves, through ``profiling.measure.measure_point`` (the profiler's own method: a
-barrier before each step, ``perf_counter``, max over ranks, median over steps), on
+barrier before each step, ``perf_counter``, max over ranks, then the model's
+:data:`~simulator.model.STEP_STATISTIC` over steps: the lower quartile), on
 *calibration* configurations, and fits the model's compute parameters by least squares
 on each method's own schedule. With ``P = Σ_p r_p·[phase p computes]``, ``F = Σ_p r_p·F_p``
 and ``E = Σ_p r_p·E_p`` read from the schedule at ``W = 1``::
@@ -40,6 +41,11 @@ CALIBRATION_BATCHES: tuple[int, ...] = (16, 48, 96, 192, 384)
 CALIBRATION_DIMS: tuple[int, ...] = (32, 128)
 QUICK_BATCHES: tuple[int, ...] = (16, 96)
 RANK_CHECK_LABEL = "rank_check"
+STEPS_ONE_RANK = 8
+STEPS_BUSY = 20
+"""Timed steps per calibration point at ``W = 1`` and at ``W = min(2, cores)``: enough
+that the lower quartile of a two-rank point's steps is one no scheduler delay met
+(``simulator.model``, ``STEP_STATISTIC``)."""
 OUTLIER_FACTOR = 4.0
 """A point whose |relative residual| exceeds this times the median one is dropped once."""
 
@@ -94,10 +100,11 @@ def called_at_world_one(transfer) -> bool:
 
 
 def step_worker(rank: int, world: int, points: list[dict], steps: int, warmup: int):
-    """Inside a process group: the profiler's step time of every point; rank 0 returns
-    ``[(median_s, min_s)]`` in order, other ranks None."""
+    """Inside a process group: the profiler's step time of every point (the model's
+    statistic over ``steps`` timed steps); rank 0 returns the seconds in order, others None."""
     from profiling import traffic
     from profiling.measure import DistGroup, PointConfig, measure_point
+    from simulator.model import STEP_STATISTIC
 
     device = torch.device("cpu")
     group, transport = DistGroup(device), traffic.RecordingTransport()
@@ -107,7 +114,7 @@ def step_worker(rank: int, world: int, points: list[dict], steps: int, warmup: i
             **point, world=world, steps=steps, warmup=warmup, profile=False, device="cpu"
         )
         measured = measure_point(config, group, transport, device)
-        out.append((measured["step_time_s"]["median"], measured["step_time_s"]["min"]))
+        out.append(measured["step_time_s"][STEP_STATISTIC])
     return out if rank == 0 else None
 
 
@@ -258,8 +265,8 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
     cores)`` (every rank busy), one thread per rank as ``profiling.launch`` runs them; fit
     the one-rank step. fp32 only (block math of fp32, bf16 and fp16 inputs). The busy
     timings are returned for :func:`fit_busy_ranks`, which needs the communication fits."""
+    from profiling.launch import launch_or_raise
     from profiling.losses import METHODS
-    from simulator.procgroup import run_group
 
     batches = QUICK_BATCHES if quick else CALIBRATION_BATCHES
     points = step_points(METHODS, batches, CALIBRATION_DIMS, "fp32")
@@ -267,8 +274,10 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
         {"method": p.method, "batch": p.batch, "dim": p.dim, "dtype": p.dtype} for p in points
     ]
     with console.status(f"{len(points)} real loss steps at W=1"):
-        rows = run_group(1, step_worker, configs, 5, 2, threads=1, timeout_s=timeout_s)[0]
-    one = fit_one_thread(points, [median for median, _ in rows])
+        rows = launch_or_raise(
+            step_worker, (configs, STEPS_ONE_RANK, 2), world=1, threads=1, timeout_s=timeout_s
+        )[0]
+    one = fit_one_thread(points, rows)
     console.print(
         f"  real steps (W=1, 1 thread): per step {one['step_overhead_s'] * 1e6:.0f} us, per "
         f"phase {one['phase_overhead_s'] * 1e6:.1f} us, per collective call "
@@ -281,6 +290,8 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
     ranks = min(2, cores)
     if ranks >= 2:
         with console.status(f"{len(points)} real loss steps at W={ranks}, every rank busy"):
-            rows = run_group(ranks, step_worker, configs, 9, 2, threads=1, timeout_s=timeout_s)[0]
-        out["busy"] = {"ranks": ranks, "seconds": [median for median, _ in rows]}
+            rows = launch_or_raise(
+                step_worker, (configs, STEPS_BUSY, 2), world=ranks, threads=1, timeout_s=timeout_s
+            )[0]
+        out["busy"] = {"ranks": ranks, "seconds": rows}
     return out

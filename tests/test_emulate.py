@@ -11,7 +11,7 @@ from profiling import comm
 from profiling.emulate import PeerFailed, StandInTransport, emulate_point, run_exact
 from profiling.launch import launch
 from profiling.losses import METHODS, Shape, get_method
-from profiling.measure import PointConfig, single_step
+from profiling.measure import PEAK_SLACK_BYTES, PointConfig, single_step
 
 WORLDS = (2, 3, 4)
 CPU = torch.device("cpu")
@@ -55,11 +55,13 @@ def test_exact_and_stand_in_match_real_ranks(real_runs, world):
         for mine, theirs in zip(exact["grads"], real["grads"], strict=True):
             torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7, msg=label)
         assert traffic(exact["comm_ops"]) == traffic(real["comm_ops"]), label
-        assert exact["peak_live_bytes"] == real["peak_live_bytes"], label
+        # gloo may hold a finished collective's small buffers a moment longer in a real
+        # group (profiling.measure.PEAK_SLACK_BYTES); the stand-in has no gloo.
+        assert abs(exact["peak_live_bytes"] - real["peak_live_bytes"]) <= PEAK_SLACK_BYTES, label
 
         stand_in = single_step(config, 0, StandInTransport(world, CPU, seed=5), CPU)
         assert traffic(stand_in["comm_ops"]) == traffic(real["comm_ops"]), label
-        assert stand_in["peak_live_bytes"] == real["peak_live_bytes"], label
+        assert abs(stand_in["peak_live_bytes"] - real["peak_live_bytes"]) <= PEAK_SLACK_BYTES, label
 
 
 def test_exact_reports_the_failing_rank_not_its_peers():

@@ -36,7 +36,8 @@ def synthetic_records(
                     p = backends.predict(method, world, batch, dim, "fp32", hardware, **options)
                     step = float(p.step_time_s) * rng.uniform(0.8, 1.2)
                     exposed = step * rng.uniform(0.0, 0.4) if world > 1 else 0.0
-                    spread = {"median": step, "p10": step * 0.9, "p90": step * 1.1}
+                    spread = {"min": step * 0.95, "p10": step * 0.98, "p25": step}
+                    spread |= {"median": step * 1.1, "p90": step * 1.3}
                     records.append(
                         {
                             "schema": 1,

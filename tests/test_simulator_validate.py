@@ -13,6 +13,7 @@ from rich.console import Console
 
 from simulator import predict
 from simulator.__main__ import main
+from simulator.model import STEP_STATISTIC
 from simulator.validate import message_bucket, validate
 from tests.simulator_fakes import cpu_hardware, profile_dict, rng
 
@@ -23,7 +24,8 @@ def _record(key, config, measured, status="ok"):
 
 
 def _synthetic(tmp_path, factors):
-    """Records for sigmoid-ring at W ∈ {2, 4}: measured = predicted / factor, per quantity."""
+    """Records for sigmoid-ring at W ∈ {2, 4}: measured = predicted / factor, per quantity
+    (the model's statistic of the steps by ``time``, their median by ``median``)."""
     hw = cpu_hardware()
     lines, expected = [], {}
     for i, (world, batch, dim) in enumerate([(2, 64, 32), (2, 256, 128), (4, 64, 32)]):
@@ -36,10 +38,14 @@ def _synthetic(tmp_path, factors):
             "bytes_sent": int(p.bytes_sent),
             "messages": int(p.messages),
             "peak_live_bytes": float(p.peak_memory_bytes) / f["memory"],
-            "step_time_s": {"median": float(p.step_time_s) / f["time"]},
+            "step_time_s": {
+                STEP_STATISTIC: float(p.step_time_s) / f["time"],
+                "median": float(p.step_time_s) / f.get("median", f["time"]),
+            },
         }
         lines.append(_record(f"k{i}", config, measured))
         expected[(world, batch, "step time")] = 100 * (f["time"] - 1)
+        expected[(world, batch, "step time (median)")] = 100 * (f.get("median", f["time"]) - 1)
         expected[(world, batch, "peak memory")] = 100 * (f["memory"] - 1)
         expected[(world, batch, "bytes sent")] = 0.0
     lines.append(_record("k9", lines[0]["config"] | {"world": 8}, None, status="oom"))
@@ -55,8 +61,8 @@ def _synthetic(tmp_path, factors):
 
 def test_validate_reports_the_known_deltas(tmp_path):
     gen = rng(7)
-    factors = [{"time": float(gen.uniform(0.8, 1.25)), "memory": float(gen.uniform(0.97, 1.03))}
-               for _ in range(3)]  # fmt: skip
+    factors = [{"time": float(gen.uniform(0.8, 1.25)), "memory": float(gen.uniform(0.97, 1.03)),
+                "median": float(gen.uniform(0.5, 0.8))} for _ in range(3)]  # fmt: skip
     path, hw_path, expected = _synthetic(tmp_path, factors)
     console = Console(record=True, width=200)
     summary = validate([path], str(hw_path), console)
@@ -73,6 +79,10 @@ def test_validate_reports_the_known_deltas(tmp_path):
     assert stats["by_oversubscription"]["oversubscribed"]["points"] == 1
     assert stats["by_oversubscription"]["ranks <= cores"]["points"] == 2
     assert summary["quantities"]["bytes sent"]["all"]["max_abs_err_pct"] == 0.0
+    medians = [abs(expected[k]) for k in expected if k[2] == "step time (median)"]
+    assert summary["quantities"]["step time (median)"]["all"]["max_abs_err_pct"] == (
+        pytest.approx(max(medians))
+    )
     text = console.export_text()
     assert "error summary" in text and "not compared (status not ok): 1 oom" in text
     first = summary["rows"][2]  # W=2 b=64 step time
