@@ -18,10 +18,11 @@ that met a busy machine) are dropped once and the fit repeated, and the count is
 into the sources.
 
 Then the same configurations at ``W = min(2, cores)``, every rank busy, one thread each
-(as ``profiling.launch`` runs them), in :data:`BUSY_LAUNCHES` fresh process groups, give what one rank alone does not show: how much
-slower each rank computes when its neighbours are busy too (``busy_rank_slowdown``) and
-the exposed cost of each exchange or collective a rank waits on (``sync_us``), fitted by
-:func:`fit_busy_ranks` on the model itself with every other number held.
+(as ``profiling.launch`` runs them), in :data:`BUSY_LAUNCHES` fresh process groups, give
+what one rank alone does not show: how much slower each rank computes when its
+neighbours are busy too (``busy_rank_slowdown``) and the exposed cost of each exchange
+or collective a rank waits on (``sync_us``), fitted by :func:`fit_busy_ranks` on the
+model itself with every other number held.
 
 Calibration set (:data:`CALIBRATION_BATCHES`, :data:`CALIBRATION_DIMS`, every registered
 method, ``W = 1`` and ``W = min(2, cores)``): none of it is in the default experiment's validation grid
@@ -296,10 +297,10 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
     ranks = min(2, cores)
     if ranks >= 2:
         per_launch = []
-        for launch in range(BUSY_LAUNCHES):
+        for group in range(BUSY_LAUNCHES):
             with console.status(
                 f"{len(points)} real loss steps at W={ranks}, every rank busy "
-                f"(process group {launch + 1} of {BUSY_LAUNCHES})"
+                f"(process group {group + 1} of {BUSY_LAUNCHES})"
             ):
                 per_launch.append(
                     launch_or_raise(
