@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -36,7 +35,15 @@ from benchmarks import dist_counter
 from benchmarks.open_clip_peers import CONTENDER_NAMES, Contender, contender
 from benchmarks.reference_check import RankResult, reference_errors
 from profiling import comm, traffic
-from profiling.measure import PointConfig, StepInputs, forward, make_inputs, spread
+from profiling.measure import (
+    PointConfig,
+    StepInputs,
+    forward,
+    make_inputs,
+    rank_device,
+    spread,
+    timed_step,
+)
 from profiling.memory import LiveTensorTracker
 
 KIND_METHOD = {"sigmoid": "sigmoid-ring", "softmax": "softmax-ring"}
@@ -82,31 +89,6 @@ class PeerConfig:
         data = asdict(self)
         data["contenders"] = list(self.contenders)
         return data
-
-
-def _device(config: PeerConfig) -> torch.device:
-    if config.device == "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _timed_step(loss, inputs: StepInputs, device) -> tuple[float, float, float]:
-    if device.type == "cuda":
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-        events[0].record()
-        value = forward(loss, inputs)
-        events[1].record()
-        value.backward()
-        events[2].record()
-        torch.cuda.synchronize(device)
-        fwd, bwd = events[0].elapsed_time(events[1]), events[1].elapsed_time(events[2])
-        return fwd / 1e3, bwd / 1e3, (fwd + bwd) / 1e3
-    t0 = time.perf_counter()
-    value = forward(loss, inputs)
-    t1 = time.perf_counter()
-    value.backward()
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, t2 - t0
 
 
 def _bytes_step(c: Contender, loss, inputs: StepInputs, world: int) -> dict:
@@ -195,7 +177,7 @@ def check_against_reference(config: PeerConfig, c: Contender, loss, rank, world,
 def peers_rank(rank: int, world: int, config_dict: dict) -> dict | None:
     """``profiling.launch`` entry; rank 0 returns ``{contender: measured}``."""
     config = PeerConfig(**{**config_dict, "contenders": tuple(config_dict["contenders"])})
-    device = _device(config)
+    device = rank_device(config)
     chosen = [contender(name) for name in config.contenders]
     losses = {c.name: c.build(rank, world) for c in chosen}
     inputs = {kind: make_inputs(config.point(kind), rank, device) for kind in KIND_METHOD}
@@ -209,7 +191,7 @@ def peers_rank(rank: int, world: int, config_dict: dict) -> dict | None:
         shift = repetition % len(chosen)
         for c in chosen[shift:] + chosen[:shift]:
             dist.barrier()
-            local[c.name].append(_timed_step(*run[c.name], device))
+            local[c.name].append(timed_step(*run[c.name], device))
     flat = torch.tensor(
         [t for c in chosen for step in local[c.name] for t in step], dtype=torch.float64
     )

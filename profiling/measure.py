@@ -10,6 +10,8 @@ API (small on purpose; ``profiling.grid`` and the benchmarks build on it):
 * :func:`measure_point(config, group, transport, loss=None)`: the measurement itself,
   inside an existing process group (or an emulated one); ``loss`` overrides the
   registered method (any module with the same forward signature, e.g. a peer's loss).
+* :func:`timed_step`: one forward + backward timed on this rank (CUDA events or
+  ``perf_counter``), shared with the open_clip comparison (``benchmarks.peer_worker``).
 * :func:`make_inputs` / :func:`single_step`: seeded inputs of one rank, and one
   forward+backward returning loss, gradients, traffic and live-tensor peak (the
   equivalence probe of ``profiling.emulate``).
@@ -54,6 +56,7 @@ __all__ = [  # the measurement API in one import (config and validation from poi
     "measure_point",
     "measure_rank",
     "single_step",
+    "timed_step",
     "validate_point",
 ]
 
@@ -189,30 +192,34 @@ def _inject(fault: str | None, rank: int, device) -> None:
         time.sleep(1e6)
 
 
+def timed_step(loss: torch.nn.Module, inputs: StepInputs, device) -> tuple[float, float, float]:
+    """One forward + backward on this rank: (forward, backward, total) seconds, by CUDA
+    events on GPU and ``time.perf_counter`` on CPU."""
+    if device.type == "cuda":
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        events[0].record()
+        value = forward(loss, inputs)
+        events[1].record()
+        value.backward()
+        events[2].record()
+        torch.cuda.synchronize(device)
+        fwd = events[0].elapsed_time(events[1]) / 1e3
+        bwd = events[1].elapsed_time(events[2]) / 1e3
+        return fwd, bwd, events[0].elapsed_time(events[2]) / 1e3
+    t0 = time.perf_counter()
+    value = forward(loss, inputs)
+    t1 = time.perf_counter()
+    value.backward()
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, t2 - t0
+
+
 def _timed_steps(config, group, transport, loss_module, inputs, device):
-    cuda = device.type == "cuda"
     per_step, bytes_seen = [], set()
     for _ in range(config.steps):
         group.barrier()
         with comm.record(transport) as rec:
-            if cuda:
-                events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-                events[0].record()
-                value = forward(loss_module, inputs)
-                events[1].record()
-                value.backward()
-                events[2].record()
-                torch.cuda.synchronize(device)
-                fwd = events[0].elapsed_time(events[1]) / 1e3
-                bwd = events[1].elapsed_time(events[2]) / 1e3
-                total = events[0].elapsed_time(events[2]) / 1e3
-            else:
-                t0 = time.perf_counter()
-                value = forward(loss_module, inputs)
-                t1 = time.perf_counter()
-                value.backward()
-                t2 = time.perf_counter()
-                fwd, bwd, total = t1 - t0, t2 - t1, t2 - t0
+            fwd, bwd, total = timed_step(loss_module, inputs, device)
         bytes_seen.add((rec.bytes_sent, rec.bytes_received, rec.messages))
         per_step.append(group.reduce([fwd, bwd, total, rec.exposed_s], "max"))
     if len(bytes_seen) != 1:
@@ -298,7 +305,9 @@ def _ranks_agree(rows: list[list[int]]) -> bool:
     return all(row[:3] == first[:3] and abs(row[3] - first[3]) <= PEAK_SLACK_BYTES for row in rows)
 
 
-def rank_device(config: PointConfig) -> torch.device:
+def rank_device(config) -> torch.device:
+    """This rank's torch device for a config's ``device`` ("cpu" or "cuda"): a
+    :class:`PointConfig`, or the open_clip comparison's ``PeerConfig``."""
     if config.device == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
