@@ -25,7 +25,7 @@ import time
 
 from profiling import results
 from profiling.grid import describe, load_grid, run_grid, run_point, validate_grid
-from profiling.launch import ConfigError, classify_failure, run_from_env
+from profiling.launch import ConfigError, classify_failure, node_placement, run_from_env
 from profiling.measure import PointConfig, measure_rank, validate_point
 
 
@@ -88,17 +88,26 @@ def _summary(record: dict) -> str:
     )
 
 
+def _placed_rank(rank: int, world: int, config_dict: dict):
+    """Under torchrun: where every rank runs (``launch.node_placement``), then the point."""
+    placement = node_placement()
+    return placement, measure_rank(rank, world, config_dict)
+
+
 def _torchrun_point(config: PointConfig, out: str) -> int:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world != config.processes:
         raise ConfigError(f"torchrun started {world} ranks; the point needs {config.processes}")
     env = results.environment(config.backend, config.device, launcher="torchrun")
     start = time.perf_counter()
+    topology = None
     try:
-        measured = run_from_env(
-            measure_rank, (config.as_dict(),), backend=config.backend,
+        placement, measured = run_from_env(
+            _placed_rank, (config.as_dict(),), backend=config.backend,
             pg_timeout_s=config.pg_timeout_s,
         )  # fmt: skip
+        if not config.emulate:  # one process and stand-in peers: no placement to report
+            topology = results.topology(placement, measured["comm_ops"] if measured else None)
         status, message = "ok", None
     except Exception as exc:
         measured, status = None, classify_failure(exc)
@@ -109,6 +118,7 @@ def _torchrun_point(config: PointConfig, out: str) -> int:
         record = results.make_record(
             config.as_dict(), status, message, measured, env,
             attempt=timeouts.get(key, 0) + 1, wall_s=time.perf_counter() - start,
+            topology=topology,
         )  # fmt: skip
         results.append_record(out, record)
         print(_summary(record))

@@ -12,7 +12,8 @@ down the process group, and turns whatever happens into one :class:`LaunchOutcom
   collective never hangs the caller.
 * :func:`run_from_env` (rank side, under ``torchrun``): reads ``RANK``, ``WORLD_SIZE``,
   ``LOCAL_RANK`` and rendezvouses through ``env://`` (``MASTER_ADDR``/``MASTER_PORT``,
-  which torchrun sets), then calls the same ``fn``.
+  which torchrun sets), then calls the same ``fn``. Inside it, :func:`node_placement`
+  says which node each rank runs on (torchrun's ``GROUP_RANK``) and that node's host.
 * :func:`init_process_group` / :func:`cleanup`: the one idempotent pair; every path
   through :func:`launch` and :func:`run_from_env` destroys the group in ``finally``.
   The process-group timeout (``pg_timeout_s``) bounds a collective waiting on a dead or
@@ -60,6 +61,7 @@ __all__ = [
     "init_process_group",
     "launch",
     "launch_or_raise",
+    "node_placement",
     "prepare_rank",
     "run_from_env",
     "visible_gpus",
@@ -325,3 +327,18 @@ def run_from_env(
         return fn(rank, world, *args)
     finally:
         cleanup()
+
+
+def node_placement() -> list[tuple[int, str]]:
+    """Inside a process group: ``(node, host)`` of every rank, in rank order.
+
+    ``node`` is torchrun's ``GROUP_RANK`` (the rank of the rank's node in the rendezvous;
+    0 without torchrun, i.e. every rank on this host); ``host`` is ``socket.gethostname()``
+    there. Nodes are told apart by ``GROUP_RANK``, not by host name: two torchrun agents
+    on one host (network namespaces, containers) are two nodes. One all-gather of small
+    objects over the default group.
+    """
+    mine = (int(os.environ.get("GROUP_RANK", "0")), socket.gethostname())
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return [(int(node), str(host)) for node, host in every]

@@ -4,6 +4,8 @@
   timeouts), used to skip finished points when a grid is run again;
 * :func:`environment`: where it ran (host, versions, device, cores), without creating a
   CUDA context in the calling process;
+* :func:`topology`: where the ranks ran (nodes, ranks per node, node of each rank) and
+  which ring hops and communication operations crossed a node boundary;
 * :func:`make_record` / :func:`append_record`: one record, written as one line, flushed
   and fsynced before the next point starts, so a crash loses at most the point running;
 * :func:`read_records` / :func:`resume_state`: what a rerun skips. Finished means a
@@ -85,6 +87,46 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def topology(placement: list[tuple[int, str]], comm_ops: dict | None) -> dict:
+    """Where the ranks ran, from ``(node, host)`` per rank (``launch.node_placement``).
+
+    The ring is the ranks in rank order, ``r -> (r+1) mod W``: ring methods move their
+    payloads and accumulators along it (bidirectional rings both ways over the same
+    edges), and NCCL and gloo run all-gather and reduce-scatter as rings over the same
+    order. ``ring_hops_crossing`` lists the edges ``[r, (r+1) mod W]`` whose ends are on
+    different nodes; ``ops_crossing`` the ``comm_ops`` keys that moved bytes while such an
+    edge exists (every ring op then crosses: null when nothing was measured).
+    """
+    node_of_rank = [node for node, _ in placement]
+    world, nodes = len(placement), sorted(set(node_of_rank))
+    hosts = {node: host for node, host in placement}
+    hops = [
+        [r, (r + 1) % world]
+        for r in range(world)
+        if world > 1 and node_of_rank[r] != node_of_rank[(r + 1) % world]
+    ]
+    ops = None
+    if comm_ops is not None:
+        ops = sorted(k for k, op in comm_ops.items() if hops and op["bytes_sent"] > 0)
+    return {
+        "nodes": len(nodes),
+        "ranks_per_node": [node_of_rank.count(n) for n in nodes],
+        "node_of_rank": node_of_rank,
+        "node_hosts": [hosts[n] for n in nodes],
+        "ring_hops_crossing": hops,
+        "ops_crossing": ops,
+    }
+
+
+def _default_topology(config: dict, measured: dict | None, env: dict) -> dict | None:
+    """Spawned ranks all ran on this host; under torchrun without a placement, unknown;
+    emulated points have one real process and no real peers (None)."""
+    if env.get("launcher") != "spawn" or config.get("emulate"):
+        return None
+    placement = [(0, env.get("host", socket.gethostname()))] * int(config["world"])
+    return topology(placement, measured["comm_ops"] if measured else None)
+
+
 def make_record(
     config: dict,
     status: str,
@@ -94,9 +136,14 @@ def make_record(
     *,
     attempt: int = 1,
     wall_s: float | None = None,
+    topology: dict | None = None,
 ) -> dict:
+    """One record; ``topology`` (see :func:`topology`) defaults to one node for spawned
+    ranks and to None (unknown) for a torchrun point recorded without a placement."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    if topology is None:
+        topology = _default_topology(config, measured, env)
     return {
         "schema": SCHEMA_VERSION,
         "key": point_key(config),
@@ -106,6 +153,7 @@ def make_record(
         "wall_s": wall_s,
         "config": config,
         "env": env,
+        "topology": topology,
         "measured": measured,
     }
 
