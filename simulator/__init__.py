@@ -8,5 +8,15 @@ the command line.
 
 from simulator.hardware import Hardware, HardwareError, load_profile, resolve_hardware
 from simulator.model import Prediction, predict
+from simulator.simulate import Simulation, simulate
 
-__all__ = ["Hardware", "HardwareError", "Prediction", "load_profile", "predict", "resolve_hardware"]
+__all__ = [
+    "Hardware",
+    "HardwareError",
+    "Prediction",
+    "Simulation",
+    "load_profile",
+    "predict",
+    "resolve_hardware",
+    "simulate",
+]

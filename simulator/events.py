@@ -1,0 +1,281 @@
+"""The event engine: every rank's timeline of one step, as max-plus recursions over arrays.
+
+State is one clock per rank and step, an array ``t`` of shape ``(S, W)`` (steps × ranks):
+the time the rank is free to issue its next operation. Every operation of the step
+program (:class:`Program`) updates all ranks and all steps at once, so the cost is one
+handful of array operations per event of one rank's program, never a Python event per
+rank. Step ``s`` starts with every clock at 0; its time is ``max_r t[s, r]`` at the end
+(the profiler times each step as its slowest rank).
+
+Operations (``d`` a duration already multiplied by jitter and slowdowns,
+:mod:`simulator.variability`):
+
+* compute:       ``t ← t + d``; where ranks outnumber a node's cores, ``d`` is stretched
+  by processor sharing (below).
+* collective:    ``t ← max_r(t) + d + sync``: everyone leaves when the last one arrived
+  and the ring collective ran (all-gather and reduce-scatter semantics).
+* p2p exchange (post at ``p``; send to ``r + a``, receive from ``r − a``): the bytes
+  into ``r`` start when both ends have posted and the link is free, ``start = max(p[r−a],
+  p[r], free[r])``, arrive ``done[r] = start + d[r]`` (``free[r] ← done[r]``: transfers
+  of a chain share their link one after the other); the exchange completes for ``r``
+  when its receive and its send have, ``c[r] = max(done[r], done[r+a])``.
+* wait:          ``t ← max(t, c) + sync`` (sync paid on the first wait of an exchange).
+
+The ring pass follows ``profiling.losses.ring.ring_pass`` line by line: post every
+chain's payload, compute the home block, then per round wait for the payloads, post the
+next ones, and per chain compute the block, wait for the previous accumulator and post
+this one (the last one home); finally wait for the accumulators coming home. Without
+overlap every exchange is waited for as soon as it is posted.
+
+Processor sharing. Where ``q`` ranks share a node's ``c < q`` cores, the node's ranks run
+each compute event as jobs released together (lock step) on ``c`` cores, each job
+running at ``min(1, c/n)`` while ``n`` are unfinished: with the works sorted,
+``w_(1) ≤ … ≤ w_(q)``, the k-th finishes at ``F_k = F_(k−1) + (w_(k) − w_(k−1))·max(1,
+(q−k+1)/c)`` (one sort per event, ``O(q log q)``). Equal works give ``F = w·q/c``, the
+closed form's core share; a rank left alone with a straggler's longer block gets a core
+back. Release times are taken equal: where ranks drift apart (waits), the sharing is
+counted as if they had not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.variability import Variability
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Priced:
+    """One transfer per repetition, priced by the closed form on each network level."""
+
+    label: str
+    """``op:label`` as ``profiling.comm`` keys it (e.g. ``p2p:sigmoid.payload``)."""
+    intra_s: float
+    """α-β time inside a node (with the closed form's core share on shared cores)."""
+    inter_s: float
+    """α-β time across nodes (= intra_s where the profile has one level)."""
+    intra_sync_s: float = 0.0
+    inter_sync_s: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return "p2p" if self.label.startswith("p2p:") else "collective"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Compute:
+    name: str
+    seconds: float
+    """On a core of its own (the engine applies sharing, jitter and slowdowns)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Collective:
+    transfer: Priced
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RingRounds:
+    """``rounds`` consecutive ring rounds with ``chains`` chains active (1 or 2)."""
+
+    name: str
+    rounds: int
+    chains: int
+    block_s: float
+    """One chain's block (the phase's compute split evenly over its chains)."""
+    payload: Priced
+    acc: Priced | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RingPass:
+    home: Compute | None
+    parts: tuple[RingRounds, ...]
+    overlap: bool
+
+
+Segment = Compute | Collective | RingPass
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Machine:
+    world: int
+    ranks_per_node: int | None
+    """None: every rank on one node."""
+    cores: int | None
+    """Cores per node that ranks share; None: a compute unit per rank (no sharing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """One event of step 0 on every rank (for traces)."""
+
+    name: str
+    cat: str
+    """``compute``, ``wait``, ``p2p`` or ``collective``."""
+    start_s: np.ndarray
+    end_s: np.ndarray
+
+
+class _Pending:
+    __slots__ = ("complete", "label", "sync", "waited")
+
+    def __init__(self, complete, sync, label):
+        self.complete, self.sync, self.label, self.waited = complete, sync, label, False
+
+
+class Engine:
+    """Runs a program for ``steps`` steps at once (module docstring)."""
+
+    def __init__(self, machine: Machine, variability: Variability, steps: int, seed, record):
+        w = machine.world
+        self.machine, self.var = machine, variability
+        self.rng = np.random.default_rng(seed)
+        self.t = np.zeros((steps, w))
+        per_node = machine.ranks_per_node or w
+        self.node = np.arange(w) // per_node
+        self.nodes = int(self.node[-1]) + 1
+        variability.check(w, self.nodes)
+        self.slow = variability.compute_slowdown(w, self.node)
+        link = variability.link_slowdown(w)  # link r <-> r+1
+        self.link_in = {+1: np.roll(link, 1), -1: link}  # into r from r-1 / from r+1
+        self.worst_link = float(link.max()) if w > 1 else 1.0
+        self.crosses_in = {
+            +1: self.node != np.roll(self.node, 1),
+            -1: self.node != np.roll(self.node, -1),
+        }
+        self.free = {+1: np.zeros_like(self.t), -1: np.zeros_like(self.t)}
+        q = min(w, per_node)
+        self.share = machine.cores is not None and q > machine.cores
+        self.group = per_node
+        self.slices: list[Slice] | None = [] if record else None
+
+    # -- primitives ----------------------------------------------------------------------
+
+    def _jitter(self, kind: str, shape):
+        jitter = self.var.jitter.get(kind)
+        return 1.0 if jitter is None else jitter.draw(self.rng, shape)
+
+    def _record(self, name, cat, start, end) -> None:
+        if self.slices is not None:
+            self.slices.append(Slice(name, cat, np.array(start[0]), np.array(end[0])))
+
+    def compute(self, name: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        d = np.broadcast_to(
+            seconds * self.slow * self._jitter("compute", self.t.shape), self.t.shape
+        )
+        if self.share:
+            d = self._shared(d)
+        start = self.t
+        self.t = self.t + d
+        self._record(name, "compute", start, self.t)
+
+    def _shared(self, work: np.ndarray) -> np.ndarray:
+        """Processor-sharing durations of one event's ``work`` on each node (docstring)."""
+        steps, w = work.shape
+        g = self.group
+        pad = (-w) % g  # a partial last node: padded with jobs of no work
+        rows = np.pad(work, ((0, 0), (0, pad))).reshape(-1, g)
+        order = np.argsort(rows, axis=1)
+        ordered = np.take_along_axis(rows, order, axis=1)
+        active = g - np.arange(g)  # jobs still running while the k-th smallest finishes
+        stretch = np.maximum(1.0, active / self.machine.cores)
+        finish = np.cumsum(np.diff(ordered, axis=1, prepend=0.0) * stretch, axis=1)
+        out = np.empty_like(rows)
+        np.put_along_axis(out, order, finish, axis=1)
+        return out.reshape(steps, w + pad)[:, :w]
+
+    def collective(self, transfer: Priced) -> None:
+        crosses = self.nodes > 1
+        base = transfer.inter_s if crosses else transfer.intra_s
+        sync = transfer.inter_sync_s if crosses else transfer.intra_sync_s
+        arrive = self.t.max(axis=1, keepdims=True)
+        d = base * self.worst_link * self._jitter("collective", (self.t.shape[0], 1))
+        leave = arrive + d
+        self._record(transfer.label, "collective", np.broadcast_to(arrive, self.t.shape),
+                     np.broadcast_to(leave, self.t.shape))  # fmt: skip
+        if np.any(leave > self.t):
+            self._record(f"wait {transfer.label}", "wait", self.t, np.maximum(self.t, leave))
+        self.t = np.maximum(self.t, leave) + sync
+
+    def post(self, transfer: Priced, shift: int, direction: int) -> _Pending:
+        """Exchange: send to ``r + shift``, receive from ``r − shift`` on the chain's link."""
+        w = self.machine.world
+        p = self.t
+        crosses = self.node != np.roll(self.node, shift % w)
+        if abs(shift) == 1:
+            crosses = self.crosses_in[shift]
+        price = np.where(crosses, transfer.inter_s, transfer.intra_s)
+        sync = np.where(crosses, transfer.inter_sync_s, transfer.intra_sync_s)
+        link = self.link_in[direction]
+        start = np.maximum(np.maximum(np.roll(p, shift, axis=1), p), self.free[direction])
+        done = start + price * link * self._jitter("p2p", p.shape)
+        self.free[direction] = done
+        self._record(transfer.label, "p2p", start, done)
+        complete = np.maximum(done, np.roll(done, -shift, axis=1))
+        return _Pending(complete, sync, transfer.label)
+
+    def wait(self, pending: _Pending) -> None:
+        if pending.waited:
+            self.t = np.maximum(self.t, pending.complete)
+            return
+        pending.waited = True
+        if np.any(pending.complete > self.t):
+            self._record(
+                f"wait {pending.label}", "wait", self.t, np.maximum(self.t, pending.complete)
+            )
+        self.t = np.maximum(self.t, pending.complete) + pending.sync
+
+    # -- the ring ------------------------------------------------------------------------
+
+    def ring(self, ring: RingPass) -> None:
+        """``profiling.losses.ring.ring_pass``, every rank and step at once."""
+        chains = max((p.chains for p in ring.parts if p.rounds > 0), default=0)
+        per_round = [p for p in ring.parts for _ in range(p.rounds)]
+        rounds = [sum(p.rounds for p in ring.parts if p.chains > c) for c in range(chains)]
+        direction = [+1, -1][:chains]
+        incoming: dict[int, _Pending] = {}
+        exchange: dict[int, _Pending] = {}
+        for c in range(chains):
+            incoming[c] = self.post(per_round[0].payload, direction[c], direction[c])
+            if not ring.overlap:
+                self.wait(incoming[c])
+        if ring.home is not None:
+            self.compute(ring.home.name, ring.home.seconds)
+        for i in range(1, len(per_round) + 1):
+            part = per_round[i - 1]
+            active = [c for c in range(chains) if rounds[c] >= i]
+            for c in active:
+                self.wait(incoming[c])
+            for c in active:
+                if i < rounds[c]:
+                    incoming[c] = self.post(per_round[i].payload, direction[c], direction[c])
+                    if not ring.overlap:
+                        self.wait(incoming[c])
+            for c in active:
+                self.compute(part.name, part.block_s)
+                if part.acc is None:
+                    continue
+                if i > 1:
+                    self.wait(exchange[c])
+                home = i == rounds[c]
+                shift = -direction[c] * rounds[c] if home else direction[c]
+                exchange[c] = self.post(part.acc, shift, direction[c])
+                if not ring.overlap:
+                    self.wait(exchange[c])
+        for c in sorted(exchange):
+            self.wait(exchange[c])
+
+    def run(self, program: tuple[Segment, ...]) -> np.ndarray:
+        for segment in program:
+            if isinstance(segment, Compute):
+                self.compute(segment.name, segment.seconds)
+            elif isinstance(segment, Collective):
+                self.collective(segment.transfer)
+            else:
+                self.ring(segment)
+        return self.t.max(axis=1)

@@ -1,0 +1,153 @@
+"""``simulator.simulate``: the step-time distribution of one point, from the event engine.
+
+Where :func:`simulator.predict` gives the typical step in closed form, ``simulate`` runs
+every rank's timeline (:mod:`simulator.events`) for ``steps`` steps with the given
+variability (:mod:`simulator.variability`) and returns the per-step samples, their
+median and p90, and, on request, step 0's timeline for a Chrome trace
+(:mod:`simulator.trace`). Durations come from the closed form's pricing
+(:mod:`simulator.program`), so with no jitter, no stragglers and ranks within the cores,
+the simulated step is the closed form's up to ring fill and drain (at most one round's
+transfers per ring pass; ``tests/test_simulate.py`` pins it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from profiling.losses.registry import Method
+from simulator import program as step_program
+from simulator.events import Engine, Slice
+from simulator.hardware import Hardware, resolve_hardware
+from simulator.model import OPTIONS, predict, resolve_method
+from simulator.variability import Jitter, Variability
+
+MAX_TRACE_SLICES = 2_000_000
+"""Refuse a timeline with more rank-events than this (a trace nobody could open)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Simulation:
+    """What :func:`simulate` returns."""
+
+    method: str
+    hardware: str
+    world: int
+    batch: int
+    dim: int
+    dtype: str
+    options: dict[str, Any]
+    variability: Variability
+    seed: int | None
+    step_time_s: np.ndarray
+    """One sample per simulated step, shape ``(steps,)``: the slowest rank's step."""
+    predicted_s: float
+    """The closed form's step time at the same point (:func:`simulator.predict`)."""
+    timeline: tuple[Slice, ...] | None
+    """Step 0, every rank, when asked for (``trace=True``)."""
+
+    @property
+    def median_s(self) -> float:
+        return float(np.median(self.step_time_s))
+
+    @property
+    def p90_s(self) -> float:
+        return float(np.percentile(self.step_time_s, 90))
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers, seconds (the CLI's ``--json``)."""
+        s = self.step_time_s
+        return {
+            "method": self.method,
+            "hardware": self.hardware,
+            "world": self.world,
+            "batch": self.batch,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "options": self.options,
+            "steps": int(s.size),
+            "seed": self.seed,
+            "min_s": float(s.min()),
+            "p10_s": float(np.percentile(s, 10)),
+            "median_s": self.median_s,
+            "mean_s": float(s.mean()),
+            "p90_s": self.p90_s,
+            "max_s": float(s.max()),
+            "predicted_s": self.predicted_s,
+        }
+
+
+def simulate(
+    method: Method | str,
+    world: int,
+    batch: int,
+    dim: int,
+    dtype: str = "fp32",
+    hardware: Hardware | str | None = None,
+    *,
+    steps: int = 100,
+    seed: int | None = 0,
+    jitter: dict[str, Jitter] | Jitter | None = None,
+    stragglers: dict[int, float] | None = None,
+    slow_node: tuple[int, float] | None = None,
+    slow_link: tuple[int, float] | None = None,
+    trace: bool = False,
+    **options,
+) -> Simulation:
+    """Simulate ``steps`` steps of ``method`` at one point ``(world, batch, dim)``.
+
+    ``jitter``: a :class:`Jitter` for every event kind, or kind → Jitter (kinds:
+    compute, p2p, collective); ``stragglers``: rank → compute slowdown; ``slow_node``:
+    (node, slowdown); ``slow_link``: (rank, slowdown of its link to rank + 1);
+    ``options``: those of :func:`simulator.predict` (``overlap``, ``tile``, ...).
+    """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"steps must be a whole number ≥ 1, got {steps!r}")
+    spec = resolve_method(method)
+    hw = resolve_hardware(hardware)
+    if isinstance(jitter, Jitter):
+        jitter = dict.fromkeys(("compute", "p2p", "collective"), jitter)
+    variability = Variability(
+        jitter=dict(jitter or {}),
+        stragglers=dict(stragglers or {}),
+        slow_node=slow_node,
+        slow_link=slow_link,
+    )
+    prog = step_program.build(spec, world, batch, dim, dtype, hw, **options)
+    if trace:
+        _check_trace_size(prog)
+    engine = Engine(prog.machine, variability, int(steps), seed, record=trace)
+    samples = engine.run(prog.segments)
+    closed = predict(spec, world, batch, dim, dtype, hw, **options)
+    return Simulation(
+        method=spec.name,
+        hardware=hw.name,
+        world=int(world),
+        batch=int(batch),
+        dim=int(dim),
+        dtype=dtype,
+        options=dict(options),
+        variability=variability,
+        seed=seed,
+        step_time_s=samples,
+        predicted_s=float(closed.step_time_s),
+        timeline=tuple(engine.slices) if trace else None,
+    )
+
+
+def _check_trace_size(prog: step_program.Program) -> None:
+    events = 0
+    for segment in prog.segments:
+        parts = getattr(segment, "parts", ())
+        events += 1 + sum(4 * p.rounds * p.chains for p in parts)
+    slices = events * prog.machine.world
+    if slices > MAX_TRACE_SLICES:
+        raise ValueError(
+            f"a trace of W = {prog.machine.world} would hold ~{slices:.3g} slices "
+            f"(limit {MAX_TRACE_SLICES:.3g}); trace a smaller world"
+        )
