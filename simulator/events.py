@@ -119,6 +119,21 @@ class Slice:
     end_s: np.ndarray
 
 
+POOLED = 2**16
+"""Events spanning at least this many rank-steps draw jitter from a pool (``_jitter``)."""
+
+
+def _roll(a: np.ndarray, shift: int) -> np.ndarray:
+    """``np.roll(a, shift, axis=1)``: ``out[:, r] = a[:, r − shift]``."""
+    k = shift % a.shape[1]
+    if k == 0:
+        return a.copy()
+    out = np.empty_like(a)
+    out[:, k:] = a[:, :-k]
+    out[:, :k] = a[:, -k:]
+    return out
+
+
 class _Pending:
     __slots__ = ("complete", "label", "sync", "waited")
 
@@ -151,12 +166,24 @@ class Engine:
         self.share = machine.cores is not None and q > machine.cores
         self.group = per_node
         self.slices: list[Slice] | None = [] if record else None
+        self.pools: dict[str, np.ndarray] = {}
 
     # -- primitives ----------------------------------------------------------------------
 
     def _jitter(self, kind: str, shape):
+        """Fresh multipliers; an event of ≥ :data:`POOLED` rank-steps reads a window of a
+        pool drawn once per kind (2n values, at least 2^20) at a random offset."""
         jitter = self.var.jitter.get(kind)
-        return 1.0 if jitter is None else jitter.draw(self.rng, shape)
+        if jitter is None or jitter.constant:
+            return 1.0 if jitter is None else jitter.median
+        n = int(np.prod(shape))
+        if n < POOLED:
+            return jitter.draw(self.rng, shape)
+        pool = self.pools.get(kind)
+        if pool is None or pool.size < 2 * n:
+            pool = self.pools[kind] = jitter.draw(self.rng, max(2 * n, 2**20))
+        offset = int(self.rng.integers(0, pool.size - n + 1))
+        return pool[offset : offset + n].reshape(shape)
 
     def _record(self, name, cat, start, end) -> None:
         if self.slices is not None:
@@ -198,7 +225,7 @@ class Engine:
         leave = arrive + d
         self._record(transfer.label, "collective", np.broadcast_to(arrive, self.t.shape),
                      np.broadcast_to(leave, self.t.shape))  # fmt: skip
-        if np.any(leave > self.t):
+        if self.slices is not None and np.any(leave > self.t):
             self._record(f"wait {transfer.label}", "wait", self.t, np.maximum(self.t, leave))
         self.t = np.maximum(self.t, leave) + sync
 
@@ -212,11 +239,12 @@ class Engine:
         price = np.where(crosses, transfer.inter_s, transfer.intra_s)
         sync = np.where(crosses, transfer.inter_sync_s, transfer.intra_sync_s)
         link = self.link_in[direction]
-        start = np.maximum(np.maximum(np.roll(p, shift, axis=1), p), self.free[direction])
+        start = np.maximum(_roll(p, shift), p)
+        np.maximum(start, self.free[direction], out=start)
         done = start + price * link * self._jitter("p2p", p.shape)
         self.free[direction] = done
         self._record(transfer.label, "p2p", start, done)
-        complete = np.maximum(done, np.roll(done, -shift, axis=1))
+        complete = np.maximum(done, _roll(done, -shift))
         return _Pending(complete, sync, transfer.label)
 
     def wait(self, pending: _Pending) -> None:
@@ -224,7 +252,7 @@ class Engine:
             self.t = np.maximum(self.t, pending.complete)
             return
         pending.waited = True
-        if np.any(pending.complete > self.t):
+        if self.slices is not None and np.any(pending.complete > self.t):
             self._record(
                 f"wait {pending.label}", "wait", self.t, np.maximum(self.t, pending.complete)
             )
