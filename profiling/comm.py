@@ -9,6 +9,14 @@ The losses never call ``torch.distributed`` directly: they ask :func:`current` f
   (``torch.distributed.batch_isend_irecv``) and return a handle whose ``wait()`` returns
   the filled receive buffers.
 
+Message pairing. Every p2p message carries the tag :func:`p2p_tag` derives from its
+label, so on gloo (and in exact emulation) a payload can never be paired with an
+accumulator of the same size: each kind of message is matched only with its own kind.
+NCCL ignores tags and pairs the sends and receives between two ranks in the order they
+are posted; the losses post in one fixed program order on every rank, and the cross-rank
+check (``profiling.losses.checks``) refuses ranks that would run different programs
+(method, options, grad mode, shapes), so the order is unambiguous there too.
+
 Because all traffic funnels through here, counting bytes, timing waits and faking peers
 (emulated ranks) are each one place. :func:`record` opens a recorder on the current
 transport; every operation adds to it.
@@ -32,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -102,6 +111,11 @@ class CommRecord:
             }
             for key, s in sorted(self.ops.items())
         }
+
+
+def p2p_tag(label: str) -> int:
+    """The tag of every p2p message with this label: the same on every rank, in 1..2^30."""
+    return zlib.crc32(label.encode()) % (1 << 30) + 1
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -196,7 +210,7 @@ class Transport:
             received=sum(_nbytes(b) for b, _ in recvs),
             exposed_s=0.0,
         )
-        works = self._post_p2p(sends, recvs) if (sends or recvs) else []
+        works = self._post_p2p(sends, recvs, p2p_tag(label)) if (sends or recvs) else []
         return PendingP2P(self, key, works, [b for b, _ in recvs])
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -217,13 +231,14 @@ class Transport:
     def _reduce_scatter(self, tensor: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _post_p2p(self, sends, recvs) -> list:
+    def _post_p2p(self, sends, recvs, tag: int = 0) -> list:
         raise NotImplementedError
 
 
 # torch 2.13 renamed the tensor collectives; keep working on torch >= 2.4.
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_REDUCE_SCATTER_TAG = p2p_tag("reduce_scatter")
 
 
 class TorchDistributedTransport(Transport):
@@ -273,16 +288,19 @@ class TorchDistributedTransport(Transport):
             index = (rank - step - 2) % world
             arriving = spare
             for work in self._post_p2p(
-                [(partial, (rank + 1) % world)], [(arriving, (rank - 1) % world)]
+                [(partial, (rank + 1) % world)],
+                [(arriving, (rank - 1) % world)],
+                _REDUCE_SCATTER_TAG,
             ):
                 work.wait()
             spare = partial if step > 0 else torch.empty_like(partial)
             partial = arriving.add_(chunks[index])
         return partial
 
-    def _post_p2p(self, sends, recvs):
-        ops = [dist.P2POp(dist.isend, t, self._global[peer], self.group) for t, peer in sends]
-        ops += [dist.P2POp(dist.irecv, b, self._global[peer], self.group) for b, peer in recvs]
+    def _post_p2p(self, sends, recvs, tag: int = 0):
+        g = self._global
+        ops = [dist.P2POp(dist.isend, t, g[peer], self.group, tag) for t, peer in sends]
+        ops += [dist.P2POp(dist.irecv, b, g[peer], self.group, tag) for b, peer in recvs]
         return dist.batch_isend_irecv(ops)
 
 
@@ -292,15 +310,52 @@ _default: TorchDistributedTransport | None = None
 _override = threading.local()
 
 
-def current() -> Transport:
-    """The transport the calling code should use; raises if there is no process group."""
+def current(group=None) -> Transport:
+    """The transport the calling code should use; raises if there is no process group.
+
+    ``group``: a ``torch.distributed`` process group (a data-parallel subgroup of a
+    larger job), a one-dimensional ``DeviceMesh`` (or one dimension of a mesh, e.g.
+    ``mesh["dp"]``), or None for the default group. A transport installed with
+    :func:`use_transport` (emulated ranks, tests) takes precedence over all of them.
+    """
     stack = getattr(_override, "stack", None)
     if stack:
         return stack[-1]
+    if group is not None:
+        return _transport_of(_as_process_group(group))
     global _default
     if _default is None or not dist.is_initialized() or _default.group is not dist.group.WORLD:
         _default = TorchDistributedTransport()
     return _default
+
+
+_by_group: dict[int, TorchDistributedTransport] = {}
+
+
+def _transport_of(group) -> TorchDistributedTransport:
+    """One transport per process group (the group object's identity), made on first use."""
+    key = id(group)
+    cached = _by_group.get(key)
+    if cached is None or cached.group is not group or not dist.is_initialized():
+        cached = _by_group[key] = TorchDistributedTransport(group)
+    return cached
+
+
+def _as_process_group(group):
+    """A process group from a process group or a one-dimensional DeviceMesh."""
+    if hasattr(group, "get_group") and hasattr(group, "mesh"):  # a DeviceMesh
+        if group.ndim != 1:
+            raise ValueError(
+                f"group: a {group.ndim}-D DeviceMesh is ambiguous; pass one dimension "
+                f"(e.g. mesh['dp']) or its process group"
+            )
+        return group.get_group()
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"group must be a torch.distributed ProcessGroup or a 1-D DeviceMesh, "
+            f"got {type(group).__name__}"
+        )
+    return group
 
 
 @contextlib.contextmanager

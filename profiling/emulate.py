@@ -16,8 +16,8 @@ every byte as if it were sent, so traffic is exactly a real run's. Two modes:
 * ``stand-in`` (:class:`StandInTransport`): rank 0 alone; whatever peers would send is
   filled with deterministic stand-in data of the right shape, dtype and device:
   all-gathered rows and received p2p buffers are copied from a cached block of seeded,
-  L2-normalised random rows (integer tensors, i.e. the shape check, repeat rank 0's
-  own); a reduce-scatter returns rank 0's own contribution to its slice. Bytes, the
+  L2-normalised random rows (integer tensors and vectors, i.e. the cross-rank check and
+  the upstream scalars, repeat rank 0's own: peers agree with rank 0); a reduce-scatter returns rank 0's own contribution to its slice. Bytes, the
   live-tensor peak and the compute are a real rank's at any W (64...4096 on one device);
   the loss value is not, and the record says ``peer_values: "stand-in"``. The stand-in
   copies run inside the transport and are charged as exposed communication time.
@@ -91,21 +91,31 @@ class ThreadHub:
         finally:
             self.barrier()
 
-    def post(self, src: int, dst: int, *, send=None, recv=None) -> _Done:
-        """Match a send with a receive (FIFO per pair); whoever posts second copies."""
+    def post(self, src: int, dst: int, tag: int, *, send=None, recv=None) -> _Done:
+        """Match a send with a receive of the same tag (FIFO per pair and tag), as gloo
+        does; whoever posts second copies. A matched pair that differs in shape or dtype
+        raises (a real backend would fail or corrupt; ``copy_`` would cast or broadcast)."""
+        key = (src, dst, tag)
         with self._lock:
             waiting = self._recvs if send is not None else self._sends
-            other = waiting.setdefault((src, dst), deque())
+            other = waiting.setdefault(key, deque())
             if other:
                 peer_item, event = other.popleft()
                 tensor, buffer = (send, peer_item) if send is not None else (peer_item, recv)
+                if tensor.shape != buffer.shape or tensor.dtype != buffer.dtype:
+                    self.abort()
+                    event.set()
+                    raise ValueError(
+                        f"p2p {src}->{dst} tag {tag}: send {tuple(tensor.shape)} {tensor.dtype} "
+                        f"matched a receive buffer {tuple(buffer.shape)} {buffer.dtype}"
+                    )
                 with torch.no_grad(), _disable_current_modes():
                     buffer.copy_(tensor.detach())
                 event.set()
                 return _Done(self, tensor=send if send is not None else recv)
             event = threading.Event()
             mine = self._sends if send is not None else self._recvs
-            mine.setdefault((src, dst), deque()).append((send if send is not None else recv, event))
+            mine.setdefault(key, deque()).append((send if send is not None else recv, event))
             return _Done(self, event, tensor=send if send is not None else recv)
 
 
@@ -143,9 +153,9 @@ class ThreadTransport(comm.Transport):
         self.hub.exchange(self.rank, tensor.detach(), reduce)
         return out
 
-    def _post_p2p(self, sends, recvs):
-        done = [self.hub.post(self.rank, peer, send=t) for t, peer in sends]
-        return done + [self.hub.post(peer, self.rank, recv=b) for b, peer in recvs]
+    def _post_p2p(self, sends, recvs, tag: int = 0):
+        done = [self.hub.post(self.rank, peer, tag, send=t) for t, peer in sends]
+        return done + [self.hub.post(peer, self.rank, tag, recv=b) for b, peer in recvs]
 
 
 class ThreadGroup:
@@ -224,7 +234,7 @@ class StandInTransport(comm.Transport):
         with torch.no_grad(), _disable_current_modes():
             pieces = out.split(tensor.shape[0])
             pieces[0].copy_(tensor)
-            peer = tensor if not tensor.is_floating_point() else None
+            peer = tensor if not tensor.is_floating_point() or tensor.dim() < 2 else None
             for piece in pieces[1:]:
                 piece.copy_(peer if peer is not None else self._block(tensor.shape, tensor.dtype))
         return out
@@ -236,7 +246,7 @@ class StandInTransport(comm.Transport):
             out.copy_(tensor[:n])
         return out
 
-    def _post_p2p(self, sends, recvs):
+    def _post_p2p(self, sends, recvs, tag: int = 0):
         return [_StandInReceive(self, [t for t, _ in sends], [b for b, _ in recvs])]
 
 

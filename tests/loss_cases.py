@@ -1,11 +1,16 @@
 """Test helper: run loss cases on a process group and compare with the reference.
 
 Every case draws fresh global inputs from its own seed (the same on every rank), runs
-one forward and backward of the method on this rank's rows, and compares with
-``reference_loss`` over the global batch in fp64: the mean loss over ranks, each rank's
-feature gradients against W × the reference gradients of its rows, and the mean over
-ranks of the scale and bias gradients. It also returns the bytes ``profiling.comm``
-counted and the live-tensor peak, for the traffic and memory tests.
+one forward and backward of the method on this rank's rows (optionally inside
+``torch.autocast``, optionally with a different upstream scalar ``u_r`` per rank), and
+compares with the fp64 reference over the global batch on the same (autocast-cast)
+inputs: each rank's loss against its reference share ``L_r``
+(``reference_rank_losses``), each rank's feature gradients against those of
+``Φ = Σ_r u_r·L_r`` for its rows, and the mean over ranks of the scale and bias
+gradients against ``∂Φ/∂t / W``. With ``u_r = 1`` this is the contract in
+``profiling.losses``. It also returns the bytes ``profiling.comm`` counted, and the
+allocator peak and live-tensor peak of that forward and backward
+(``profiling.memory``), for the traffic and memory tests.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import torch
 import torch.distributed as dist
 
 from profiling import comm
-from profiling.losses import build_loss, get_method, reference_loss
-from profiling.losses.registry import TORCH_DTYPES, Shape
-from profiling.memory import LiveTensorTracker
+from profiling.losses import build_loss, get_method, reference_rank_losses
+from profiling.losses.registry import TORCH_DTYPES, Schedule, Shape
+from profiling.losses.sigmoid_ring import second_trip_phase
+from profiling.memory import AllocatorTracker, LiveTensorTracker
 
 TOLERANCES = {  # (rtol, atol) against an fp64 reference on the same (rounded) inputs
     "fp64": (1e-9, 1e-11),
@@ -27,6 +33,10 @@ TOLERANCES = {  # (rtol, atol) against an fp64 reference on the same (rounded) i
     "bf16": (2e-2, 2e-3),
     "fp16": (5e-3, 5e-4),
 }
+"""Half-dtype rows are loose because the gradients come back in the half type (one
+rounding, relative 2^-8 for bf16, 2^-11 for fp16). Under autocast the features are fp32,
+so are the returned gradients, and the block math is fp32 on the cast features, which the
+reference sees too: autocast cases use the fp32 row (``precision``)."""
 
 
 @dataclass(frozen=True)
@@ -37,15 +47,32 @@ class Case:
     dim: int
     dtype: str = "fp64"
     options: tuple = ()
-    upstream: float = 1.0
+    upstream: float | tuple[float, ...] = 1.0
+    """One scalar for every rank, or one per rank."""
+    autocast: str | None = None
+    """Run the forward inside ``torch.autocast("cpu", dtype=...)``."""
     seed: int = 0
 
     @property
     def name(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in self.options)
+        extra = f"autocast={self.autocast} " if self.autocast else ""
+        extra += f"upstream={self.upstream} " if self.upstream != 1.0 else ""
         return (
-            f"{self.method} W={self.world} b={self.batch} d={self.dim} {self.dtype} {opts}".strip()
-        )
+            f"{self.method} W={self.world} b={self.batch} d={self.dim} {self.dtype} {extra}{opts}"
+        ).strip()
+
+    def upstream_of(self, rank: int) -> float:
+        return self.upstream[rank] if isinstance(self.upstream, tuple) else self.upstream
+
+    @property
+    def uniform_upstream(self) -> bool:
+        return len({self.upstream_of(r) for r in range(self.world)}) == 1
+
+    @property
+    def wire_dtype(self) -> str:
+        """The dtype the features travel in: autocast's, else their own."""
+        return self.autocast or self.dtype
 
 
 def global_inputs(case: Case):
@@ -63,14 +90,18 @@ def global_inputs(case: Case):
     return x.to(dt), y.to(dt), scale, bias
 
 
-def _reference(kind, x, y, scale, bias, upstream):
+def _reference(case: Case, kind, x, y, scale, bias):
+    """Per-rank losses and the gradients of ``Φ = Σ_r u_r·L_r`` in fp64."""
+    if case.autocast:  # the reference sees the features as autocast hands them over
+        x, y = (v.to(TORCH_DTYPES[case.autocast]) for v in (x, y))
     leaves = [x.double().requires_grad_(), y.double().requires_grad_()]
     t = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
     b = torch.tensor(bias, dtype=torch.float64, requires_grad=True) if kind == "sigmoid" else None
-    loss = reference_loss(kind, *leaves, t, b)
-    (loss * upstream).backward()
+    losses = reference_rank_losses(kind, *leaves, t, b, case.world)
+    weights = torch.tensor([case.upstream_of(r) for r in range(case.world)], dtype=torch.float64)
+    (losses * weights).sum().backward()
     return (
-        loss.detach(),
+        losses.detach(),
         leaves[0].grad,
         leaves[1].grad,
         t.grad,
@@ -90,20 +121,23 @@ def check_case(case: Case, transport) -> dict:
     b = torch.tensor(bias, dtype=dt, requires_grad=True) if spec.kind == "sigmoid" else None
     loss_fn = build_loss(case.method, **dict(case.options))
 
+    autocast = torch.autocast(
+        "cpu", dtype=TORCH_DTYPES[case.autocast or "bf16"], enabled=case.autocast is not None
+    )
     with (
         comm.use_transport(transport),
         comm.record(transport) as rec,
+        AllocatorTracker(x.device) as allocator,
         LiveTensorTracker() as tracker,
     ):
-        loss = loss_fn(x, y, t, b)
-        (loss * case.upstream).backward()
+        with autocast:
+            loss = loss_fn(x, y, t, b)
+        (loss * case.upstream_of(rank)).backward()
     peak = tracker.peak_bytes
 
-    ref_loss, gx, gy, gt, gb = _reference(spec.kind, x_all, y_all, scale, bias, case.upstream)
+    ref_losses, gx, gy, gt, gb = _reference(case, spec.kind, x_all, y_all, scale, bias)
     group = getattr(transport, "group", None)
-    stats = torch.stack(
-        [loss.detach().double(), t.grad.double()] + ([b.grad.double()] if b is not None else [])
-    )
+    stats = torch.stack([t.grad.double()] + ([b.grad.double()] if b is not None else []))
     dist.all_reduce(stats, group=group)
     stats /= w
     rtol, atol = TOLERANCES[case.dtype]
@@ -115,26 +149,30 @@ def check_case(case: Case, transport) -> dict:
         except AssertionError as exc:
             errors.append(f"{case.name} rank {rank}: {what}: {str(exc).splitlines()[0:4]}")
 
-    close("loss (mean over ranks)", stats[0], ref_loss)
-    close("d logit_scale (mean over ranks)", stats[1], gt)
+    if loss.dtype != (torch.float64 if case.dtype == "fp64" else torch.float32):
+        errors.append(f"{case.name} rank {rank}: loss returned in {loss.dtype}")
+    close("loss of this rank", loss.detach(), ref_losses[rank])
+    close("d logit_scale (mean over ranks)", stats[0], gt / w)
     if b is not None:
-        close("d logit_bias (mean over ranks)", stats[2], gb)
-    close("d image_features", x.grad, w * gx[rows])
-    close("d text_features", y.grad, w * gy[rows])
+        close("d logit_bias (mean over ranks)", stats[1], gb / w)
+    close("d image_features", x.grad, gx[rows])
+    close("d text_features", y.grad, gy[rows])
 
     options = dict(case.options)
     shape = Shape.of(
         w,
         bsz,
         case.dim,
-        case.dtype,
+        case.wire_dtype,
         tile=options.get("tile"),
         overlap=options.get("overlap", True),
         check_ranks=options.get("check_ranks", True),
     )
+    schedule = spec.schedule(shape)
+    if spec.kind == "sigmoid" and spec.ring and not case.uniform_upstream:
+        schedule = Schedule((*schedule.phases, second_trip_phase(shape)))
     predicted = {
-        k: {m: int(v) for m, v in row.items()}
-        for k, row in spec.schedule(shape).bytes_by_op().items()
+        k: {m: int(v) for m, v in row.items()} for k, row in schedule.bytes_by_op().items()
     }
     predicted = {k: v for k, v in predicted.items() if v["messages"] or v["bytes_sent"]}
     measured = {
@@ -151,6 +189,7 @@ def check_case(case: Case, transport) -> dict:
         "measured_ops": measured,
         "predicted_ops": predicted,
         "peak_live_bytes": peak,
+        "peak_alloc_bytes": allocator.peak_bytes,
         "predicted_peak_bytes": int(sum(spec.memory_terms(shape).values())),
         "memory_terms": {k: int(v) for k, v in spec.memory_terms(shape).items()},
     }

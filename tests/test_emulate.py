@@ -1,6 +1,9 @@
 """profiling.emulate: at W in {2, 3, 4}, exact emulation (peer threads) equals a real gloo
 run in loss, rank-0 gradients, bytes and live-tensor peak; stand-in emulation equals it
-in bytes and live peak; at large W the stand-in's bytes match the method's formula."""
+in bytes and live peak; at large W the stand-in's bytes match the method's formula.
+The points are sized so that one ``b×d`` buffer (5–20 KiB) exceeds the peak slack gloo
+needs (4 KiB): a missing or extra buffer fails the comparison. Exact emulation pairs
+messages by tag, as gloo does, and refuses a matched pair of different shape or dtype."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ CPU = torch.device("cpu")
 
 
 def cases(world: int) -> list[PointConfig]:
-    common = dict(world=world, batch=6, dim=16, seed=11)
+    common = dict(world=world, batch=64, dim=40, seed=11)  # b×d: 10 KiB in fp32, 5 in bf16
     out = [PointConfig(method=m, **common) for m in METHODS]
     out.append(PointConfig(method="sigmoid-ring", tile=4, overlap=False, **common))
     out.append(PointConfig(method="softmax-ring", dtype="bf16", **common))
@@ -90,3 +93,29 @@ def test_stand_in_point_at_large_world(method):
     assert measured["peer_values"] == "stand-in"
     assert measured["step_time_s"]["median"] > 0
     assert measured["profiler_bytes"] is None and measured["overlap_pct"] is None
+
+
+def test_exact_pairs_by_tag_and_refuses_mismatched_buffers():
+    def tagged(rank, transport, group):
+        if rank == 0:
+            sends = [torch.full((3,), 1.0), torch.full((3,), 2.0)]
+            first = transport.start_p2p([(sends[0], 1)], [], "ring.payload")
+            second = transport.start_p2p([(sends[1], 1)], [], "ring.acc")
+            first.wait(), second.wait()
+            return None
+        # posted in the other order: FIFO per pair would swap them, tags do not
+        acc = transport.start_p2p([], [(torch.empty(3), 0)], "ring.acc").wait()[0]
+        payload = transport.start_p2p([], [(torch.empty(3), 0)], "ring.payload").wait()[0]
+        return float(payload[0]), float(acc[0])
+
+    assert run_exact(2, tagged, timeout_s=30)[1] == (1.0, 2.0)
+
+    def mismatched(rank, transport, group):
+        if rank == 0:
+            return transport.start_p2p([(torch.ones(4, 8), 1)], [], "ring.payload").wait()
+        return transport.start_p2p([], [(torch.empty(4, 6), 0)], "ring.payload").wait()
+
+    with pytest.raises(
+        ValueError, match=r"send \(4, 8\) torch.float32 matched a receive buffer \(4, 6\)"
+    ):
+        run_exact(2, mismatched, timeout_s=30)

@@ -1,11 +1,14 @@
 """Every method, on real gloo processes, equals the single-process reference exactly.
 
-One process group of 8 ranks runs every case (subgroups give W = 1, 2, 3, 4, 8): for
-each method × W × several (b, d), b = 1 included, fp64 and fp32 (and bf16/fp16 on a
-few), ring options on and off, fresh seeded inputs: the mean loss over ranks, every
-rank's feature gradients (W × the reference rows) and the mean scale and bias
-gradients against ``reference_loss`` in fp64 with the tolerances in ``loss_cases``;
-and each rank's bytes per operation equal to the method's documented formula exactly.
+One process group of 8 ranks runs every case (subgroups give W = 1, 2, 3, 4, 5, 7, 8):
+for each method × W × several (b, d), b = 1 included, fp64 and fp32 (and bf16/fp16 on a
+few), ring options on and off, fresh seeded inputs, the forward inside
+``torch.autocast`` (bf16, fp16) as open_clip's ``--precision amp`` runs it, and upstream
+scalars that differ between ranks (per-rank loss weights, ``loss * 0`` on a rank): each
+rank's loss, its feature gradients and the mean scale and bias gradients against the
+fp64 reference with the tolerances in ``loss_cases``; and each rank's bytes per
+operation equal to the method's documented formula exactly (for the sigmoid rings with
+different upstream scalars: plus the exact second trip, ``sigmoid_ring.second_trip_phase``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ from profiling.losses import METHODS, get_method
 
 WORLDS = (1, 2, 3, 4, 8)
 SHAPES = ((1, 4), (3, 8), (8, 16))
+UPSTREAMS = {  # per-rank upstream scalars, zeros included
+    2: (0.5, 3.0),
+    3: (1.0, 2.0, 0.0),
+    4: (0.0, 1.0, 1.0, -2.0),
+    5: (1.0, 1.0, 1.0, 1.0, 0.25),
+    7: (2.0, 0.0, 1.0, 1.0, 3.0, 1.0, 1.0),
+    8: (1.0, 0.5, 0.0, 2.0, 1.0, 1.0, 4.0, 1.0),
+}
 
 
 def _cases() -> list[Case]:
@@ -57,6 +68,33 @@ def _cases() -> list[Case]:
                         8,
                         "fp32",
                         options=(("tile", 2), ("overlap", False)),
+                        seed=next(seed),
+                    )
+                )
+        for world in (1, 2, 3, 4):
+            cases.append(Case(method, world, 5, 8, "fp32", autocast="bf16", seed=next(seed)))
+        cases.append(Case(method, 3, 5, 8, "fp32", autocast="fp16", seed=next(seed)))
+        cases.append(Case(method, 2, 4, 8, "bf16", autocast="bf16", seed=next(seed)))
+        cases.append(
+            Case(method, 3, 4, 8, "fp32", autocast="bf16", upstream=UPSTREAMS[3], seed=next(seed))
+        )
+        # odd W: the bidirectional ring runs two multi-round chains (2+2, 3+3 rounds)
+        for world in (5, 7):
+            cases.append(Case(method, world, 3, 8, "fp64", seed=next(seed)))
+            cases.append(Case(method, world, 4, 8, "fp32", seed=next(seed)))
+        for world, upstream in UPSTREAMS.items():
+            cases.append(Case(method, world, 4, 8, "fp64", upstream=upstream, seed=next(seed)))
+        if spec.ring:
+            for opts in ((("tile", 3),), (("overlap", False),)):
+                cases.append(
+                    Case(
+                        method,
+                        4,
+                        7,
+                        8,
+                        "fp64",
+                        upstream=UPSTREAMS[4],
+                        options=opts,
                         seed=next(seed),
                     )
                 )

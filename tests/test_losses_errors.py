@@ -1,12 +1,17 @@
 """Bad input gets one clear error naming the problem, on every rank, never a hang.
 
 Local mistakes (shapes, dtypes, devices, a non-scalar scale, a missing or extra bias, an
-unknown method or option, no process group) are caught before any communication. Ranks
-that disagree on the local batch, width or dtype all raise the same error from the
-cross-rank check instead of deadlocking in a collective of mismatched sizes.
+unknown method or option, no process group, a bad ``group``) are caught before any
+communication. Ranks that disagree on the local batch (a last, short batch), width,
+dtype, autocast, grad mode, method or options all raise the same error from the
+cross-rank check instead of deadlocking in a collective of mismatched sizes or pairing
+ring messages wrongly. Double backward raises instead of returning wrong second-order
+gradients. A loss built with ``group=`` runs on that subgroup only.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -77,21 +82,57 @@ def test_reference_rejects_unknown_kind():
         reference_loss("hinge", x, y, 10.0)
 
 
+MISMATCHES = {  # what rank 1 does differently -> the field the error must name
+    "batch": "batch",
+    "dim": "dim",
+    "dtype": "dtype",
+    "autocast": "dtype",
+    "no_grad": "grad mode",
+    "method": "loss and options",
+    "options": "loss and options",
+}
+
+
+def _other_method(method):
+    return next(m for m in METHODS if m != method and get_method(m).kind == get_method(method).kind)
+
+
 def _mismatch_worker(rank, world):
     """Each case makes rank 1 differ; every rank must raise, none may hang."""
     outcomes = []
     for method in METHODS:
-        for what in ("batch", "dim", "dtype"):
+        for what in MISMATCHES:
             b, d, dtype = 4, 8, torch.float32
-            if rank == 1:
+            if rank == 1 and what in ("batch", "dim", "dtype"):
                 b, d, dtype = {
                     "batch": (5, 8, dtype),
                     "dim": (4, 6, dtype),
                     "dtype": (4, 8, torch.float64),
                 }[what]
             x, y = _inputs(b, d, dtype)
+            x.requires_grad_()
+            name, options = method, {}
+            if rank == 1 and what == "method":
+                name = _other_method(method)
+            if rank == 1 and what == "options":
+                options = {"check_ranks": True}
+                options.update({"overlap": False} if get_method(method).ring else {})
+            rank_differs = rank == 1
+            grad = (
+                torch.no_grad() if rank_differs and what == "no_grad" else contextlib.nullcontext()
+            )
+            autocast = torch.autocast(
+                "cpu", dtype=torch.bfloat16, enabled=rank_differs and what == "autocast"
+            )
+            loss_fn = build_loss(name, **options)
+            if what == "options" and not get_method(method).ring:
+                # all-gather methods have one option only: differ in the loss class instead
+                loss_fn = build_loss(name if rank != 1 else _other_method(method))
             try:
-                build_loss(method)(x, y, 10.0, _bias(method))
+                with grad, autocast:
+                    loss = loss_fn(x, y, 10.0, _bias(method))
+                if loss.requires_grad:
+                    loss.backward()
                 outcomes.append((method, what, None))
             except ValueError as exc:
                 outcomes.append((method, what, str(exc)))
@@ -102,7 +143,54 @@ def _mismatch_worker(rank, world):
 def test_ranks_that_disagree_all_raise():
     per_rank = run_world(3, _mismatch_worker, timeout_s=120)
     for outcomes in per_rank:
-        assert len(outcomes) == 3 * len(METHODS)
+        assert len(outcomes) == len(MISMATCHES) * len(METHODS)
         for method, what, message in outcomes:
             assert message is not None, f"{method}: ranks differing in {what} did not raise"
             assert "ranks disagree" in message and "rank 1:" in message, message
+            assert MISMATCHES[what] in message.split("(")[0], (what, message)
+
+
+def _group_and_second_order_worker(rank, world):
+    """A loss on the subgroup {1, 2} of a 3-rank job; double backward on every method."""
+    subgroup = dist.new_group([1, 2])
+    out = {}
+    if rank in (1, 2):
+        x_all, y_all = _inputs(b=8, d=8, dtype=torch.float64)
+        mine = slice((rank - 1) * 4, rank * 4)
+        for method in METHODS:
+            x = x_all[mine].clone().requires_grad_()
+            loss = build_loss(method, group=subgroup)(x, y_all[mine], 10.0, _bias(method))
+            reference = reference_loss(get_method(method).kind, x_all, y_all, 10.0, _bias(method))
+            stats = loss.detach().reshape(1)
+            dist.all_reduce(stats, group=subgroup)
+            out[method] = abs(float(stats[0]) / 2 - float(reference))
+    second_order = {}
+    for method in METHODS:
+        x, y = _inputs(dtype=torch.float64)
+        x.requires_grad_()
+        try:  # create_graph=True itself raises: no graph-less gradient escapes
+            torch.autograd.grad(build_loss(method)(x, y, 10.0, _bias(method)), x, create_graph=True)
+            second_order[method] = None
+        except RuntimeError as exc:
+            second_order[method] = str(exc)
+    return out, second_order
+
+
+@pytest.mark.multiprocess
+def test_subgroup_and_double_backward():
+    per_rank = run_world(3, _group_and_second_order_worker, timeout_s=120)
+    assert per_rank[0][0] == {}
+    for rank in (1, 2):
+        errors = per_rank[rank][0]
+        assert set(errors) == set(METHODS)
+        assert max(errors.values()) < 1e-12, errors
+    for _, second_order in per_rank:
+        for method, message in second_order.items():
+            assert message is not None, f"{method}: double backward did not raise"
+            assert "differentiate twice" in message, message
+
+
+def test_bad_group():
+    with pytest.raises(TypeError, match=r"group must be a torch\.distributed ProcessGroup"):
+        x, y = _inputs()
+        build_loss("sigmoid-ring", group="dp")(x, y, 10.0, -10.0)

@@ -11,8 +11,12 @@ L2-normalised features and ``b`` rows per rank:
 
 ``logit_scale`` is the multiplier ``t`` itself (pass ``log_t.exp()``), a float or a
 one-element tensor; sigmoid methods need ``logit_bias``, softmax methods refuse one.
-Half-precision features are supported; the block math runs in fp32 and the loss is
-returned in fp32.
+
+The contract holds for any per-rank upstream gradient (per-rank loss weights, ``loss * 0``
+on a rank, uneven accumulation): rank ``r``'s feature gradients are ``Σ_q u_q ∂L_q/∂x_r``
+for upstream scalars ``u_q``. Half-precision features and ``torch.autocast`` follow one
+dtype policy (``precision``): features in the half type, block math in fp32, loss in
+fp32. Double backward (``create_graph=True``) is not supported and raises.
 """
 
 from __future__ import annotations
@@ -27,20 +31,32 @@ from profiling.losses import (  # noqa: F401
     softmax_allgather,
     softmax_ring,
 )
-from profiling.losses.reference import reference_loss
+from profiling.losses.reference import reference_loss, reference_rank_losses
 from profiling.losses.registry import Method, Shape, get_method, registered
 
 METHODS: tuple[str, ...] = registered()
 
 
-def build_loss(method: str, **options) -> torch.nn.Module:
-    """The loss module of a registered method, with options checked against its own."""
+def build_loss(method: str, *, group=None, **options) -> torch.nn.Module:
+    """The loss module of a registered method, with options checked against its own.
+
+    ``group``: the process group (or 1-D ``DeviceMesh``) the loss spans; None: the
+    default group.
+    """
     spec = get_method(method)
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         allowed = ", ".join(spec.options) or "none"
         raise ValueError(f"method {method!r} has no option {unknown[0]!r}; allowed: {allowed}")
-    return spec.module(**options)
+    return spec.module(group=group, **options)
 
 
-__all__ = ["METHODS", "Method", "Shape", "build_loss", "get_method", "reference_loss"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "Shape",
+    "build_loss",
+    "get_method",
+    "reference_loss",
+    "reference_rank_losses",
+]

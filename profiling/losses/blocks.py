@@ -62,31 +62,36 @@ def _tiles(x, y, tile, diag):
 def sigmoid_block(x, y, t: float, bias: float, *, diag, tile, dx, dy, sums) -> None:
     """Add the sigmoid loss of ``x`` vs ``y`` to ``sums[0]``; gradients into ``dx``, ``dy``.
 
-    ``sums`` is a 3-vector (loss, dt, dβ); ``dx``/``dy`` None skips the gradient work.
+    ``sums`` is a 3-vector (loss, dt, dβ), filled with dt and dβ when ``dx`` is given;
+    ``dx`` and ``dy`` None skip the gradient work; ``dx`` None with ``dy`` given computes
+    the text gradient alone (the exact second trip of the sigmoid rings' backward).
     """
     for rows, cols, k in _tiles(x, y, tile, diag):
-        grads = (dx[rows], dy[cols]) if dx is not None else None
-        _sigmoid_tile(x[rows], y[cols], t, bias, k, grads, sums)
+        tile_dx = dx[rows] if dx is not None else None
+        tile_dy = dy[cols] if dy is not None else None
+        _sigmoid_tile(x[rows], y[cols], t, bias, k, tile_dx, tile_dy, sums)
 
 
-def _sigmoid_tile(x, y, t, bias, k, grads, sums) -> None:
+def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums) -> None:
     # One function per tile: its scratch (cosines, logits, softplus) is freed on return,
     # so at most 3 tiles of scratch are ever alive.
     cos = x @ y.T
     logits = torch.mul(cos, t).add_(bias)
-    sums[0] += F.softplus(logits).sum()
-    if k is not None:
-        sums[0] -= logits.diagonal(k).sum()
-    if grads is None:
+    if dx is not None or dy is None:
+        sums[0] += F.softplus(logits).sum()
+        if k is not None:
+            sums[0] -= logits.diagonal(k).sum()
+    if dx is None and dy is None:
         return
     g = logits.sigmoid_()
     if k is not None:
         g.diagonal(k).sub_(1)
-    sums[1] += _dot(g, cos)
-    sums[2] += g.sum()
-    dx, dy = grads
-    dx.addmm_(g, y, alpha=t)
-    dy.addmm_(g.T, x, alpha=t)
+    if dx is not None:
+        sums[1] += _dot(g, cos)
+        sums[2] += g.sum()
+        dx.addmm_(g, y, alpha=t)
+    if dy is not None:
+        dy.addmm_(g.T, x, alpha=t)
 
 
 def softmax_stats(x, y, t: float, *, tile, row_lse, col_lse) -> None:
@@ -131,9 +136,13 @@ def softmax_rows_fused(x, y, t: float, *, diag: int, dx, dy, sums) -> None:
     """
     cos = x @ y.T
     s = torch.mul(cos, t)
-    lse = torch.logsumexp(s, 1)
-    sums[0] += lse.sum() - t * cos.diagonal(diag).sum()
-    g = s.sub_(lse[:, None]).exp_()
+    # log-sum-exp in place (torch.logsumexp would allocate a b×N temporary):
+    # lse = m + log Σ exp(S − m), m the row max; G = exp(S − m) / Σ exp(S − m) − onehot.
+    m = s.amax(1)
+    g = s.sub_(m[:, None]).exp_()
+    total = g.sum(1)
+    sums[0] += total.log().add_(m).sum() - t * cos.diagonal(diag).sum()
+    g.div_(total[:, None])
     g.diagonal(diag).sub_(1)
     sums[1] += _dot(g, cos)
     dx.addmm_(g, y, alpha=t)

@@ -1,28 +1,30 @@
 """Input checks shared by every loss: clear errors instead of hangs or wrong numbers.
 
 Local checks (shapes, dtypes, devices, scalar scale and bias) cost nothing. The
-cross-rank check all-gathers four int64 numbers per rank (b, d, dtype, device type) so
-that every rank sees the same mismatch and raises the same error, instead of some ranks
-hanging in a collective whose sizes disagree. It is on by default and costs
-``(W-1)·32`` bytes sent per forward, counted under ``all_gather:rank_check``; turn it off
-with ``check_ranks=False`` once a training loop is known to be consistent.
+cross-rank check all-gathers :data:`RANK_CHECK_FIELDS` (six int64 per rank: b, d, the
+feature dtype after any autocast cast, device type, whether gradients are wanted, and a
+fingerprint of the loss's class and options) so that every rank sees the same mismatch
+and raises the same error, instead of some ranks hanging in a collective whose sizes
+disagree, or a ring whose ranks post different messages pairing them wrongly. It is on
+by default and costs ``(W-1)·48`` bytes sent per forward, counted under
+``all_gather:rank_check`` (on CUDA, one host synchronisation to read the result); turn it
+off with ``check_ranks=False`` once a training loop is known to be consistent.
 """
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from profiling.comm import Transport
+from profiling.losses.precision import compute_dtype
 
 SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_CODE = {dt: i for i, dt in enumerate(SUPPORTED_DTYPES)}
-RANK_CHECK_BYTES = 4 * 8
-"""Bytes each rank contributes to the cross-rank check (four int64)."""
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Block math runs in fp32 for half types, in the input dtype otherwise."""
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+RANK_CHECK_FIELDS = ("batch", "dim", "dtype", "device", "grad mode", "loss and options")
+RANK_CHECK_BYTES = len(RANK_CHECK_FIELDS) * 8
+"""Bytes each rank contributes to the cross-rank check (one int64 per field)."""
 
 
 def check_features(image_features, text_features) -> None:
@@ -77,21 +79,38 @@ def check_bias(kind: str, logit_bias) -> None:
         raise ValueError("the softmax loss takes no logit_bias: pass logit_bias=None")
 
 
-def check_ranks(transport: Transport, features: torch.Tensor) -> None:
-    """Raise the same error on every rank if local batches, widths, dtypes or devices differ."""
+def check_ranks(
+    transport: Transport, features: torch.Tensor, wire: torch.dtype, *, want_grad, program: str
+):
+    """Raise the same error on every rank if ranks disagree on any of
+    :data:`RANK_CHECK_FIELDS`. ``wire``: the dtype the features travel in (after any
+    autocast cast); ``program`` names the loss and its options."""
     if transport.world_size == 1:
         return
     mine = torch.tensor(
-        [features.shape[0], features.shape[1], _DTYPE_CODE[features.dtype], features.is_cuda],
+        [
+            features.shape[0],
+            features.shape[1],
+            _DTYPE_CODE[wire],
+            features.is_cuda,
+            want_grad,
+            zlib.crc32(program.encode()),
+        ],
         dtype=torch.int64,
         device=features.device,
     )
     every = transport.all_gather(mine.unsqueeze(0), "rank_check").cpu()
-    if bool((every == every[0]).all()):
+    differ = [
+        name for i, name in enumerate(RANK_CHECK_FIELDS) if (every[:, i] != every[0, i]).any()
+    ]
+    if not differ:
         return
     rows = ", ".join(
         f"rank {r}: b={int(v[0])} d={int(v[1])} {SUPPORTED_DTYPES[int(v[2])]}"
-        f" {'cuda' if v[3] else 'cpu'}"
+        f" {'cuda' if v[3] else 'cpu'} grad={'on' if v[4] else 'off'} loss#{int(v[5]):08x}"
         for r, v in enumerate(every)
     )
-    raise ValueError(f"ranks disagree on the local batch shape, dtype or device ({rows})")
+    raise ValueError(
+        f"ranks disagree on the {', '.join(differ)} ({rows}; this rank {transport.rank} "
+        f"runs {program})"
+    )

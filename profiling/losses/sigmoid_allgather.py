@@ -9,7 +9,12 @@ gradient of the gathered texts (``N×d``, kept for backward), which backward sca
 the upstream gradient and reduce-scatters home. Per rank per step::
 
     sent = received = (W−1)·b·d·s  (all-gather)  +  (W−1)·b·d·c  (reduce-scatter)
-                    + (W−1)·32      (cross-rank shape check)
+                    + (W−1)·48      (cross-rank check)
+
+Any per-rank upstream gradient is exact: every gradient a rank forms comes from its own
+rows' loss, so backward scales it by this rank's upstream scalar before the
+reduce-scatter. Dtype policy: ``precision`` (features, gathered texts in their own or
+autocast's dtype; block math and gradients in fp32 for half features; loss in fp32).
 
 Peak memory per rank grows with W (``N = W·b``)::
 
@@ -24,17 +29,18 @@ from __future__ import annotations
 import torch
 
 from profiling.losses import blocks
-from profiling.losses.base import DistributedLoss
-from profiling.losses.checks import (
-    compute_dtype,
-)
+from profiling.losses.base import DistributedLoss, first_order_only
 from profiling.losses.costs import block_flops, rank_check_phase, symmetric
+from profiling.losses.precision import autocast_off, compute_dtype
 from profiling.losses.registry import Method, Phase, Schedule, Shape, register
 
 
 class _SigmoidAllGatherFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, scale, bias, transport, want_grad):
+    @autocast_off
+    def forward(ctx, x, y, scale, bias, wire, transport, want_grad):
+        ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
+        x, y = x.to(wire), y.to(wire)
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
         xc = x.to(cdt)
@@ -61,11 +67,12 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
         if want_grad:
             inv_b = 1.0 / b
             ctx.grads = (dx.mul_(inv_b), dtexts.mul_(inv_b), sums[1] * inv_b, sums[2] * inv_b)
-            ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
             ctx.transport = transport
         return sums[0] / b
 
     @staticmethod
+    @first_order_only
+    @autocast_off
     def backward(ctx, grad_loss):
         dx, dtexts, dt, dbias = ctx.grads
         del ctx.grads
@@ -79,6 +86,7 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
             (grad_loss * dbias).to(bias_dtype),
             None,
             None,
+            None,
         )
 
 
@@ -88,10 +96,10 @@ class SigmoidAllGatherLoss(DistributedLoss):
     kind = "sigmoid"
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        inputs, transport, want_grad = self.prepare(
+        inputs, transport, want_grad, wire = self.prepare(
             image_features, text_features, logit_scale, logit_bias
         )
-        return _SigmoidAllGatherFunction.apply(*inputs, transport, want_grad)
+        return self.run_function(_SigmoidAllGatherFunction, *inputs, wire, transport, want_grad)
 
 
 def schedule(shape: Shape) -> Schedule:

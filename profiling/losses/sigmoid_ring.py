@@ -9,21 +9,34 @@ rounds a rank computes one ``b×b`` block of negatives against its own images. T
 gradient of a block's logits is known the moment it is computed (``σ(l) − [pos]``), so
 the forward pass also produces the gradients: ``dx`` stays local, and a ``dy``
 accumulator follows its texts round the ring one round behind (``ring.ring_pass``) and
-is sent home after the last stop. The backward pass only scales the stored ``b×d``
-gradients by the upstream gradient: three matmuls per block, one trip, no traffic in
-backward. This assumes every rank backpropagates the same upstream scalar (plain
-``loss.backward()``, a common loss scale, gradient accumulation): the text gradients
-mix contributions computed on every rank, each scaled by the scalar of the rank that
-receives them.
+is sent home after the last stop.
 
-Traffic per rank per step, ``s`` bytes per feature element, ``c`` per block-math
-element (4 for half inputs, else ``s``)::
+Backward. The stored gradients are exact for one common upstream scalar ``u`` (plain
+``loss.backward()``, a common loss scale, uniform accumulation): ``dx``, ``dt`` and ``dβ``
+come from this rank's own rows and scale by its own ``u``, but ``dy`` mixes
+contributions computed on every rank, each of which must scale by the upstream scalar of
+the rank that computed it. So backward first all-gathers the ``W`` upstream scalars
+(``(W−1)·c`` bytes, ``W−1`` messages; on CUDA one host synchronisation to read them):
+
+* all equal (the fast path): ``dy·u``, one trip, three matmuls per block;
+* different (per-rank loss weights, ``loss * 0`` on a rank, a mask): an exact second
+  trip. The texts travel the ring again and every rank recomputes its blocks against
+  them, adding ``u_self/b · t·Gᵀ·x`` to a ``dy`` accumulator that follows them home
+  (:func:`second_trip_phase`: ``(W−1)·b·d·(s + c)`` more bytes each way, ``2(W−1)``
+  messages, two more matmuls per block). Nothing is ever silently wrong.
+
+Dtype policy: ``precision`` (features in their own or autocast's dtype, which is what
+travels; block math and accumulators in fp32 for half features; loss in fp32).
+
+Traffic per rank per step (fast path), ``s`` bytes per feature element, ``c`` per
+block-math element (4 for half inputs, else ``s``)::
 
     sent = received = (W−1)·b·d·s   (texts)   +  (W−1)·b·d·c   (dy accumulators)
-                    + (W−1)·32                (cross-rank shape check)
+                    + (W−1)·c                 (upstream scalars, backward)
+                    + (W−1)·48                (cross-rank check)
 
-in ``2(W−1)`` messages (plus ``W−1`` for the check). Without gradients (eval, no_grad)
-only the texts travel.
+in ``2(W−1)`` messages plus ``W−1`` each for the two all-gathers. Without gradients
+(eval, no_grad) only the texts (and the check) travel.
 
 Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
 
@@ -34,6 +47,7 @@ Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
     tile                           3·T²·c      (cosines, logits, softplus)
 
 (fewer buffers for rings of one or two rounds and without overlap: ``ring.pool_bytes``).
+Under autocast the rounded features are transient (the second trip rounds again).
 
 Overlap: the next round's texts are posted before the current block is computed and the
 accumulator from round ``i`` is awaited only after block ``i+1`` (``overlap=False``
@@ -46,17 +60,23 @@ import numpy as np
 import torch
 
 from profiling.losses import blocks, ring
-from profiling.losses.base import RingLoss
-from profiling.losses.checks import (
-    compute_dtype,
-)
+from profiling.losses.base import RingLoss, first_order_only
 from profiling.losses.costs import block_flops, rank_check_phase, symmetric
+from profiling.losses.precision import autocast_off, compute_dtype
 from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
+
+
+def _add_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
+    return received.add_(contribution)
 
 
 class _SigmoidRingFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, scale, bias, transport, chains, tile, overlap, want_grad):
+    @autocast_off
+    def forward(ctx, x, y, scale, bias, wire, transport, chains, tile, overlap, want_grad):
+        ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
+        ctx.save_for_backward(x, y)  # the caller's: no copy is kept for the second trip
+        x, y = x.to(wire), y.to(wire)
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
         t, beta = float(scale), float(bias)
@@ -76,7 +96,7 @@ class _SigmoidRingFunction(torch.autograd.Function):
             [y],
             chains,
             visit,
-            lambda received, contribution: received.add_(contribution),
+            _add_,
             new_accumulator=(lambda: torch.empty_like(xc)) if want_grad else None,
             overlap=overlap,
             label="sigmoid",
@@ -86,18 +106,67 @@ class _SigmoidRingFunction(torch.autograd.Function):
                 dy.add_(part)
             inv_b = 1.0 / b
             ctx.grads = (dx.mul_(inv_b), dy.mul_(inv_b), sums[1] * inv_b, sums[2] * inv_b)
-            ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
+            ctx.setup = (wire, t, beta, transport, chains, tile, overlap)
         return sums[0] / b
 
     @staticmethod
+    @first_order_only
+    @autocast_off
     def backward(ctx, grad_loss):
         dx, dy, dt, dbias = ctx.grads
         del ctx.grads
+        transport = ctx.setup[3]
+        if _uniform_upstream(transport, grad_loss):
+            dy = grad_loss * dy
+        else:
+            del dy
+            x, y = ctx.saved_tensors
+            dy = _exact_text_gradients(x, y, grad_loss, *ctx.setup)
         gx, gy, gt, gb = (
-            (grad_loss * g).to(dtype)
-            for g, dtype in zip((dx, dy, dt, dbias), ctx.dtypes, strict=True)
+            g.to(dtype)
+            for g, dtype in zip(
+                (grad_loss * dx, dy, grad_loss * dt, grad_loss * dbias), ctx.dtypes, strict=True
+            )
         )
-        return gx, gy, gt, gb, None, None, None, None, None
+        return gx, gy, gt, gb, None, None, None, None, None, None
+
+
+def _uniform_upstream(transport, grad_loss: torch.Tensor) -> bool:
+    """Whether every rank backpropagates the same scalar (all-gather of W scalars)."""
+    if transport.world_size == 1:
+        return True
+    every = transport.all_gather(grad_loss.reshape(1), "upstream")
+    return bool((every == every[0]).all())  # on CUDA: one host synchronisation
+
+
+def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, tile, overlap):
+    """The second trip: ``dy`` with each block scaled by its computing rank's upstream."""
+    x, y = x.to(wire), y.to(wire)  # the forward's rounding, redone
+    cdt = compute_dtype(x.dtype)
+    xc = x.to(cdt)
+    coef = grad_loss / x.shape[0]
+    unused = torch.zeros(3, dtype=cdt, device=x.device)
+
+    def visit(payload, owner, dy):
+        dy.zero_()
+        diag = 0 if owner == transport.rank else None
+        texts = payload[0].to(cdt)
+        blocks.sigmoid_block(xc, texts, t, beta, diag=diag, tile=tile, dx=None, dy=dy, sums=unused)
+        dy.mul_(coef)
+
+    dy, returned = ring.ring_pass(
+        transport,
+        [y],
+        chains,
+        visit,
+        _add_,
+        new_accumulator=lambda: torch.empty_like(xc),
+        overlap=overlap,
+        label="sigmoid.bwd",
+    )
+    for part in returned:
+        dy.add_(part)
+    return dy
 
 
 class SigmoidRingLoss(RingLoss):
@@ -107,12 +176,19 @@ class SigmoidRingLoss(RingLoss):
     chains = staticmethod(ring.one_way)
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        inputs, transport, want_grad = self.prepare(
+        inputs, transport, want_grad, wire = self.prepare(
             image_features, text_features, logit_scale, logit_bias
         )
         chains = self.chains(transport.world_size)
-        return _SigmoidRingFunction.apply(
-            *inputs, transport, chains, self.tile, self.overlap, want_grad
+        return self.run_function(
+            _SigmoidRingFunction,
+            *inputs,
+            wire,
+            transport,
+            chains,
+            self.tile,
+            self.overlap,
+            want_grad,
         )
 
 
@@ -147,6 +223,40 @@ def home_block_phase(shape: Shape, flops) -> Phase:
     )
 
 
+def upstream_phase(shape: Shape) -> Phase:
+    """Backward's all-gather of the W upstream scalars (one block-math element each)."""
+    w = shape.world
+    nbytes = (w - 1) * shape.compute_bytes
+    return Phase(
+        name="upstream scalars",
+        pass_="backward",
+        repeat=1,
+        transfers=(symmetric("all_gather", "upstream", nbytes, w - 1),),
+    )
+
+
+def second_trip_phase(shape: Shape) -> Phase:
+    """The exact fallback when ranks backpropagate different scalars (not in the
+    schedule, which describes the common case): texts and a dy accumulator travel again,
+    every block recomputed (logits and dy: two matmuls)."""
+    b, d = shape.batch, shape.dim
+    return Phase(
+        name="second trip (different upstream scalars)",
+        pass_="backward",
+        repeat=shape.world - 1,
+        matmul_flops=2 * 2 * b * b * d,
+        pointwise_elems=b * b,
+        transfers=tuple(
+            symmetric("p2p", f"sigmoid.bwd.{kind}", size, 1, peer="neighbor")
+            for kind, size in (
+                ("payload", b * d * shape.elem_bytes),
+                ("acc", b * d * shape.compute_bytes),
+            )
+        ),
+        overlapped=shape.overlap,
+    )
+
+
 def schedule(shape: Shape) -> Schedule:
     b, d = shape.batch, shape.dim
     return Schedule(
@@ -156,6 +266,7 @@ def schedule(shape: Shape) -> Schedule:
             ring_round_phase(
                 shape, name="ring round", repeat=shape.world - 1, chains=1, label="sigmoid"
             ),
+            upstream_phase(shape),
         )
     )
 

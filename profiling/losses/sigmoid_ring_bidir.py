@@ -9,7 +9,9 @@ follows its texts and, after their last stop, goes straight home (``R`` or ``L``
 away; on a switch such as NVSwitch that is one hop like any other).
 
 Traffic per rank per step is the one-way ring's: ``(W−1)·b·d·(s + c)`` sent and received,
-``2(W−1)`` messages, plus the ``(W−1)·32``-byte shape check.
+``2(W−1)`` messages, plus the backward's all-gather of upstream scalars and the
+cross-rank check; its backward (fast path and exact second trip, on both chains) is the
+one-way ring's too.
 
 Peak memory per rank: the one-way ring's terms with two chains in flight (four payload
 buffers, five accumulator-sized buffers), still independent of W.
@@ -20,7 +22,12 @@ from __future__ import annotations
 from profiling.losses import ring, sigmoid_ring
 from profiling.losses.costs import block_flops, rank_check_phase
 from profiling.losses.registry import Method, Schedule, Shape, register
-from profiling.losses.sigmoid_ring import SigmoidRingLoss, home_block_phase, ring_round_phase
+from profiling.losses.sigmoid_ring import (
+    SigmoidRingLoss,
+    home_block_phase,
+    ring_round_phase,
+    upstream_phase,
+)
 
 
 class SigmoidRingBidirLoss(SigmoidRingLoss):
@@ -43,6 +50,7 @@ def schedule(shape: Shape) -> Schedule:
             ring_round_phase(
                 shape, name="one-way round", repeat=one_way_rounds, chains=1, label="sigmoid"
             ),
+            upstream_phase(shape),
         )
     )
 

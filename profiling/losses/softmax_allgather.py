@@ -11,7 +11,12 @@ forms the gradients of both gathered tensors (``softmax − onehot``, one pass p
 ``b×N`` block), which backward scales and reduce-scatters home. Per rank per step::
 
     sent = received = 2·(W−1)·b·d·s  (two all-gathers)
-                    + 2·(W−1)·b·d·c  (two reduce-scatters)  +  (W−1)·32  (shape check)
+                    + 2·(W−1)·b·d·c  (two reduce-scatters)  +  (W−1)·48  (cross-rank check)
+
+Any per-rank upstream gradient is exact (each rank scales the gradients of its own
+rows' loss by its own upstream scalar before the reduce-scatters). Dtype policy:
+``precision`` (features and gathered tensors in their own or autocast's dtype; block
+math and gradients in fp32 for half features; loss in fp32).
 
 Peak memory per rank grows with W (``N = W·b``)::
 
@@ -19,6 +24,8 @@ Peak memory per rank grows with W (``N = W·b``)::
     their gradients                2·N·d·c
     dx, dy                         2·b·d·c (+ 2·b·d·c fp32 copies for half inputs)
     logit block                    2·b·N·c (cosines, then logits turned into G in place)
+    row statistics                 3·b·c   (row max, row sum and its log: the
+                                            log-sum-exp is done in place, no b×N scratch)
 """
 
 from __future__ import annotations
@@ -26,17 +33,18 @@ from __future__ import annotations
 import torch
 
 from profiling.losses import blocks
-from profiling.losses.base import DistributedLoss
-from profiling.losses.checks import (
-    compute_dtype,
-)
+from profiling.losses.base import DistributedLoss, first_order_only
 from profiling.losses.costs import block_flops, rank_check_phase, symmetric
+from profiling.losses.precision import autocast_off, compute_dtype
 from profiling.losses.registry import Method, Phase, Schedule, Shape, register
 
 
 class _SoftmaxAllGatherFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, scale, transport, want_grad):
+    @autocast_off
+    def forward(ctx, x, y, scale, wire, transport, want_grad):
+        ctx.dtypes = (x.dtype, y.dtype, scale.dtype)
+        x, y = x.to(wire), y.to(wire)
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
         t = float(scale)
@@ -58,11 +66,12 @@ class _SoftmaxAllGatherFunction(torch.autograd.Function):
         if want_grad:
             ctx.grads = (dx.mul_(coef), dy.mul_(coef), dimages.mul_(coef), dtexts.mul_(coef))
             ctx.dscale = sums[1] * coef
-            ctx.dtypes = (x.dtype, y.dtype, scale.dtype)
             ctx.transport = transport
         return sums[0] * coef
 
     @staticmethod
+    @first_order_only
+    @autocast_off
     def backward(ctx, grad_loss):
         dx, dy, dimages, dtexts = ctx.grads
         del ctx.grads
@@ -76,7 +85,14 @@ class _SoftmaxAllGatherFunction(torch.autograd.Function):
         )
         del dtexts
         x_dtype, y_dtype, scale_dtype = ctx.dtypes
-        return dx.to(x_dtype), dy.to(y_dtype), (grad_loss * ctx.dscale).to(scale_dtype), None, None
+        return (
+            dx.to(x_dtype),
+            dy.to(y_dtype),
+            (grad_loss * ctx.dscale).to(scale_dtype),
+            None,
+            None,
+            None,
+        )
 
 
 class SoftmaxAllGatherLoss(DistributedLoss):
@@ -85,10 +101,10 @@ class SoftmaxAllGatherLoss(DistributedLoss):
     kind = "softmax"
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        inputs, transport, want_grad = self.prepare(
+        inputs, transport, want_grad, wire = self.prepare(
             image_features, text_features, logit_scale, logit_bias
         )
-        return _SoftmaxAllGatherFunction.apply(*inputs, transport, want_grad)
+        return self.run_function(_SoftmaxAllGatherFunction, *inputs, wire, transport, want_grad)
 
 
 def schedule(shape: Shape) -> Schedule:
@@ -145,6 +161,7 @@ def memory_terms(shape: Shape):
         "gathered gradients": 2 * n * d * c,
         "dx, dy": 2 * b * d * c + half * 2 * b * d * c,
         "logit block": 2 * b * n * c,
+        "row statistics": 3 * b * c,
     }
 
 

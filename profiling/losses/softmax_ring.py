@@ -17,12 +17,17 @@ texts' home). The texts travel again, carrying their column log-sum-exps and the
 owner's upstream gradient (``b+1`` floats); every rank recomputes its block (one extra
 matmul: four per block in all, about 1.33× the compute of stored blocks), adds ``t·G·Y``
 to its image gradient and a ``t·Gᵀ·X`` contribution to a text-gradient accumulator that
-follows the texts home. Exact for any per-rank upstream gradient.
+follows the texts home. Exact for any per-rank upstream gradient: each rank's upstream
+scalar travels with its texts (the ``+1`` float), so column terms scale by the texts'
+owner's and row terms by this rank's. Dtype policy: ``precision`` (features in their
+own or autocast's dtype, which is what travels; block math, log-sum-exps and
+accumulators in fp32 for half features; loss in fp32); the backward recomputes the
+forward's blocks with the same dtypes.
 
 Traffic per rank per step, ``s`` bytes per feature element, ``c`` per block-math
 element::
 
-    forward   (W−1)·b·d·s (texts) + (W−1)·b·c (column lse)           + (W−1)·32 (shape check)
+    forward   (W−1)·b·d·s (texts) + (W−1)·b·c (column lse)           + (W−1)·48 (cross-rank check)
     backward  (W−1)·(b·d·s + (b+1)·c) (texts, lse, scale) + (W−1)·b·d·c (text gradients)
 
 sent and received alike, against ``4(W−1)·b·d`` elements for the all-gather method.
@@ -39,11 +44,9 @@ from __future__ import annotations
 import torch
 
 from profiling.losses import blocks, ring
-from profiling.losses.base import RingLoss
-from profiling.losses.checks import (
-    compute_dtype,
-)
+from profiling.losses.base import RingLoss, first_order_only
 from profiling.losses.costs import rank_check_phase, symmetric
+from profiling.losses.precision import autocast_off, compute_dtype
 from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 
@@ -53,7 +56,10 @@ def _logaddexp_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Ten
 
 class _SoftmaxRingFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, scale, transport, tile, overlap):
+    @autocast_off
+    def forward(ctx, x, y, scale, wire, transport, tile, overlap):
+        ctx.save_for_backward(x, y)  # the caller's; backward redoes the rounding
+        x, y = x.to(wire), y.to(wire)
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
         t = float(scale)
@@ -80,16 +86,18 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             _logaddexp_(col_lse, part)
         positives = (xc * y.to(cdt)).sum(1).mul_(t)
         loss = (row_lse.sum() + col_lse.sum() - 2 * positives.sum()) / (2 * b)
-        ctx.save_for_backward(x, y)
         ctx.lse = (row_lse, col_lse)
-        ctx.setup = (t, transport, tile, overlap, scale.dtype)
+        ctx.setup = (wire, t, transport, tile, overlap, scale.dtype)
         return loss
 
     @staticmethod
+    @first_order_only
+    @autocast_off
     def backward(ctx, grad_loss):
-        x, y = ctx.saved_tensors
+        x_in, y_in = ctx.saved_tensors
         row_lse, col_lse = ctx.lse
-        t, transport, tile, overlap, scale_dtype = ctx.setup
+        wire, t, transport, tile, overlap, scale_dtype = ctx.setup
+        x, y = x_in.to(wire), y_in.to(wire)
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
         xc = x.to(cdt)
@@ -128,7 +136,7 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         )
         for part in returned:
             dy.add_(part)
-        return dx.to(x.dtype), dy.to(y.dtype), sums[1].to(scale_dtype), None, None, None
+        return dx.to(x_in.dtype), dy.to(y_in.dtype), sums[1].to(scale_dtype), None, None, None, None
 
 
 class SoftmaxRingLoss(RingLoss):
@@ -137,8 +145,12 @@ class SoftmaxRingLoss(RingLoss):
     kind = "softmax"
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None):
-        inputs, transport, _ = self.prepare(image_features, text_features, logit_scale, logit_bias)
-        return _SoftmaxRingFunction.apply(*inputs, transport, self.tile, self.overlap)
+        inputs, transport, _, wire = self.prepare(
+            image_features, text_features, logit_scale, logit_bias
+        )
+        return self.run_function(
+            _SoftmaxRingFunction, *inputs, wire, transport, self.tile, self.overlap
+        )
 
 
 def schedule(shape: Shape) -> Schedule:
