@@ -151,6 +151,43 @@ def build_parser() -> argparse.ArgumentParser:
     maxbatch.add_argument("--run", metavar="RUN_DIR", help="overlay this run's measurements")
     maxbatch.add_argument("--out", metavar="DIR", help="write maxbatch.png and .svg here")
     maxbatch.set_defaults(handler=commands.cmd_maxbatch)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="step-time distribution of one point from the event simulator",
+        description="Simulate every rank's timeline for --steps steps of one method at one "
+        "point (W, b, d) with jitter, stragglers, a slow node or link; print the step-time "
+        "distribution (ms) beside the closed form's step, optionally write step 0 as a "
+        "Chrome trace (one process per rank) for Perfetto.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    simulate.add_argument("--method", default="sigmoid-ring", help="a registered method")
+    simulate.add_argument("--world", type=int, default=8, help="W, ranks")
+    simulate.add_argument("--batch", type=int, default=1024, help="b, examples per rank")
+    simulate.add_argument("--dim", type=int, default=512, help="d, embedding width (elements)")
+    simulate.add_argument("--dtype", default="fp32", choices=sweep_config.DTYPES)
+    _hardware_option(simulate, "this machine's calibrated profile, else h100-sxm")
+    simulate.add_argument("--steps", type=int, default=100, help="steps simulated")
+    simulate.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    simulate.add_argument(
+        "--jitter",
+        default="",
+        help="per-event multipliers: DIST:SIGMA[:MEDIAN] for every kind, or "
+        "KIND=DIST:SIGMA,... (kinds compute, p2p, collective; DIST lognormal, exponential)",
+    )
+    simulate.add_argument(
+        "--stragglers", default="", help="RANK:SLOWDOWN,... ranks that compute slower"
+    )
+    simulate.add_argument("--slow-node", default="", help="NODE:SLOWDOWN, a node's ranks slower")
+    simulate.add_argument(
+        "--slow-link", default="", help="RANK:SLOWDOWN, the link from RANK to RANK+1 slower"
+    )
+    simulate.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
+    simulate.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
+    simulate.add_argument("--trace", metavar="PATH", help="write step 0 as Chrome-trace JSON")
+    simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    simulate.set_defaults(handler=commands.cmd_simulate)
     return parser
 
 

@@ -324,3 +324,70 @@ def cmd_maxbatch(args) -> int:
     else:
         plots.plt.close(figure)
     return 0
+
+
+# --- simulate --------------------------------------------------------------------------
+
+
+def _one_pair(text: str, what: str) -> tuple[int, float] | None:
+    from simulator.variability import parse_factors
+
+    pairs = parse_factors(text, what)
+    if len(pairs) > 1:
+        raise ValueError(f"{what}: give one INDEX:SLOWDOWN, got {text!r}")
+    return next(iter(pairs.items()), None)
+
+
+def cmd_simulate(args) -> int:
+    from simulator import simulate
+    from simulator.trace import write_trace
+    from simulator.variability import parse_factors, parse_jitter
+
+    hardware = backends.hardware_for(args.hardware)
+    options = {}
+    if backends.is_ring(args.method):
+        options["overlap"] = not args.no_overlap
+        if args.tile:
+            options["tile"] = args.tile
+    sim = simulate(
+        args.method,
+        args.world,
+        args.batch,
+        args.dim,
+        args.dtype,
+        hardware,
+        steps=args.steps,
+        seed=args.seed,
+        jitter=parse_jitter(args.jitter),
+        stragglers=parse_factors(args.stragglers, "straggler"),
+        slow_node=_one_pair(args.slow_node, "slow node"),
+        slow_link=_one_pair(args.slow_link, "slow link"),
+        trace=bool(args.trace),
+        **options,
+    )
+    summary = sim.summary()
+    if args.trace:
+        summary["trace"] = str(write_trace(sim, args.trace))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    title = (
+        f"Simulated step of {sim.method}, W = {sim.world}, b = {sim.batch}, d = {sim.dim}, "
+        f"{sim.dtype} on {backends.hardware_label(hardware)}: {summary['steps']} steps, "
+        f"seed {sim.seed}"
+    )
+    table = Table(title=title)
+    for header in ("quantity", "step (ms)", "vs closed form (%)"):
+        _column(table, header)
+    for name in ("min", "p10", "median", "mean", "p90", "max", "predicted"):
+        value = summary[f"{name}_s"]
+        delta = (value / sim.predicted_s - 1) * 100 if sim.predicted_s > 0 else float("nan")
+        label = "closed form (simulator.predict)" if name == "predicted" else name
+        table.add_row(label, f"{value * 1e3:.4g}", f"{delta:+.1f}")
+    console.print(table)
+    console.print(f"jitter: {args.jitter or 'none'}; stragglers: {args.stragglers or 'none'}; "
+                  f"slow node: {args.slow_node or 'none'}; slow link: {args.slow_link or 'none'}")  # fmt: skip
+    if args.trace:
+        console.print(f"[bold green]trace written:[/bold green] {summary['trace']} "
+                      "(open in ui.perfetto.dev or chrome://tracing)")  # fmt: skip
+    return 0

@@ -115,6 +115,9 @@ class Slice:
     name: str
     cat: str
     """``compute``, ``wait``, ``p2p`` or ``collective``."""
+    lane: int
+    """0: the rank's own thread (compute, waits); 1, 2: bytes arriving on the ring's
+    forward and backward links (collectives on 1)."""
     start_s: np.ndarray
     end_s: np.ndarray
 
@@ -185,9 +188,9 @@ class Engine:
         offset = int(self.rng.integers(0, pool.size - n + 1))
         return pool[offset : offset + n].reshape(shape)
 
-    def _record(self, name, cat, start, end) -> None:
+    def _record(self, name, cat, start, end, lane=0) -> None:
         if self.slices is not None:
-            self.slices.append(Slice(name, cat, np.array(start[0]), np.array(end[0])))
+            self.slices.append(Slice(name, cat, lane, np.array(start[0]), np.array(end[0])))
 
     def compute(self, name: str, seconds: float) -> None:
         if seconds <= 0:
@@ -224,7 +227,7 @@ class Engine:
         d = base * self.worst_link * self._jitter("collective", (self.t.shape[0], 1))
         leave = arrive + d
         self._record(transfer.label, "collective", np.broadcast_to(arrive, self.t.shape),
-                     np.broadcast_to(leave, self.t.shape))  # fmt: skip
+                     np.broadcast_to(leave, self.t.shape), lane=1)  # fmt: skip
         if self.slices is not None and np.any(leave > self.t):
             self._record(f"wait {transfer.label}", "wait", self.t, np.maximum(self.t, leave))
         self.t = np.maximum(self.t, leave) + sync
@@ -243,7 +246,7 @@ class Engine:
         np.maximum(start, self.free[direction], out=start)
         done = start + price * link * self._jitter("p2p", p.shape)
         self.free[direction] = done
-        self._record(transfer.label, "p2p", start, done)
+        self._record(transfer.label, "p2p", start, done, lane=1 if direction > 0 else 2)
         complete = np.maximum(done, _roll(done, -shift))
         return _Pending(complete, sync, transfer.label)
 
