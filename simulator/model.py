@@ -76,7 +76,13 @@ with it.
 Assumptions: every rank does the same work (the slowest rank sets the step, and they
 are all equal); transfers of one phase run one after the other on the link; a phase's
 compute time is linear in its FLOPs and elements at the profile's rates, plus ``o``;
-the first exchange of an overlapped ring is priced like the others.
+the first exchange of an overlapped ring is priced like the others. The event simulator
+(:func:`simulator.simulate`, ``docs/simulator.md``) runs every rank's timeline on these same
+prices and is the reference where the assumptions part: it counts a ring's fill and drain
+(on GPU profiles the closed form stays within one round per ring pass of it), prices each
+hop on its own network level, shares a node's cores among the ranks busy at the time
+(processor sharing), and, without overlap, waits for the two chains of a bidirectional
+ring one after the other, as the code does, where this form lets them run at once.
 
 Not modelled: contention with traffic outside the loss (gradient all-reduce of the
 model), NCCL protocol switches with message size (LL / LL128 / Simple), congestion in
