@@ -353,15 +353,6 @@ def predict(
     )
 
 
-RANK_CHECK_LABEL = "rank_check"
-"""``profiling.losses.checks.check_ranks`` skips its all-gather on one rank."""
-
-
-def _called_alone(transfer: Transfer) -> bool:
-    """Whether the code still calls this collective at ``W = 1`` (moving nothing)."""
-    return transfer.op != "p2p" and transfer.label != RANK_CHECK_LABEL
-
-
 def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, world):
     """Time terms of every phase, summed (module docstring)."""
     matmul_rate = _rate(hw.compute.matmul_flops_per_s, compute_dtype, "matmul", hw)
@@ -388,7 +379,7 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
         flops = np.asarray(phase.matmul_flops, dtype=np.float64)
         elems = np.asarray(phase.pointwise_elems, dtype=np.float64)
         overhead = np.where(flops + elems > 0, hw.compute.phase_overhead_s, 0.0)
-        calls = sum(float(_called_alone(t)) for t in phase.transfers)
+        calls = sum(float(t.called_alone) for t in phase.transfers)
         overhead = overhead + np.where(w == 1, calls * hw.compute.collective_call_s, 0.0)
         compute = fixed_scale * overhead + (flops / matmul_rate + elems / pointwise_rate) / (
             parallel_cores

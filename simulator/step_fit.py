@@ -41,7 +41,6 @@ import torch
 CALIBRATION_BATCHES: tuple[int, ...] = (16, 48, 96, 192, 384)
 CALIBRATION_DIMS: tuple[int, ...] = (32, 128)
 QUICK_BATCHES: tuple[int, ...] = (16, 96)
-RANK_CHECK_LABEL = "rank_check"
 STEPS_ONE_RANK = 40
 """Timed steps per calibration point at ``W = 1``: as many as the default experiment
 times, so that the lower quartile the fit reads (``simulator.model.STEP_STATISTIC``) is
@@ -95,15 +94,9 @@ def step_points(methods, batches, dims, dtype: str) -> list[StepPoint]:
                     phases += repeat * (f + e > 0)
                     flops += repeat * f
                     elems += repeat * e
-                    calls += repeat * sum(called_at_world_one(t) for t in phase.transfers)
+                    calls += repeat * sum(t.called_alone for t in phase.transfers)
                 points.append(StepPoint(name, b, d, dtype, phases, flops, elems, calls))
     return points
-
-
-def called_at_world_one(transfer) -> bool:
-    """Whether the code calls this collective at ``W = 1`` (every one but the rank check,
-    which ``profiling.losses.checks.check_ranks`` skips on one rank)."""
-    return transfer.op != "p2p" and transfer.label != RANK_CHECK_LABEL
 
 
 def step_worker(rank: int, world: int, points: list[dict], steps: int, warmup: int):

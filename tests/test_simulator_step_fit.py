@@ -118,6 +118,7 @@ def _method_with_gather():
             bytes_sent=0 * shape.world,
             bytes_received=0 * shape.world,
             messages=0 * shape.world,
+            called_alone=False,
         )
         return Schedule((
             Phase(name="check", pass_="forward", repeat=1, transfers=(check,)),

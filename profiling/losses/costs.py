@@ -11,8 +11,11 @@ def block_flops(rows, cols, dim):
     return 3 * 2 * rows * cols * dim
 
 
-def symmetric(op, label, nbytes, messages, *, peer="ring", directions=1) -> Transfer:
-    """A transfer that receives as many bytes as it sends (every op of these methods)."""
+def symmetric(
+    op, label, nbytes, messages, *, peer="ring", directions=1, called_alone=None
+) -> Transfer:
+    """A transfer that receives as many bytes as it sends (every op of these methods).
+    ``called_alone`` defaults to: collectives yes, p2p no (see ``Transfer``)."""
     return Transfer(
         op=op,
         label=label,
@@ -21,16 +24,26 @@ def symmetric(op, label, nbytes, messages, *, peer="ring", directions=1) -> Tran
         messages=messages,
         peer=peer,
         directions=directions,
+        called_alone=op != "p2p" if called_alone is None else called_alone,
     )
 
 
 def rank_check_phase(shape: Shape) -> Phase:
-    """The cross-rank shape check: an all-gather of 32 bytes per rank (``checks``)."""
+    """The cross-rank check: an all-gather of ``RANK_CHECK_BYTES`` per rank (``checks``),
+    skipped on one rank."""
     w = shape.world
     nbytes = (w - 1) * RANK_CHECK_BYTES * shape.check_ranks
     return Phase(
         name="rank check",
         pass_="forward",
         repeat=1,
-        transfers=(symmetric("all_gather", "rank_check", nbytes, (w - 1) * shape.check_ranks),),
+        transfers=(
+            symmetric(
+                "all_gather",
+                "rank_check",
+                nbytes,
+                (w - 1) * shape.check_ranks,
+                called_alone=False,
+            ),
+        ),
     )

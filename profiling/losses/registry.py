@@ -88,6 +88,9 @@ class Transfer:
     rank further away; the topology decides which link it crosses)."""
     directions: int = 1
     """Links used at once: 2 when a bidirectional ring sends both ways in one round."""
+    called_alone: bool = True
+    """Whether the code still calls this operation at ``W = 1`` (moving nothing): true of
+    collectives on the data; false of p2p and of checks the code skips on one rank."""
 
     @property
     def key(self) -> str:

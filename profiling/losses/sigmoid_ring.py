@@ -224,14 +224,15 @@ def home_block_phase(shape: Shape, flops) -> Phase:
 
 
 def upstream_phase(shape: Shape) -> Phase:
-    """Backward's all-gather of the W upstream scalars (one block-math element each)."""
+    """Backward's all-gather of the W upstream scalars (one block-math element each),
+    skipped on one rank."""
     w = shape.world
     nbytes = (w - 1) * shape.compute_bytes
     return Phase(
         name="upstream scalars",
         pass_="backward",
         repeat=1,
-        transfers=(symmetric("all_gather", "upstream", nbytes, w - 1),),
+        transfers=(symmetric("all_gather", "upstream", nbytes, w - 1, called_alone=False),),
     )
 
 
