@@ -1,4 +1,9 @@
-"""Live-tensor memory tracking that works on any device, CPU included.
+"""Peak memory of one step, two ways: live tensors and the allocator.
+
+:class:`AllocatorTracker` is the ground truth: the peak of bytes the allocator holds
+during the step, above its level at the start, every allocation counted (operator
+scratch included). :class:`LiveTensorTracker` is the second view: bytes of tensors the
+step's Python-visible operators create, which names what holds the memory.
 
 :class:`LiveTensorTracker` is a ``TorchDispatchMode``: every tensor produced by an
 operator while it is active is attributed to its storage, and a weak-reference
@@ -9,10 +14,10 @@ buffers), so the running total is the bytes held by tensors created since the tr
 started. Tensors that existed before (the loss inputs) are not counted; their gradients,
 created during backward, are.
 
-This is the definition the cost model's peak memory uses: the peak, during one forward
-and backward of the loss, of bytes held by tensors created in that step. It counts
-tensor storage only, not allocator rounding, the CUDA context or NCCL buffers (see
-``profiling.measure`` for the allocator, NVML and RSS views).
+The live peak counts tensor storage only: not scratch an operator allocates and frees
+inside itself, nor allocator rounding, the CUDA context or NCCL buffers. The cost
+model's peak memory is validated against the allocator peak (``profiling.measure``
+records both, and NVML and RSS beside them).
 
 The mode is thread-local: it sees the operators of the thread that entered it, and of
 autograd's backward on CPU (which runs in that thread). Use it around the forward and
@@ -27,6 +32,8 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from profiling import cpu_allocator
 
 
 class LiveTensorTracker(TorchDispatchMode):
@@ -79,3 +86,57 @@ class LiveTensorTracker(TorchDispatchMode):
             if isinstance(item, torch.Tensor) and id(item.untyped_storage()) not in inputs:
                 self._track(item)
         return out
+
+
+class AllocatorTracker:
+    """Peak bytes held by the allocator during a ``with`` block, above the level at entry.
+
+    Every allocation the allocator serves is counted, operator scratch included (what
+    :class:`LiveTensorTracker` cannot see). After the block:
+
+    * ``peak_bytes``: ``max_t (allocated(t) − allocated(entry))``, never below 0;
+    * ``peak_reserved_bytes``: CUDA only, the caching allocator's largest reservation
+      during the block (absolute: blocks it already held count), else None.
+
+    CUDA: ``torch.cuda.reset_peak_memory_stats`` at entry, then ``max_memory_allocated``
+    and ``max_memory_reserved`` (device synchronised at both ends). CPU: the counting
+    allocator of ``profiling.cpu_allocator`` (bytes as requested, every thread, exact).
+    Both count every thread's allocations in the process, so they need the device to
+    themselves: with ``own_device`` False (ranks run as threads) both stay None.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", *, own_device: bool = True) -> None:
+        self.device = torch.device(device)
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"AllocatorTracker: no allocator view for device {self.device}")
+        self.own_device = own_device
+        self.peak_bytes: int | None = None
+        self.peak_reserved_bytes: int | None = None
+        self._base_bytes = 0
+        self._counter = cpu_allocator.counter() if self._cpu else None
+
+    @property
+    def _cpu(self) -> bool:
+        return self.own_device and self.device.type == "cpu"
+
+    def __enter__(self) -> AllocatorTracker:
+        if not self.own_device:
+            return self
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base_bytes = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base_bytes = self._counter.reset_peak()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.own_device:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(self.device))
+        else:
+            peak = self._counter.peak_bytes()
+        self.peak_bytes = max(int(peak) - self._base_bytes, 0)

@@ -1,0 +1,110 @@
+"""Count every byte PyTorch's CPU allocator hands out: a wrapper allocator with a peak.
+
+PyTorch keeps no allocator statistics on CPU. :func:`counter` builds (once per machine,
+cached by ``torch.utils.cpp_extension``) and installs a C++ allocator that wraps the
+current CPU allocator (``c10::SetCPUAllocator``): each allocation adds its requested
+bytes to a process-wide atomic level and raises the peak; the block's deleter subtracts
+them, whichever thread frees it. So the level counts every thread's allocations (gloo's
+worker threads included) and every operator's scratch, exactly, at the cost of one small
+context object and two atomic operations per allocation. Blocks allocated before the
+wrapper was installed are not counted, and neither are their frees.
+
+Why not ``torch.profiler(profile_memory=True)``: its ``[memory]`` events come only from
+the profiled thread, so a block that a gloo worker thread frees (a finished collective's
+buffers) stays counted, and what that thread allocates is never seen; it also costs tens
+of microseconds per operator (``docs/allocator-peak.md``).
+
+The counter is process-wide: measure one step at a time, in a process that runs one rank.
+"""
+
+from __future__ import annotations
+
+import functools
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <c10/core/CPUAllocator.h>
+#include <atomic>
+
+namespace {
+
+std::atomic<int64_t> level{0};
+std::atomic<int64_t> peak{0};
+
+struct Block {
+  c10::DataPtr inner;
+  int64_t nbytes;
+};
+
+void release(void* ctx) {
+  auto* block = static_cast<Block*>(ctx);
+  level.fetch_sub(block->nbytes);
+  delete block;  // frees the wrapped allocation through its own deleter
+}
+
+struct CountingAllocator final : c10::Allocator {
+  c10::Allocator* base;
+  explicit CountingAllocator(c10::Allocator* wrapped) : base(wrapped) {}
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr inner = base->allocate(n);
+    void* data = inner.get();
+    c10::Device device = inner.device();
+    auto* block = new Block{std::move(inner), static_cast<int64_t>(n)};
+    int64_t now = level.fetch_add(block->nbytes) + block->nbytes;
+    int64_t seen = peak.load();
+    while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+    }
+    return {data, block, &release, device};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+};
+
+CountingAllocator* installed = nullptr;
+
+void install() {
+  if (installed == nullptr) {
+    installed = new CountingAllocator(c10::GetCPUAllocator());
+    c10::SetCPUAllocator(installed, /*priority=*/100);
+  }
+}
+
+int64_t reset_peak() {
+  int64_t now = level.load();
+  peak.store(now);
+  return now;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("install", &install, "wrap the CPU allocator (idempotent)");
+  m.def("level_bytes", []() { return level.load(); }, "bytes held now");
+  m.def("peak_bytes", []() { return peak.load(); }, "largest level since reset_peak");
+  m.def("reset_peak", &reset_peak, "peak := level; returns the level");
+}
+"""
+
+EXTENSION_NAME = "sigsim_cpu_allocator_v1"
+"""Name of the built extension (bump the suffix when ``_SOURCE`` changes)."""
+
+
+@functools.cache
+def counter():
+    """The installed counter (module with ``level_bytes``, ``peak_bytes``, ``reset_peak``).
+
+    Builds the extension on first use (a C++ compiler and ninja are needed, about a
+    minute); raises RuntimeError with one line if it cannot be built.
+    """
+    from torch.utils import cpp_extension
+
+    try:
+        module = cpp_extension.load_inline(
+            name=EXTENSION_NAME, cpp_sources=[_SOURCE], extra_cflags=["-O2"], verbose=False
+        )
+    except (RuntimeError, OSError, ImportError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RuntimeError(f"CPU allocator counter could not be built: {first}") from exc
+    module.install()
+    return module
