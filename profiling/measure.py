@@ -20,10 +20,14 @@ Method, per point: ``warmup`` untimed steps, then ``steps`` timed steps. Each ti
 starts at a barrier; forward, backward and total are timed with ``time.perf_counter``
 on CPU and CUDA events on GPU, then reduced across ranks by the maximum (the slowest
 rank sets the step); the record holds median / p10 / p25 / p90 / min / max over steps. Peak
-memory comes from separate untimed steps (the live-tensor tracker slows every operator
-down and is never active while timing). Traffic and its cross-checks are in
-``profiling.traffic``. Inputs: per rank, ``b×d`` standard normal rows from a generator
-seeded by (seed, rank), L2-normalised, cast to the dtype, ``requires_grad``;
+memory comes from one separate untimed step under both trackers of ``profiling.memory``
+(the live-tensor tracker slows every operator down and is never active while timing):
+``peak_alloc_bytes``, the allocator's peak above the step's starting level (the ground
+truth the cost model is validated against), and ``peak_live_bytes`` beside it. On CPU
+the counting allocator (``profiling.cpu_allocator``) is installed before warm-up, so
+every step runs through it. Traffic and its cross-checks are in ``profiling.traffic``.
+Inputs: per rank, ``b×d`` standard normal rows from a generator seeded by (seed, rank),
+L2-normalised, cast to the dtype, ``requires_grad``;
 ``logit_scale = exp(log 10)`` from a learnable 0-d tensor; ``logit_bias = -10`` (learnable)
 for sigmoid methods. Ranks keep freed host memory (``profiling.host_allocator``; the
 record's ``host_allocator`` says what was set).
@@ -41,10 +45,10 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from profiling import comm, host_allocator, traffic
+from profiling import comm, cpu_allocator, host_allocator, traffic
 from profiling.losses import build_loss, get_method
 from profiling.losses.registry import TORCH_DTYPES
-from profiling.memory import LiveTensorTracker
+from profiling.memory import AllocatorTracker, LiveTensorTracker
 from profiling.point import EXACT_MAX_WORLD, PointConfig, parse_fault, validate_point
 
 __all__ = [  # the measurement API in one import (config and validation from point)
@@ -227,25 +231,28 @@ def _timed_steps(config, group, transport, loss_module, inputs, device):
     return per_step, rec
 
 
-def _memory_views(loss_module, inputs, transport, device) -> dict:
-    """Peak memory of one untimed step four ways (live tensors, allocator, NVML, RSS)."""
-    out = {"peak_cuda_allocated_bytes": None, "nvml_used_bytes": None}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        forward(loss_module, inputs).backward()
-        torch.cuda.synchronize(device)
-        out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
-        out["nvml_used_bytes"] = traffic.nvml_used_bytes(device)
-    with LiveTensorTracker() as tracker:
+def _memory_views(loss_module, inputs, device, own_device: bool) -> dict:
+    """Peak memory of one untimed step: the allocator's and the live tensors' (both
+    trackers around the same forward + backward), then NVML and RSS after it."""
+    for leaf in inputs.leaves:  # last step's gradients go before the starting level
+        leaf.grad = None
+    with (
+        AllocatorTracker(device, own_device=own_device) as allocator,
+        LiveTensorTracker() as tracker,
+    ):
         value = forward(loss_module, inputs)
         value.backward()
-        out["peak_live_bytes"] = tracker.peak_bytes
-    out["loss"] = float(value.detach())
-    out["rss_bytes"] = psutil.Process().memory_info().rss
-    out["rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return out
+    cuda = device.type == "cuda"
+    return {
+        "peak_alloc_bytes": allocator.peak_bytes,
+        "peak_reserved_bytes": allocator.peak_reserved_bytes,
+        "peak_live_bytes": tracker.peak_bytes,
+        "peak_cuda_allocated_bytes": allocator.peak_bytes if cuda else None,
+        "nvml_used_bytes": traffic.nvml_used_bytes(device) if cuda else None,
+        "loss": float(value.detach()),
+        "rss_bytes": psutil.Process().memory_info().rss,
+        "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def measure_point(config, group, transport, device, loss=None, real_comm=True) -> dict:
@@ -255,12 +262,16 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
     """
     loss_module = loss if loss is not None else build_loss(config.method, **config.loss_options())
     inputs = make_inputs(config, group.rank, device)
+    # Thread ranks (exact emulation) share the process's allocator: no allocator view.
+    own_device = isinstance(group, (DistGroup, SoloGroup))
+    if own_device and device.type == "cpu":
+        cpu_allocator.counter()  # built and installed before warm-up: every step the same
     with comm.use_transport(transport):
         for _ in range(config.warmup):
             forward(loss_module, inputs).backward()
         _inject(config.fault, group.rank, device)
         per_step, rec = _timed_steps(config, group, transport, loss_module, inputs, device)
-        memory = _memory_views(loss_module, inputs, transport, device)
+        memory = _memory_views(loss_module, inputs, device, own_device)
         if config.profile and real_comm:
             cross = traffic.cross_check(
                 lambda: forward(loss_module, inputs).backward(), transport, rec, group, device
