@@ -188,6 +188,29 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--trace", metavar="PATH", help="write step 0 as Chrome-trace JSON")
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
     simulate.set_defaults(handler=commands.cmd_simulate)
+
+    trace = sub.add_parser(
+        "trace",
+        help="measured and simulated Chrome traces of one point, side by side",
+        description="Run one point on W local gloo ranks, profile one step (after --warmup "
+        "steps) with torch.profiler on every rank, merge the ranks into one Chrome trace "
+        "(one process per rank, one clock) and write the simulated step in the same layout "
+        "next to it: OUT/measured.json and OUT/simulated.json, for Perfetto.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    trace.add_argument("--method", default="sigmoid-ring", help="a registered method")
+    trace.add_argument("--world", type=int, default=4, help="W, ranks (local processes)")
+    trace.add_argument("--batch", type=int, default=256, help="b, examples per rank")
+    trace.add_argument("--dim", type=int, default=128, help="d, embedding width (elements)")
+    trace.add_argument("--dtype", default="fp32", choices=sweep_config.DTYPES)
+    _hardware_option(trace, "this machine's calibrated profile, else h100-sxm (simulated side)")
+    trace.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps before the profiled one"
+    )
+    trace.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
+    trace.add_argument("--out", default="traces", help="folder for measured.json, simulated.json")
+    trace.set_defaults(handler=commands.cmd_trace)
     return parser
 
 

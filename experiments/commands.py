@@ -391,3 +391,33 @@ def cmd_simulate(args) -> int:
         console.print(f"[bold green]trace written:[/bold green] {summary['trace']} "
                       "(open in ui.perfetto.dev or chrome://tracing)")  # fmt: skip
     return 0
+
+
+def cmd_trace(args) -> int:
+    from simulator import simulate
+    from simulator.measured_trace import STEP, measure_trace, write_json
+    from simulator.trace import write_trace
+
+    hardware = backends.hardware_for(args.hardware)
+    options = {"overlap": not args.no_overlap} if backends.is_ring(args.method) else {}
+    sim = simulate(args.method, args.world, args.batch, args.dim, args.dtype, hardware,
+                   steps=1, trace=True, **options)  # fmt: skip
+    console.print(f"measuring one step of {args.method} on {args.world} gloo ranks ...")
+    measured = measure_trace(
+        args.method, args.world, args.batch, args.dim, args.dtype, warmup=args.warmup, **options
+    )
+    out = Path(args.out)
+    paths = (write_json(measured, out / "measured.json"), write_trace(sim, out / "simulated.json"))
+    steps = [e for e in measured["traceEvents"] if e["name"] == STEP]
+    measured_s = max(e["ts"] + e["dur"] for e in steps) / 1e6
+    table = Table(title=f"{args.method}, W = {args.world}, b = {args.batch}, d = {args.dim}, "
+                        f"{args.dtype}: one step")  # fmt: skip
+    for header in ("quantity", "step (ms)", "source"):
+        _column(table, header)
+    table.add_row("measured", f"{measured_s * 1e3:.4g}", "torch.profiler, gloo, this machine")
+    table.add_row("simulated", f"{sim.step_time_s[0] * 1e3:.4g}", backends.hardware_label(hardware))
+    console.print(table)
+    for path in paths:
+        console.print(f"[bold green]written:[/bold green] {path}")
+    console.print("open both in ui.perfetto.dev or chrome://tracing")
+    return 0

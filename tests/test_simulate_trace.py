@@ -83,3 +83,29 @@ def test_a_simulation_without_timeline_has_no_trace():
     traced = simulate("sigmoid-ring", 2, 8, 8, hardware="h100-sxm", steps=1, trace=True)
     ends = [float(np.max(s.end_s)) for s in traced.timeline]
     assert max(ends) == pytest.approx(float(traced.step_time_s[0]))
+
+
+def test_sigsim_trace_writes_measured_and_simulated_side_by_side(tmp_path, capsys):
+    """One W = 2 gloo point, profiled: both files have a process per rank, compute and
+    communication slices, and the same communication labels."""
+    world = 2
+    args = ["trace", "--method", "sigmoid-ring", "--world", str(world), "--batch", "16"]
+    args += ["--dim", "8", "--hardware", "h100-sxm", "--warmup", "1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "measured" in out and "simulated" in out
+    labels = {}
+    for name in ("measured", "simulated"):
+        events = json.loads((tmp_path / f"{name}.json").read_text())["traceEvents"]
+        names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+        assert names == {r: f"rank {r}" for r in range(world)}, name
+        slices = [e for e in events if e["ph"] == "X"]
+        for rank in range(world):
+            cats = {e["cat"] for e in slices if e["pid"] == rank}
+            assert {"compute", "p2p", "collective"} <= cats, (name, rank, cats)
+        assert min(e["ts"] for e in slices) >= 0
+        labels[name] = {e["name"] for e in slices if e["cat"] in ("p2p", "collective", "wait")}
+    assert {"p2p:sigmoid.payload", "p2p:sigmoid.acc", "all_gather:rank_check"} <= labels["measured"]
+    comm = {label for label in labels["simulated"] if not label.startswith("wait ")}
+    assert comm <= labels["measured"]
+    assert {label.removeprefix("wait ") for label in labels["measured"]} == comm
