@@ -7,20 +7,25 @@ bounded whatever ``b``. ``diag`` is the column offset of row 0's positive pair i
 block (``None``: the block holds negatives only); inside a tile the positives are a
 diagonal, found with ``Tensor.diagonal(offset)``.
 
+The logit scale ``t`` and bias ``β`` are 0-d tensors, never read on the host (no device
+synchronisation). Gradient accumulators are *unscaled*: ``Dx += G·y``, ``Dy += Gᵀ·x``
+with ``G = ∂loss/∂l``; the caller multiplies by ``t`` once at the end, and gets the
+scale's gradient from the same sums, ``Σ_ij G_ij·(x_i·y_j) = ⟨x, Dx⟩`` (so no per-tile
+pass over ``G⊙cos`` is needed).
+
 Sigmoid, per pair ``l = t·x·y + β``, ``z = +1`` on positives, ``-1`` elsewhere::
 
     loss  = Σ softplus(l) − Σ_pos l                    (= Σ −log σ(z·l))
-    G     = ∂loss/∂l = σ(l) − [pos]
-    dx   += t·G·y,   dy += t·Gᵀ·x,   dt += Σ G⊙(x·yᵀ),   dβ += Σ G
+    G     = σ(l) − [pos],   dβ = Σ G
 
 Softmax, with ``S = t·x·yᵀ``: :func:`softmax_stats` folds a block into running row and
 column log-sum-exps; :func:`softmax_grad` forms
 ``G = c_row·exp(S − lse_row) + c_col·exp(S − lse_col) − (c_row + c_col)·[pos]`` and
-accumulates ``dx``, ``dy`` and ``dt``; :func:`softmax_rows_fused` does loss and gradient
-of the row term in one pass over a full ``b×N`` block (all-gather methods).
+accumulates ``Dx`` and ``Dy``; :func:`softmax_rows_fused` does loss and gradient of the
+row term in one pass over a full ``b×N`` block (all-gather methods).
 
 Matmul FLOPs per tile of ``m×n`` pairs: ``2·m·n·d`` for the logits, and as much again for
-each of ``dx`` and ``dy``.
+each of ``Dx`` and ``Dy``.
 """
 
 from __future__ import annotations
@@ -31,13 +36,13 @@ import torch.nn.functional as F
 _DOT_CHUNK = 2**31 - 1  # cuBLAS dot takes 32-bit lengths
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``Σ a⊙b`` over two equal-shape contiguous tensors, without a temporary."""
     a, b = a.reshape(-1), b.reshape(-1)
     if a.numel() <= _DOT_CHUNK:
         return torch.dot(a, b)
     return sum(
-        torch.dot(x, y) for x, y in zip(a.split(_DOT_CHUNK), b.split(_DOT_CHUNK), strict=True)
+        torch.dot(u, v) for u, v in zip(a.split(_DOT_CHUNK), b.split(_DOT_CHUNK), strict=True)
     )
 
 
@@ -59,12 +64,12 @@ def _tiles(x, y, tile, diag):
             yield slice(i0, i1), slice(j0, j1), k
 
 
-def sigmoid_block(x, y, t: float, bias: float, *, diag, tile, dx, dy, sums) -> None:
-    """Add the sigmoid loss of ``x`` vs ``y`` to ``sums[0]``; gradients into ``dx``, ``dy``.
+def sigmoid_block(x, y, t, bias, *, diag, tile, dx, dy, sums) -> None:
+    """Add the sigmoid loss of ``x`` vs ``y`` to ``sums[0]``; ``Dx``, ``Dy`` into ``dx``, ``dy``.
 
-    ``sums`` is a 3-vector (loss, dt, dβ), filled with dt and dβ when ``dx`` is given;
-    ``dx`` and ``dy`` None skip the gradient work; ``dx`` None with ``dy`` given computes
-    the text gradient alone (the exact second trip of the sigmoid rings' backward).
+    ``sums`` is a 2-vector (loss, dβ), dβ filled when ``dx`` is given; ``dx`` and ``dy``
+    None skip the gradient work; ``dx`` None with ``dy`` given computes the text
+    gradient alone (the exact second trip of the sigmoid rings' backward).
     """
     for rows, cols, k in _tiles(x, y, tile, diag):
         tile_dx = dx[rows] if dx is not None else None
@@ -76,7 +81,7 @@ def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums) -> None:
     # One function per tile: its scratch (cosines, logits, softplus) is freed on return,
     # so at most 3 tiles of scratch are ever alive.
     cos = x @ y.T
-    logits = torch.mul(cos, t).add_(bias)
+    logits = torch.addcmul(bias, cos, t)  # β + t·cos in one pass
     if dx is not None or dy is None:
         sums[0] += F.softplus(logits).sum()
         if k is not None:
@@ -87,14 +92,13 @@ def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums) -> None:
     if k is not None:
         g.diagonal(k).sub_(1)
     if dx is not None:
-        sums[1] += _dot(g, cos)
-        sums[2] += g.sum()
-        dx.addmm_(g, y, alpha=t)
+        sums[1] += g.sum()
+        dx.addmm_(g, y)
     if dy is not None:
-        dy.addmm_(g.T, x, alpha=t)
+        dy.addmm_(g.T, x)
 
 
-def softmax_stats(x, y, t: float, *, tile, row_lse, col_lse) -> None:
+def softmax_stats(x, y, t, *, tile, row_lse, col_lse) -> None:
     """Fold ``S = t·x·yᵀ`` into running log-sum-exps over rows and columns (in place)."""
     for rows, cols, _ in _tiles(x, y, tile, None):
         s = (x[rows] @ y[cols].T).mul_(t)
@@ -103,47 +107,44 @@ def softmax_stats(x, y, t: float, *, tile, row_lse, col_lse) -> None:
         del s
 
 
-def softmax_grad(x, y, t: float, *, tile, row_lse, row_coef, col_lse, col_coef, diag, dx, dy, sums):
-    """Accumulate ``dx``, ``dy`` and ``sums[1]`` (dt) for the softmax loss over one block.
+def softmax_grad(x, y, t, *, tile, row_lse, row_coef, col_lse, col_coef, diag, dx, dy):
+    """Accumulate the softmax loss's ``Dx``, ``Dy`` over one block (unscaled by ``t``).
 
     ``row_coef``/``col_coef`` are 0-d tensors: upstream gradient / (2b) of the rank that
     owns the rows (images) and of the rank that owns the columns (texts).
     """
     for rows, cols, k in _tiles(x, y, tile, diag):
         lse = (row_lse[rows], row_coef, col_lse[cols], col_coef)
-        _softmax_grad_tile(x[rows], y[cols], t, lse, k, dx[rows], dy[cols], sums)
+        _softmax_grad_tile(x[rows], y[cols], t, lse, k, dx[rows], dy[cols])
 
 
-def _softmax_grad_tile(x, y, t, lse, k, dx, dy, sums) -> None:
+def _softmax_grad_tile(x, y, t, lse, k, dx, dy) -> None:
     row_lse, row_coef, col_lse, col_coef = lse
-    cos = x @ y.T
-    s = torch.mul(cos, t)
+    s = (x @ y.T).mul_(t)
     g = (s - row_lse[:, None]).exp_().mul_(row_coef)
     g.add_(s.sub_(col_lse[None, :]).exp_().mul_(col_coef))
     del s
     if k is not None:
         g.diagonal(k).sub_(row_coef + col_coef)
-    sums[1] += _dot(g, cos)
-    dx.addmm_(g, y, alpha=t)
-    dy.addmm_(g.T, x, alpha=t)
+    dx.addmm_(g, y)
+    dy.addmm_(g.T, x)
 
 
-def softmax_rows_fused(x, y, t: float, *, diag: int, dx, dy, sums) -> None:
+def softmax_rows_fused(x, y, t, *, diag: int, dx, dy, sums) -> None:
     """Row term of the softmax loss over a full block, one pass; unscaled (coefficient 1).
 
-    ``sums[0] += Σ_rows (lse − S_pos)``, ``sums[1] += Σ G⊙cos`` with ``G = softmax − onehot``;
-    ``dx += t·G·y``, ``dy += t·Gᵀ·x``. Used by the all-gather method on ``b×N`` blocks.
+    ``sums[0] += Σ_rows (lse − S_pos)`` with ``G = softmax − onehot``: ``Dx += G·y``,
+    ``Dy += Gᵀ·x``. Used by the all-gather method on ``b×N`` blocks.
     """
-    cos = x @ y.T
-    s = torch.mul(cos, t)
+    s = (x @ y.T).mul_(t)
     # log-sum-exp in place (torch.logsumexp would allocate a b×N temporary):
     # lse = m + log Σ exp(S − m), m the row max; G = exp(S − m) / Σ exp(S − m) − onehot.
     m = s.amax(1)
+    sums[0] -= s.diagonal(diag).sum()
     g = s.sub_(m[:, None]).exp_()
     total = g.sum(1)
-    sums[0] += total.log().add_(m).sum() - t * cos.diagonal(diag).sum()
+    sums[0] += total.log().add_(m).sum()
     g.div_(total[:, None])
     g.diagonal(diag).sub_(1)
-    sums[1] += _dot(g, cos)
-    dx.addmm_(g, y, alpha=t)
-    dy.addmm_(g.T, x, alpha=t)
+    dx.addmm_(g, y)
+    dy.addmm_(g.T, x)

@@ -49,14 +49,14 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
         # collective returns, and keeping it makes the peak independent of that timing.
         gathered = transport.all_gather(y, "sigmoid.texts")
         texts = gathered.to(cdt)
-        sums = torch.zeros(3, dtype=cdt, device=x.device)
+        sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss, dβ
         dx = torch.zeros_like(xc) if want_grad else None
         dtexts = torch.zeros_like(texts) if want_grad else None
         blocks.sigmoid_block(
             xc,
             texts,
-            float(scale),
-            float(bias),
+            scale,
+            bias,
             diag=transport.rank * b,
             tile=None,
             dx=dx,
@@ -65,8 +65,9 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
         )
         del texts, gathered
         if want_grad:
-            inv_b = 1.0 / b
-            ctx.grads = (dx.mul_(inv_b), dtexts.mul_(inv_b), sums[1] * inv_b, sums[2] * inv_b)
+            dt = blocks.dot(xc, dx) / b  # Σ G⊙(x·yᵀ) = ⟨x, G·Y⟩
+            coef = scale / b
+            ctx.grads = (dx.mul_(coef), dtexts.mul_(coef), dt, sums[1] / b)
             ctx.transport = transport
         return sums[0] / b
 

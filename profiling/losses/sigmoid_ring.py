@@ -79,9 +79,8 @@ class _SigmoidRingFunction(torch.autograd.Function):
         x, y = x.to(wire), y.to(wire)
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
-        t, beta = float(scale), float(bias)
         xc = x.to(cdt)
-        sums = torch.zeros(3, dtype=cdt, device=x.device)  # loss, dt, dβ
+        sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss, dβ
         dx = torch.zeros_like(xc) if want_grad else None
 
         def visit(payload, owner, dy):
@@ -89,7 +88,9 @@ class _SigmoidRingFunction(torch.autograd.Function):
                 dy.zero_()
             diag = 0 if owner == transport.rank else None
             texts = payload[0].to(cdt)
-            blocks.sigmoid_block(xc, texts, t, beta, diag=diag, tile=tile, dx=dx, dy=dy, sums=sums)
+            blocks.sigmoid_block(
+                xc, texts, scale, bias, diag=diag, tile=tile, dx=dx, dy=dy, sums=sums
+            )
 
         dy, returned = ring.ring_pass(
             transport,
@@ -104,9 +105,10 @@ class _SigmoidRingFunction(torch.autograd.Function):
         if want_grad:
             for part in returned:
                 dy.add_(part)
-            inv_b = 1.0 / b
-            ctx.grads = (dx.mul_(inv_b), dy.mul_(inv_b), sums[1] * inv_b, sums[2] * inv_b)
-            ctx.setup = (wire, t, beta, transport, chains, tile, overlap)
+            dt = blocks.dot(xc, dx) / b  # Σ G⊙(x·yᵀ) = ⟨x, Σ G·y⟩ (``blocks``)
+            coef = scale / b
+            ctx.grads = (dx.mul_(coef), dy.mul_(coef), dt, sums[1] / b)
+            ctx.setup = (wire, scale.detach(), bias.detach(), transport, chains, tile, overlap)
         return sums[0] / b
 
     @staticmethod
@@ -144,8 +146,8 @@ def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, til
     x, y = x.to(wire), y.to(wire)  # the forward's rounding, redone
     cdt = compute_dtype(x.dtype)
     xc = x.to(cdt)
-    coef = grad_loss / x.shape[0]
-    unused = torch.zeros(3, dtype=cdt, device=x.device)
+    coef = grad_loss * t / x.shape[0]
+    unused = torch.zeros(2, dtype=cdt, device=x.device)
 
     def visit(payload, owner, dy):
         dy.zero_()

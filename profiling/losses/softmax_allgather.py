@@ -23,7 +23,7 @@ Peak memory per rank grows with W (``N = W·b``)::
     gathered images and texts      2·N·d·s (+ 2·N·d·c fp32 copies for half inputs)
     their gradients                2·N·d·c
     dx, dy                         2·b·d·c (+ 2·b·d·c fp32 copies for half inputs)
-    logit block                    2·b·N·c (cosines, then logits turned into G in place)
+    logit block                    b·N·c   (logits, turned into G in place)
     row statistics                 3·b·c   (row max, row sum and its log: the
                                             log-sum-exp is done in place, no b×N scratch)
 """
@@ -47,9 +47,8 @@ class _SoftmaxAllGatherFunction(torch.autograd.Function):
         x, y = x.to(wire), y.to(wire)
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
-        t = float(scale)
         xc, yc = x.to(cdt), y.to(cdt)
-        sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss·2b, dt·2b
+        sums = torch.zeros(1, dtype=cdt, device=x.device)  # loss·2b
         # Gathered tensors are kept until the blocks are done (see sigmoid_allgather).
         gathered = (
             transport.all_gather(x, "softmax.images"),
@@ -59,15 +58,16 @@ class _SoftmaxAllGatherFunction(torch.autograd.Function):
         dx, dy = torch.zeros_like(xc), torch.zeros_like(yc)
         dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)
         diag = transport.rank * b
-        blocks.softmax_rows_fused(xc, texts, t, diag=diag, dx=dx, dy=dtexts, sums=sums)
-        blocks.softmax_rows_fused(yc, images, t, diag=diag, dx=dy, dy=dimages, sums=sums)
+        blocks.softmax_rows_fused(xc, texts, scale, diag=diag, dx=dx, dy=dtexts, sums=sums)
+        blocks.softmax_rows_fused(yc, images, scale, diag=diag, dx=dy, dy=dimages, sums=sums)
         del images, texts, gathered
-        coef = 1.0 / (2 * b)
+        inv_2b = 1.0 / (2 * b)
         if want_grad:
+            ctx.dscale = (blocks.dot(xc, dx) + blocks.dot(yc, dy)) * inv_2b
+            coef = scale * inv_2b
             ctx.grads = (dx.mul_(coef), dy.mul_(coef), dimages.mul_(coef), dtexts.mul_(coef))
-            ctx.dscale = sums[1] * coef
             ctx.transport = transport
-        return sums[0] * coef
+        return sums[0] * inv_2b
 
     @staticmethod
     @first_order_only
@@ -160,7 +160,7 @@ def memory_terms(shape: Shape):
         "gathered images and texts": 2 * n * d * c + half * 2 * n * d * s,
         "gathered gradients": 2 * n * d * c,
         "dx, dy": 2 * b * d * c + half * 2 * b * d * c,
-        "logit block": 2 * b * n * c,
+        "logit block": b * n * c,
         "row statistics": 3 * b * c,
     }
 

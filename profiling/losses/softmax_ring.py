@@ -35,7 +35,8 @@ sent and received alike, against ``4(W−1)·b·d`` elements for the all-gather 
 Peak memory per rank, independent of W; ``T = min(tile, b)``: the image gradient and
 the home text gradient (``2·b·d·c``), two payloads in flight (``2·b·d·s`` plus their
 column statistics), three text-gradient buffers in flight (``3·b·d·c``), fp32 copies of
-x and the held texts for half inputs (``2·b·d·c``) and a few ``T×T`` tiles (``3·T²·c``).
+x and the held texts for half inputs (``2·b·d·c``) and two ``T×T`` tiles (``2·T²·c``: the
+logits, turned into G in place, and the log-sum-exp's scratch or G's second term).
 Saved for backward: only the row and column log-sum-exps (``2·b·c``).
 """
 
@@ -62,7 +63,7 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         x, y = x.to(wire), y.to(wire)
         cdt = compute_dtype(x.dtype)
         b = x.shape[0]
-        t = float(scale)
+        t = scale.detach()
         xc = x.to(cdt)
         row_lse = torch.full((b,), -torch.inf, dtype=cdt, device=x.device)
 
@@ -103,7 +104,6 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         xc = x.to(cdt)
         coef = grad_loss.to(cdt) / (2 * b)
         dx = torch.zeros_like(xc)
-        sums = torch.zeros(2, dtype=cdt, device=x.device)  # unused, dt
 
         def visit(payload, owner, dy):
             texts, stats = payload[0].to(cdt), payload[1]
@@ -120,7 +120,6 @@ class _SoftmaxRingFunction(torch.autograd.Function):
                 diag=0 if owner == transport.rank else None,
                 dx=dx,
                 dy=dy,
-                sums=sums,
             )
 
         stats = torch.cat([col_lse, coef.reshape(1)])
@@ -136,7 +135,9 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         )
         for part in returned:
             dy.add_(part)
-        return dx.to(x_in.dtype), dy.to(y_in.dtype), sums[1].to(scale_dtype), None, None, None, None
+        dt = blocks.dot(xc, dx)  # Σ G⊙(x·yᵀ) over this rank's blocks (``blocks``)
+        dx.mul_(t), dy.mul_(t)
+        return dx.to(x_in.dtype), dy.to(y_in.dtype), dt.to(scale_dtype), None, None, None, None
 
 
 class SoftmaxRingLoss(RingLoss):
@@ -218,7 +219,7 @@ def memory_terms(shape: Shape):
         "dx, home dy": 2 * grads,
         "ring buffers": at_last_block,
         "block-math copies": half * 2 * grads,
-        "tile": 3 * tile * tile * c,
+        "tile": 2 * tile * tile * c,
     }
     gradient_pass_end = {
         "row and column lse": 2 * lse + (lse + c),
