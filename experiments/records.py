@@ -32,6 +32,8 @@ class Row:
     bytes_sent: int
     bytes_received: int
     peak_live_bytes: int
+    peak_alloc_bytes: int | None
+    """The allocator's peak (the ground truth); None in records made before it existed."""
     rss_peak_bytes: int | None
     loss: float | None
 
@@ -98,6 +100,7 @@ def row_of(record: dict) -> Row:
         bytes_sent=int(measured.get("bytes_sent") or 0),
         bytes_received=int(measured.get("bytes_received") or 0),
         peak_live_bytes=int(measured.get("peak_live_bytes") or 0),
+        peak_alloc_bytes=measured.get("peak_alloc_bytes"),
         rss_peak_bytes=measured.get("rss_peak_bytes"),
         loss=measured.get("loss"),
     )

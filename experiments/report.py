@@ -18,10 +18,12 @@ MiB = 2**20
 
 
 CAPTIONS = {
-    "memory": "Per-rank peak live memory against the global batch, one panel per W: "
-    "markers measured, lines the model.",
-    "memory_emulated": "Per-rank peak live memory against W from emulated ranks, one panel "
-    "per local batch: markers measured, lines the model.",
+    "memory": "Per-rank peak memory against the global batch, one panel per W: markers "
+    "measured (the allocator's peak; live tensors where a record has none, as labelled), "
+    "lines the model.",
+    "memory_emulated": "Per-rank peak memory against W from emulated ranks, one panel per "
+    "local batch: markers measured (allocator, or live tensors as labelled), lines the "
+    "model.",
     "bytes": "Bytes sent per rank per step against W at one (b, d): markers measured "
     "(profiling.comm's count), lines the model.",
     "step_time": "Measured step time split into compute (solid) and exposed communication "
@@ -70,6 +72,7 @@ def results_table(table: Sequence[Row]) -> list[str]:
         "exposed comm (ms)",
         "overlap (%)",
         "sent / rank (MiB)",
+        "peak alloc / rank (MiB)",
         "peak live / rank (MiB)",
         "RSS peak (MiB)",
     ]
@@ -87,6 +90,7 @@ def results_table(table: Sequence[Row]) -> list[str]:
             _ms(r.comm_exposed_s),
             "–" if r.overlap_pct is None else f"{r.overlap_pct:.0f}",
             _mib(r.bytes_sent),
+            _mib(r.peak_alloc_bytes),
             _mib(r.peak_live_bytes),
             _mib(r.rss_peak_bytes),
         ]
@@ -170,9 +174,12 @@ def method_section(config: dict, meta: dict) -> list[str]:
         "prediction beside it, so the delays a shared host adds stay in view "
         "(`simulator.model`, STEP_STATISTIC).",
         "* Bytes and peak memory are rank 0's (every rank of these methods moves and holds "
-        "the same amounts). Peak live memory is the peak, during one forward + backward, of "
-        "bytes held by tensors created in that step (inputs excluded, their gradients "
-        "included); RSS is the process's resident set, for reference.",
+        "the same amounts). Peak alloc is the allocator's peak during one forward + "
+        "backward, above its level at the step's start, every allocation counted (operator "
+        "scratch included): the model's peak memory is validated against it. Peak live is "
+        "the peak of bytes held by tensors created in that step (inputs excluded, their "
+        "gradients included), a second view; RSS is the process's resident set, for "
+        "reference.",
         "* Emulated points: one process plays rank 0 of a W-rank world, generating its "
         "peers' tensors; bytes are counted as if sent.",
         f"* This machine has {cores} CPU cores: points with W above it run oversubscribed "

@@ -5,7 +5,9 @@ wins, as a resumed grid may write a point twice), predicts every ``status == "ok
 point on one hardware profile, and prints predicted / measured / delta % for
 
 * ``bytes sent``: ``measured.bytes_sent`` vs ``Prediction.bytes_sent`` (should be exact);
-* ``peak memory``: ``measured.peak_live_bytes`` vs ``Prediction.peak_memory_bytes``;
+* ``peak memory``: ``measured.peak_alloc_bytes`` (the allocator's peak, every allocation
+  counted: the ground truth; records without it, written before it existed, have no
+  memory row) vs ``Prediction.peak_memory_bytes``;
 * ``step time``: ``measured.step_time_s[STEP_STATISTIC]`` (the lower quartile of the
   timed steps, what the model predicts: ``simulator.model``) vs ``Prediction.step_time_s``;
 * ``step time (median)``: ``measured.step_time_s.median`` vs the same prediction, so that
@@ -121,7 +123,7 @@ def compare(records: list[dict[str, Any]], hardware: Hardware) -> dict[str, Any]
         }
         pairs = [
             ("bytes sent", p.bytes_sent.item(), measured.get("bytes_sent")),
-            ("peak memory", p.peak_memory_bytes.item(), measured.get("peak_live_bytes")),
+            ("peak memory", p.peak_memory_bytes.item(), measured.get("peak_alloc_bytes")),
         ]
         if not (config.get("emulated") or config.get("emulate")):  # emulated ranks: no time
             steps = measured.get("step_time_s") or {}

@@ -62,7 +62,12 @@ def test_report_lists_failures_units_and_validation(hardware, tmp_path):
     assert "maximum over ranks" in text and "median over timed steps" in text
     headers = [line for line in text.splitlines() if line.startswith("| method | options")]
     assert headers
-    for cell in ("step (ms)", "sent / rank (MiB)", "peak live / rank (MiB)"):
+    for cell in (
+        "step (ms)",
+        "sent / rank (MiB)",
+        "peak alloc / rank (MiB)",
+        "peak live / rank (MiB)",
+    ):
         assert cell in headers[0]
     # Every method's measured rows appear; the failed ones are not in the results table.
     for method in METHODS:

@@ -62,9 +62,10 @@ def synthetic_records(
                                 "overlap_pct": float(rng.uniform(0, 100)),
                                 "bytes_sent": int(p.bytes_sent),
                                 "bytes_received": int(p.bytes_received),
-                                "peak_live_bytes": int(
+                                "peak_alloc_bytes": int(
                                     float(p.peak_memory_bytes) * rng.uniform(0.95, 1.05)
                                 ),
+                                "peak_live_bytes": int(float(p.peak_memory_bytes) * 0.9),
                                 "rss_peak_bytes": int(rng.integers(2**27, 2**28)),
                             },
                         }
@@ -113,7 +114,7 @@ def test_memory_plot_has_measured_and_model_series_per_method(table, hardware, t
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
         labels = [line.get_label() for line in ax.lines]
         assert sorted(labels) == sorted(
-            [f"{m} (measured)" for m in METHODS] + [f"{m} (model)" for m in METHODS]
+            [f"{m} (measured, allocator)" for m in METHODS] + [f"{m} (model)" for m in METHODS]
         )
     assert "MiB" in axes[0].get_ylabel()
     files = plots.save(fig, tmp_path, "memory")
@@ -225,5 +226,15 @@ def test_memory_vs_world_from_emulated_ranks(hardware):
         assert ax.get_xscale() == "log"
         assert len(ax.lines) == 2 * len(METHODS)
         for line in ax.lines:
-            if line.get_label().endswith("(measured)"):
+            if line.get_label().endswith("(measured, allocator)"):
                 assert list(line.get_xdata()) == [16, 64, 256]
+
+
+def test_memory_plot_falls_back_to_live_peaks_and_says_so(hardware):
+    records = synthetic_records(4, hardware)
+    for record in records:  # written before the allocator peak existed
+        del record["measured"]["peak_alloc_bytes"]
+    fig = plots.memory_vs_global_batch(rows(records), hardware)
+    labels = {line.get_label() for ax in fig.axes for line in ax.lines}
+    assert {f"{m} (measured, live tensors)" for m in METHODS} <= labels
+    assert not any("allocator" in label for label in labels)
