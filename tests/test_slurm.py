@@ -36,7 +36,9 @@ GRID = "experiments/cluster/cpu_grid.toml"
 STATE_PREFIX = "sigsim-slurm-"
 JOB_TIMEOUT_S = 600
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.multiprocess]
+
+def slurm_test(fn):
+    return pytest.mark.slurm(pytest.mark.slow(pytest.mark.multiprocess(fn)))
 
 
 def _local_slurm(action: str, state: Path) -> str:
@@ -126,6 +128,18 @@ def wait_done(env: dict, job: str) -> tuple[str, str]:
     )
 
 
+def test_docs_gpu_grid_fits_the_documented_job(tmp_path):
+    """The GPU grid docs/cluster.md shows loads, and its W is the 2 × 8 job shown with it."""
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    (toml,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    (tmp_path / "gpu_grid.toml").write_text(toml)
+    points = load_grid(tmp_path / "gpu_grid.toml")
+    assert "--nodes=2 --gpus-per-node=8" in text
+    assert {(p.device, p.world, p.emulate) for p in points} == {("cuda", 16, None)}
+    assert len(points) == 8
+
+
+@slurm_test
 def test_refuses_a_grid_that_does_not_fit_the_job(slurm, tmp_path):
     out = tmp_path / "refused.jsonl"
     job = sbatch(slurm, out, tmp_path, procs_per_node=3)
@@ -135,6 +149,7 @@ def test_refuses_a_grid_that_does_not_fit_the_job(slurm, tmp_path):
     assert not out.exists()
 
 
+@slurm_test
 def test_sweep_cancelled_then_rerun_resumes_without_loss_or_duplicates(slurm, tmp_path):
     out = tmp_path / "sweep.jsonl"
     keys = [results.point_key(p.as_dict()) for p in load_grid(ROOT / GRID)]
