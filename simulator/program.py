@@ -36,8 +36,6 @@ from simulator.model import _compute_dtype, _counts, _grid, _times
 class Program:
     segments: tuple[Segment, ...]
     machine: Machine
-    core_share: float
-    """The closed form's ``f`` at this point."""
 
 
 def _without_sync(hw: Hardware) -> Hardware:
@@ -105,30 +103,26 @@ def build(method: Method, world, batch, dim, dtype: str, hw: Hardware, **options
     cores_free = not (hw.comm_uses_cores and on_node >= hw.cores)
     share = pricer.core_share
     segments: list[Segment] = [Compute(name="step overhead", seconds=pricer.step_s / share)]
-    phases = list(schedule.phases)
+    phases = schedule.phases
     i = 0
     while i < len(phases):
-        phase = phases[i]
-        label = _ring_label(phase)
-        if label is None:
-            nxt = phases[i + 1] if i + 1 < len(phases) else None
-            if nxt is not None and not phase.transfers and _ring_label(nxt) is not None:
-                home = Compute(name=phase.name, seconds=pricer.compute_s(phase) / share)
+        label, home = _ring_label(phases[i]), None
+        if label is None and i + 1 < len(phases) and not phases[i].transfers:
+            label = _ring_label(phases[i + 1])  # a home block, if a ring pass follows
+            if label is not None:
+                home = Compute(name=phases[i].name, seconds=pricer.compute_s(phases[i]) / share)
                 i += 1
-                segments.append(_ring(phases, i, label_of=_ring_label(nxt), home=home,
-                                      pricer=pricer, cores_free=cores_free))  # fmt: skip
-                while i < len(phases) and _ring_label(phases[i]) == _ring_label(nxt):
-                    i += 1
-                continue
-            segments.extend(_plain(phase, pricer, share))
+        if label is None:
+            segments.extend(_plain(phases[i], pricer, share))
             i += 1
             continue
-        segments.append(_ring(phases, i, label_of=label, home=None, pricer=pricer,
-                              cores_free=cores_free))  # fmt: skip
-        while i < len(phases) and _ring_label(phases[i]) == label:
-            i += 1
+        end = i
+        while end < len(phases) and _ring_label(phases[end]) == label:
+            end += 1
+        segments.append(_ring(phases[i:end], home, pricer, cores_free))
+        i = end
     machine = Machine(world=w, ranks_per_node=hw.ranks_per_node, cores=hw.cores)
-    return Program(segments=tuple(segments), machine=machine, core_share=share)
+    return Program(segments=tuple(segments), machine=machine)
 
 
 def _plain(phase: Phase, pricer: _Pricer, share: float) -> list[Segment]:
@@ -147,29 +141,25 @@ def _plain(phase: Phase, pricer: _Pricer, share: float) -> list[Segment]:
     return one * int(phase.repeat)
 
 
-def _ring(phases, start, *, label_of, home, pricer: _Pricer, cores_free) -> RingPass:
+def _ring(phases, home: Compute | None, pricer: _Pricer, cores_free: bool) -> RingPass:
+    """One ring pass from its consecutive round phases."""
     parts = []
-    overlap = None
-    share = pricer.core_share
-    for phase in phases[start:]:
-        if _ring_label(phase) != label_of:
-            break
+    for phase in phases:
         by_kind = {t.label.rsplit(".", 1)[1]: t for t in phase.transfers}
         chains = int(by_kind["payload"].directions)
-        overlap = phase.overlapped and cores_free if overlap is None else overlap
+        acc = by_kind.get("acc")
         parts.append(
             RingRounds(
                 name=phase.name,
                 rounds=int(phase.repeat),
                 chains=chains,
-                block_s=pricer.compute_s(phase) / share / chains,
+                block_s=pricer.compute_s(phase) / pricer.core_share / chains,
                 payload=_per_chain(pricer.transfer(phase, by_kind["payload"]), chains),
-                acc=_per_chain(pricer.transfer(phase, by_kind["acc"]), chains)
-                if "acc" in by_kind
-                else None,
+                acc=None if acc is None else _per_chain(pricer.transfer(phase, acc), chains),
             )
         )
-    return RingPass(home=home, parts=tuple(parts), overlap=bool(overlap))
+    overlap = bool(phases[0].overlapped and cores_free)
+    return RingPass(home=home, parts=tuple(parts), overlap=overlap)
 
 
 def _per_chain(priced: Priced, chains: int) -> Priced:

@@ -104,11 +104,6 @@ class Variability:
             if pair is not None:
                 _check_factor(name, pair[1])
 
-    @property
-    def quiet(self) -> bool:
-        """No jitter: every step is the same."""
-        return all(j.constant and j.median == 1 for j in self.jitter.values())
-
     def check(self, world: int, nodes: int) -> None:
         """Refuse ranks, nodes and links that the world does not have."""
         for rank in self.stragglers:
