@@ -59,13 +59,11 @@ class Priced:
     intra_sync_s: float = 0.0
     inter_sync_s: float = 0.0
 
-    @property
-    def kind(self) -> str:
-        return "p2p" if self.label.startswith("p2p:") else "collective"
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Compute:
+    """A stretch of work on the rank's own thread."""
+
     name: str
     seconds: float
     """On a core of its own (the engine applies sharing, jitter and slowdowns)."""
@@ -73,6 +71,8 @@ class Compute:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Collective:
+    """An all-gather or reduce-scatter: every rank leaves together."""
+
     transfer: Priced
 
 
@@ -91,6 +91,8 @@ class RingRounds:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RingPass:
+    """One ``ring_pass``: a home block, then its rounds (``parts`` in order)."""
+
     home: Compute | None
     parts: tuple[RingRounds, ...]
     overlap: bool
@@ -101,6 +103,8 @@ Segment = Compute | Collective | RingPass
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Machine:
+    """Where the ranks run: how many, how they fill nodes, the cores they share."""
+
     world: int
     ranks_per_node: int | None
     """None: every rank on one node."""

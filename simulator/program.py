@@ -34,6 +34,8 @@ from simulator.model import _compute_dtype, _counts, _grid, _times
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Program:
+    """What :func:`build` returns: the segments of one rank's step, and where it runs."""
+
     segments: tuple[Segment, ...]
     machine: Machine
 
