@@ -86,10 +86,11 @@ def block_times(
         y = torch.nn.functional.normalize(torch.randn(b, dim, generator=gen), dim=1)
         x, y = x.to(device, TORCH_DTYPES[dtype]), y.to(device, TORCH_DTYPES[dtype])
         dx, dy = torch.zeros_like(x), torch.zeros_like(y)
-        sums = torch.zeros(3, dtype=x.dtype, device=device)
+        sums = torch.zeros(2, dtype=x.dtype, device=device)
+        t, bias = (torch.tensor(v, dtype=x.dtype, device=device) for v in (10.0, -10.0))
 
         def block(x=x, y=y, dx=dx, dy=dy, sums=sums):
-            blocks.sigmoid_block(x, y, 10.0, -10.0, diag=0, tile=None, dx=dx, dy=dy, sums=sums)
+            blocks.sigmoid_block(x, y, t, bias, diag=0, tile=None, dx=dx, dy=dy, sums=sums)
 
         out.append((b, time_call(block, device)))
     return out

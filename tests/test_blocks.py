@@ -17,4 +17,4 @@ def test_dot_split_into_chunks_equals_plain_dot(monkeypatch):
     a = torch.randn(37, 11, generator=gen, dtype=torch.float64)
     b = torch.randn(37, 11, generator=gen, dtype=torch.float64)
     monkeypatch.setattr(blocks, "_DOT_CHUNK", 50)
-    torch.testing.assert_close(blocks._dot(a, b), (a * b).sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(blocks.dot(a, b), (a * b).sum(), rtol=1e-12, atol=1e-12)
