@@ -1,10 +1,14 @@
-"""Peak memory: ring methods stay flat in W, all-gather methods grow, and the model agrees.
+"""Peak memory: the model equals the allocator, rings stay flat in W, all-gathers grow.
 
-One 8-rank gloo group runs every method at fixed (b, d) for W = 1…8 under the
-live-tensor tracker (``profiling.memory``), plus a grid over b, d, dtype, tile and
-overlap. Checks: each ring method's peak at W = 8 equals its peak at W = 7 (nothing of
-size b×N or N×d is kept; short rings hold fewer buffers), each all-gather method's peak rises with every W, and every
-method's ``memory_terms`` sum is within 5% of the measured peak at every point.
+One 8-rank gloo group runs every method at fixed (b, d) for W = 1…8, plus a grid over
+b, d, dtype (fp64, fp32, bf16), tile and overlap, each case one forward and backward
+under the allocator tracker and the live-tensor tracker (``profiling.memory``, via
+``loss_cases.check_case``). Checks: every case's loss and gradients match the fp64
+reference on every rank; every method's ``memory_terms`` sum is within 1% of the
+allocator peak at every point; the allocator sees the live tensors (and operator scratch
+besides); each ring
+method's peak at W = 8 equals its peak at W = 7 (nothing of size b×N or N×d is kept;
+short rings hold fewer buffers) and each all-gather method's peak rises with every W.
 """
 
 from __future__ import annotations
@@ -17,7 +21,18 @@ from spawn import run_world
 
 from profiling.losses import METHODS, Shape, get_method
 
-LADDER = (1, 2, 3, 4, 5, 7, 8)
+LADDER = tuple(range(1, 9))
+RING_OPTIONS = (
+    (("tile", 8),),
+    (("tile", 12),),  # a tile that does not divide b: a ragged last tile
+    (("overlap", False),),
+    (("tile", 8), ("overlap", False)),
+)
+MODEL_RTOL = 0.01
+"""Largest relative gap allowed between ``memory_terms`` and the allocator peak."""
+SCALAR_SLACK_BYTES = 64
+"""A few 0-d tensors (8–16 B each) whose moment of release depends on thread timing: how
+far two peaks may differ and still be equal, and the live peak pass the allocator's."""
 
 
 def _cases():
@@ -29,8 +44,11 @@ def _cases():
         cases.append(Case(m, w, b, d, dtype, seed=next(seed)))
     for m in METHODS:
         if get_method(m).ring:
-            for w, opts in itertools.product((2, 4, 8), ((("tile", 8),), (("overlap", False),))):
+            for w, opts in itertools.product((2, 4, 8), RING_OPTIONS):
                 cases.append(Case(m, w, 32, 32, "fp32", options=opts, seed=next(seed)))
+            for w in (3, 8):
+                opts = RING_OPTIONS[-1]
+                cases.append(Case(m, w, 24, 16, "bf16", options=opts, seed=next(seed)))
     return cases
 
 
@@ -38,14 +56,18 @@ CASES = _cases()
 
 
 @pytest.fixture(scope="module")
-def rank0():
-    per_rank = run_world(8, run_cases, CASES, timeout_s=600)
+def per_rank():
+    return run_world(8, run_cases, CASES, timeout_s=900)
+
+
+@pytest.fixture(scope="module")
+def rank0(per_rank):
     return per_rank[0]
 
 
 def _ladder(rank0, method):
     return {
-        r["case"].world: r["peak_live_bytes"]
+        r["case"].world: r["peak_alloc_bytes"]
         for r in rank0
         if r["case"].method == method
         and (r["case"].batch, r["case"].dim) == (32, 32)
@@ -55,12 +77,21 @@ def _ladder(rank0, method):
 
 
 @pytest.mark.multiprocess
+def test_every_case_matches_the_reference_on_every_rank(per_rank):
+    seen = [r["case"] for rows in per_rank for r in rows]
+    assert len(seen) == sum(c.world for c in CASES)  # every rank of every case reported
+    errors = [e for rows in per_rank for r in rows for e in r["errors"]]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("method", METHODS)
 def test_peak_flat_for_rings_growing_for_allgather(rank0, method):
     peaks = _ladder(rank0, method)
     assert sorted(peaks) == list(LADDER)
     if get_method(method).ring:
-        assert peaks[8] == peaks[7], peaks  # every chain past its short-ring transients
+        # every chain past its short-ring transients: flat up to a few scalars
+        assert abs(peaks[8] - peaks[7]) <= SCALAR_SLACK_BYTES, peaks
         spec = get_method(method)
         model = [sum(spec.memory_terms(Shape.of(w, 32, 32, "fp32")).values()) for w in (8, 4096)]
         assert model[0] == model[1], model  # and the model says it stays flat beyond
@@ -72,11 +103,20 @@ def test_peak_flat_for_rings_growing_for_allgather(rank0, method):
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("method", METHODS)
-def test_memory_terms_within_5_percent(rank0, method):
+def test_memory_terms_match_the_allocator_within_1_percent(rank0, method):
     rows = [r for r in rank0 if r["case"].method == method]
-    assert rows
+    assert len(rows) >= len(LADDER) + 18
     for r in rows:
-        measured, predicted = r["peak_live_bytes"], r["predicted_peak_bytes"]
-        assert abs(predicted - measured) <= 0.05 * measured, (
-            f"{r['case'].name}: predicted {predicted} B, measured {measured} B, terms {r['memory_terms']}"
+        measured, predicted = r["peak_alloc_bytes"], r["predicted_peak_bytes"]
+        assert measured and measured > 0, r["case"].name
+        assert abs(predicted - measured) <= MODEL_RTOL * measured, (
+            f"{r['case'].name}: predicted {predicted} B, allocator {measured} B, "
+            f"live {r['peak_live_bytes']} B, terms {r['memory_terms']}"
         )
+
+
+@pytest.mark.multiprocess
+def test_allocator_sees_at_least_the_live_tensors(rank0):
+    for r in rank0:
+        assert r["peak_live_bytes"] > 0, r["case"].name
+        assert r["peak_alloc_bytes"] >= r["peak_live_bytes"] - SCALAR_SLACK_BYTES, r["case"].name
