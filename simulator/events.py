@@ -21,6 +21,12 @@ Operations (``d`` a duration already multiplied by jitter and slowdowns,
   when its receive and its send have, ``c[r] = max(done[r], done[r+a])``.
 * wait:          ``t ← max(t, c) + sync`` (sync paid on the first wait of an exchange).
 
+Where moving bytes needs the cores and no core is free (``Machine.moves_on_cores``), the
+rank moves an exchange's bytes itself when it posts it: ``t ← p + d/k`` (``k`` chains
+posting together share the cores, as the closed form's per-direction price assumes),
+and ``done[r] = max(t[r−a], t[r])``: the transfers cannot hide behind compute, which is
+the closed form's rule there.
+
 The ring pass follows ``profiling.losses.ring.ring_pass`` line by line: post every
 chain's payload, compute the home block, then per round wait for the payloads, post the
 next ones, and per chain compute the block, wait for the previous accumulator and post
@@ -110,6 +116,9 @@ class Machine:
     """None: every rank on one node."""
     cores: int | None
     """Cores per node that ranks share; None: a compute unit per rank (no sharing)."""
+    moves_on_cores: bool = False
+    """Moving bytes needs the rank's cores and none is free (gloo, ranks ≥ cores): a rank
+    moves an exchange's bytes itself, on its own clock, when it posts it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +245,9 @@ class Engine:
             self._record(f"wait {transfer.label}", "wait", self.t, np.maximum(self.t, leave))
         self.t = np.maximum(self.t, leave) + sync
 
-    def post(self, transfer: Priced, shift: int, direction: int) -> _Pending:
-        """Exchange: send to ``r + shift``, receive from ``r − shift`` on the chain's link."""
+    def post(self, transfer: Priced, shift: int, direction: int, chains: int = 1) -> _Pending:
+        """Exchange: send to ``r + shift``, receive from ``r − shift`` on the chain's link
+        (``chains``: how many chains post at once; they share the rank's cores)."""
         w = self.machine.world
         p = self.t
         crosses = self.node != np.roll(self.node, shift % w)
@@ -245,12 +255,18 @@ class Engine:
             crosses = self.crosses_in[shift]
         price = np.where(crosses, transfer.inter_s, transfer.intra_s)
         sync = np.where(crosses, transfer.inter_sync_s, transfer.intra_sync_s)
-        link = self.link_in[direction]
-        start = np.maximum(_roll(p, shift), p)
-        np.maximum(start, self.free[direction], out=start)
-        done = start + price * link * self._jitter("p2p", p.shape)
-        self.free[direction] = done
-        self._record(transfer.label, "p2p", start, done, lane=1 if direction > 0 else 2)
+        d = price * self.link_in[direction] * self._jitter("p2p", p.shape)
+        lane = 1 if direction > 0 else 2
+        if self.machine.moves_on_cores:  # the rank moves the bytes, then may go on
+            self.t = p + d / chains
+            self._record(transfer.label, "p2p", p, self.t, lane)
+            done = np.maximum(_roll(self.t, shift), self.t)
+        else:  # the link moves them once both ends have posted and it is free
+            start = np.maximum(_roll(p, shift), p)
+            np.maximum(start, self.free[direction], out=start)
+            done = start + d
+            self.free[direction] = done
+            self._record(transfer.label, "p2p", start, done, lane)
         complete = np.maximum(done, _roll(done, -shift))
         return _Pending(complete, sync, transfer.label)
 
@@ -276,7 +292,7 @@ class Engine:
         incoming: dict[int, _Pending] = {}
         exchange: dict[int, _Pending] = {}
         for c in range(chains):
-            incoming[c] = self.post(per_round[0].payload, direction[c], direction[c])
+            incoming[c] = self.post(per_round[0].payload, direction[c], direction[c], chains)
             if not ring.overlap:
                 self.wait(incoming[c])
         if ring.home is not None:
@@ -286,11 +302,13 @@ class Engine:
             active = [c for c in range(chains) if rounds[c] >= i]
             for c in active:
                 self.wait(incoming[c])
-            for c in active:
-                if i < rounds[c]:
-                    incoming[c] = self.post(per_round[i].payload, direction[c], direction[c])
-                    if not ring.overlap:
-                        self.wait(incoming[c])
+            onward = [c for c in active if i < rounds[c]]
+            for c in onward:
+                incoming[c] = self.post(
+                    per_round[i].payload, direction[c], direction[c], len(onward)
+                )
+                if not ring.overlap:
+                    self.wait(incoming[c])
             for c in active:
                 self.compute(part.name, part.block_s)
                 if part.acc is None:
@@ -299,7 +317,7 @@ class Engine:
                     self.wait(exchange[c])
                 home = i == rounds[c]
                 shift = -direction[c] * rounds[c] if home else direction[c]
-                exchange[c] = self.post(part.acc, shift, direction[c])
+                exchange[c] = self.post(part.acc, shift, direction[c], len(active))
                 if not ring.overlap:
                     self.wait(exchange[c])
         for c in sorted(exchange):

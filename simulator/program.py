@@ -17,7 +17,8 @@ network levels (the closed form prices a whole ring on the inter-node level once
 spans nodes; the engine prices each hop on its own). Compute is divided by the closed
 form's core share ``f``, the engine's processor sharing puts it back where ranks
 actually compete. Where moving bytes needs the cores and the ranks occupy all of them,
-the closed form does not overlap; neither does the program.
+the closed form does not overlap; the engine has each rank move its bytes itself
+(``Machine.moves_on_cores``).
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ def build(method: Method, world, batch, dim, dtype: str, hw: Hardware, **options
         end = i
         while end < len(phases) and _ring_label(phases[end]) == label:
             end += 1
-        segments.append(_ring(phases[i:end], home, pricer, cores_free))
+        segments.append(_ring(phases[i:end], home, pricer))
         i = end
-    machine = Machine(world=w, ranks_per_node=hw.ranks_per_node, cores=hw.cores)
+    machine = Machine(
+        world=w, ranks_per_node=hw.ranks_per_node, cores=hw.cores, moves_on_cores=not cores_free
+    )
     return Program(segments=tuple(segments), machine=machine)
 
 
@@ -143,7 +146,7 @@ def _plain(phase: Phase, pricer: _Pricer, share: float) -> list[Segment]:
     return one * int(phase.repeat)
 
 
-def _ring(phases, home: Compute | None, pricer: _Pricer, cores_free: bool) -> RingPass:
+def _ring(phases, home: Compute | None, pricer: _Pricer) -> RingPass:
     """One ring pass from its consecutive round phases."""
     parts = []
     for phase in phases:
@@ -160,8 +163,7 @@ def _ring(phases, home: Compute | None, pricer: _Pricer, cores_free: bool) -> Ri
                 acc=None if acc is None else _per_chain(pricer.transfer(phase, acc), chains),
             )
         )
-    overlap = bool(phases[0].overlapped and cores_free)
-    return RingPass(home=home, parts=tuple(parts), overlap=overlap)
+    return RingPass(home=home, parts=tuple(parts), overlap=bool(phases[0].overlapped))
 
 
 def _per_chain(priced: Priced, chains: int) -> Priced:

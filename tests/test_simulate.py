@@ -63,6 +63,20 @@ def test_quiet_simulation_reproduces_the_closed_form_on_gpu_profiles():
     assert checked == len(GPU_PROFILES) * 5 * 2 * 2 * 2 * (2 + 3 * 2)  # profiles × points × methods
 
 
+def test_quiet_simulation_equals_the_closed_form_where_ranks_fill_the_cores():
+    # gloo-like: moving bytes needs the cores; at W ≥ cores each rank moves its own bytes,
+    # nothing hides (the closed form's rule), and lock step makes sharing the core share
+    hw = cpu_hardware(**{"intra_node.sync_us": 50.0, "compute.busy_rank_slowdown": 0.3})
+    checked = 0
+    for method, world in itertools.product(METHODS, (2, 3, 4, 8)):
+        for overlap in (True, False) if resolve_method(method).ring else (None,):
+            options = {} if overlap is None else {"overlap": overlap}
+            sim = simulate(method, world, 64, 32, "fp32", hw, steps=1, **options)
+            assert sim.step_time_s[0] == pytest.approx(sim.predicted_s, rel=1e-12), method
+            checked += 1
+    assert checked == 4 * (2 + 3 * 2)
+
+
 def test_seeded_jitter_gives_a_repeatable_distribution():
     jitter = Jitter(distribution="lognormal", sigma=0.2)
     one = simulate(
