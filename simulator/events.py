@@ -2,7 +2,7 @@
 
 State is one clock per rank and step, an array ``t`` of shape ``(S, W)`` (steps × ranks):
 the time the rank is free to issue its next operation. Every operation of the step
-program (:class:`Program`) updates all ranks and all steps at once, so the cost is one
+program (``simulator.program``) updates all ranks and all steps at once, so the cost is one
 handful of array operations per event of one rank's program, never a Python event per
 rank. Step ``s`` starts with every clock at 0; its time is ``max_r t[s, r]`` at the end
 (the profiler times each step as its slowest rank).
@@ -32,6 +32,13 @@ chain's payload, compute the home block, then per round wait for the payloads, p
 next ones, and per chain compute the block, wait for the previous accumulator and post
 this one (the last one home); finally wait for the accumulators coming home. Without
 overlap every exchange is waited for as soon as it is posted.
+
+Jitter at scale. An event's multipliers are drawn fresh from the seeded generator while
+the event spans fewer than :data:`POOLED` rank-steps; a larger one reads a window at a
+random offset of a pool drawn once per kind (2n values, at least 2^20): each event's
+multipliers have the stated distribution, two events share values only shifted across
+ranks and steps. Every rank's every round is still an event: a ring of ``W`` ranks costs
+``W·(W−1)`` rank-rounds per step (``python -m simulator.scale`` measures the time).
 
 Processor sharing. Where ``q`` ranks share a node's ``c < q`` cores, the node's ranks run
 each compute event as jobs released together (lock step) on ``c`` cores, each job

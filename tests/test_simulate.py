@@ -23,6 +23,7 @@ def _ring_passes(method, world, batch, dim, dtype, hw, **options):
     return [s for s in prog.segments if isinstance(s, RingPass)]
 
 
+@pytest.mark.slow
 def test_quiet_simulation_reproduces_the_closed_form_on_gpu_profiles():
     grid = list(
         itertools.product(METHODS, (1, 3, 8, 9, 16), (16, 1024), (64, 768), ("fp32", "bf16"))

@@ -85,6 +85,8 @@ def test_a_simulation_without_timeline_has_no_trace():
     assert max(ends) == pytest.approx(float(traced.step_time_s[0]))
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigsim_trace_writes_measured_and_simulated_side_by_side(tmp_path, capsys):
     """One W = 2 gloo point, profiled: both files have a process per rank, compute and
     communication slices, and the same communication labels."""
