@@ -1,8 +1,9 @@
 """Two nodes on one machine: ``torchrun --nnodes 2 --nproc-per-node 2`` (c10d rendezvous)
 across two Linux network namespaces joined by a veth pair, gloo over that link, records
-one sigsim point whose bytes and live memory equal the same point run on one host, whose
-loss equals the single-process reference, and whose ``topology`` says where the ranks
-ran and which ring hops and operations crossed the node boundary.
+one sigsim point whose bytes and memory peaks (allocator, live tensors) equal the same
+point run on one host, whose loss equals the single-process reference, and whose
+``topology`` says where the ranks ran and which ring hops and operations crossed the
+node boundary.
 
 The namespaces hold only loopback and their end of the veth (10.231.0.1/24 and
 10.231.0.2/24, made and removed here), so ranks on different nodes can reach each other
@@ -215,7 +216,7 @@ def test_torchrun_across_two_namespaces_matches_one_host(tmp_path):
     assert local["status"] == "ok", local["message"]
     one = local["measured"]
     assert local["topology"]["nodes"] == 1 and local["topology"]["ring_hops_crossing"] == []
-    for name in ("bytes_sent", "bytes_received", "messages", "peak_live_bytes"):
+    for name in ("bytes_sent", "bytes_received", "messages", "peak_live_bytes", "peak_alloc_bytes"):
         assert multi[name] == one[name], name
     assert {k: op["bytes_sent"] for k, op in multi["comm_ops"].items()} == {
         k: op["bytes_sent"] for k, op in one["comm_ops"].items()
