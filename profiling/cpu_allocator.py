@@ -5,8 +5,9 @@ cached by ``torch.utils.cpp_extension``) and installs a C++ allocator that wraps
 current CPU allocator (``c10::SetCPUAllocator``): each allocation adds its requested
 bytes to a process-wide atomic level and raises the peak; the block's deleter subtracts
 them, whichever thread frees it. So the level counts every thread's allocations (gloo's
-worker threads included) and every operator's scratch, exactly, at the cost of one small
-context object and two atomic operations per allocation. Blocks allocated before the
+worker threads included) and every operator's scratch, exactly, at the cost of a
+mutex-guarded table entry and two atomic operations per allocation. Its blocks keep
+``data == context`` so that ``raw_allocate`` works (oneDNN's bf16 matmul uses it). Blocks allocated before the
 wrapper was installed are not counted, and neither are their frees.
 
 Why not ``torch.profiler(profile_memory=True)``: its ``[memory]`` events come only from
@@ -25,6 +26,8 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <c10/core/CPUAllocator.h>
 #include <atomic>
+#include <mutex>
+#include <unordered_map>
 
 namespace {
 
@@ -32,29 +35,53 @@ std::atomic<int64_t> level{0};
 std::atomic<int64_t> peak{0};
 
 struct Block {
-  c10::DataPtr inner;
   int64_t nbytes;
+  void* context;               // the wrapped allocator's context and deleter
+  c10::DeleterFnPtr deleter;
 };
 
-void release(void* ctx) {
-  auto* block = static_cast<Block*>(ctx);
-  level.fetch_sub(block->nbytes);
-  delete block;  // frees the wrapped allocation through its own deleter
+std::mutex blocks_mutex;
+std::unordered_map<void*, Block> blocks;  // by data pointer
+
+void release(void* data) {
+  Block block;
+  {
+    std::lock_guard<std::mutex> guard(blocks_mutex);
+    auto it = blocks.find(data);
+    TORCH_CHECK(it != blocks.end(), "sigsim counting allocator: unknown block freed");
+    block = it->second;
+    blocks.erase(it);
+  }
+  level.fetch_sub(block.nbytes);
+  block.deleter(block.context);
 }
 
+// The DataPtr it returns has context == data and deleter `release` (what raw_allocate,
+// used by oneDNN's bf16 matmul, requires); the wrapped block is kept in `blocks`.
 struct CountingAllocator final : c10::Allocator {
   c10::Allocator* base;
   explicit CountingAllocator(c10::Allocator* wrapped) : base(wrapped) {}
   c10::DataPtr allocate(size_t n) override {
     c10::DataPtr inner = base->allocate(n);
     void* data = inner.get();
+    if (data == nullptr) {
+      return inner;  // zero bytes: nothing held
+    }
     c10::Device device = inner.device();
-    auto* block = new Block{std::move(inner), static_cast<int64_t>(n)};
-    int64_t now = level.fetch_add(block->nbytes) + block->nbytes;
+    c10::DeleterFnPtr deleter = inner.get_deleter();
+    void* context = inner.release_context();
+    {
+      std::lock_guard<std::mutex> guard(blocks_mutex);
+      blocks[data] = Block{static_cast<int64_t>(n), context, deleter};
+    }
+    int64_t now = level.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n);
     int64_t seen = peak.load();
     while (now > seen && !peak.compare_exchange_weak(seen, now)) {
     }
-    return {data, block, &release, device};
+    return {data, data, &release, device};
+  }
+  c10::DeleterFnPtr raw_deleter() const override {
+    return &release;
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
@@ -86,7 +113,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 }
 """
 
-EXTENSION_NAME = "sigsim_cpu_allocator_v1"
+EXTENSION_NAME = "sigsim_cpu_allocator_v2"
 """Name of the built extension (bump the suffix when ``_SOURCE`` changes)."""
 
 

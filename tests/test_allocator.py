@@ -108,3 +108,13 @@ def test_cuda_path_reads_the_caching_allocator(monkeypatch, own_device):
         assert (alloc.peak_bytes, alloc.peak_reserved_bytes) == (600, 2048)
     else:
         assert fake.calls == [] and alloc.peak_bytes is None
+
+
+def test_cpu_counts_blocks_taken_through_raw_allocate():
+    # oneDNN's bf16 matmul takes its scratch with Allocator::raw_allocate, which needs a
+    # block whose context is its data pointer: the counting allocator must allow it.
+    x, y = torch.randn(64, 32).bfloat16(), torch.randn(128, 32).bfloat16()
+    with AllocatorTracker("cpu") as alloc:
+        out = x @ y.T
+    assert alloc.peak_bytes >= out.nbytes
+    torch.testing.assert_close(out.float(), x.float() @ y.float().T, rtol=2e-2, atol=2e-2)
