@@ -32,12 +32,12 @@ from profiling import results
 from profiling.grid import run_point
 from profiling.launch import find_free_port
 from profiling.losses import get_method, reference_loss
-from profiling.measure import PointConfig, make_inputs
+from profiling.measure import PEAK_SLACK_BYTES, PointConfig, make_inputs
 
 ROOT = Path(__file__).parents[1]
 PREFIX = "sigsim-mn-"
 ADDRESSES = ("10.231.0.1", "10.231.0.2")
-POINT = PointConfig(method="sigmoid-ring", world=4, batch=8, dim=16, steps=2, warmup=1)
+POINT = PointConfig(method="sigmoid-ring", world=4, batch=32, dim=64, steps=2, warmup=1)
 RUN_TIMEOUT_S = 300
 
 
@@ -127,9 +127,16 @@ def two_nodes():
             _ip("-n", ns, "link", "set", dev, "up")
         yield nodes
     finally:
-        for ns, _, _ in nodes:  # deleting a namespace deletes its end of the veth pair
+        for ns, _, _ in nodes:
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                _ip("netns", "delete", ns)
+                _kill_namespace_processes(ns)  # torchrun's workers have their own sessions
+                _ip("netns", "delete", ns)  # and with it its end of the veth pair
+
+
+def _kill_namespace_processes(ns: str) -> None:
+    for pid in _ip("netns", "pids", ns).split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def torchrun_command(address: str, head: str, port: int, is_host: bool, out: Path) -> list[str]:
@@ -166,12 +173,18 @@ def run_across(nodes, out: Path) -> list[tuple[int, str]]:
             )
         outputs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in procs]
         return [(p.returncode, output) for p, output in zip(procs, outputs, strict=True)]
-    finally:
+    finally:  # on a timeout: torchrun stops its workers on SIGTERM; SIGKILL if it does not
         for p in procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=30)
+                p.wait(timeout=15)
 
 
 def _reference(config: PointConfig) -> float:
@@ -216,8 +229,14 @@ def test_torchrun_across_two_namespaces_matches_one_host(tmp_path):
     assert local["status"] == "ok", local["message"]
     one = local["measured"]
     assert local["topology"]["nodes"] == 1 and local["topology"]["ring_hops_crossing"] == []
-    for name in ("bytes_sent", "bytes_received", "messages", "peak_live_bytes", "peak_alloc_bytes"):
+    for name in ("bytes_sent", "bytes_received", "messages"):
         assert multi[name] == one[name], name
+    # Peaks: equal up to the slack ranks_agree allows (gloo may free a finished
+    # collective's small buffer, the rank check's 32 bytes, a moment later: 4080 vs 4112
+    # allocator bytes were seen once).
+    for name in ("peak_live_bytes", "peak_alloc_bytes"):
+        assert abs(multi[name] - one[name]) <= PEAK_SLACK_BYTES, (name, multi[name], one[name])
+        assert multi[name] > 4 * PEAK_SLACK_BYTES  # the slack is small beside the peak
     assert {k: op["bytes_sent"] for k, op in multi["comm_ops"].items()} == {
         k: op["bytes_sent"] for k, op in one["comm_ops"].items()
     }
@@ -225,4 +244,5 @@ def test_torchrun_across_two_namespaces_matches_one_host(tmp_path):
     reference = _reference(POINT)
     assert math.isclose(multi["loss"], reference, rel_tol=1e-5), (multi["loss"], reference)
     assert math.isclose(one["loss"], reference, rel_tol=1e-5), (one["loss"], reference)
-    print(json.dumps({"topology": topo, "wall_s": record["wall_s"]}))
+    peaks = {n: (multi[n], one[n]) for n in ("peak_live_bytes", "peak_alloc_bytes")}
+    print(json.dumps({"topology": topo, "peaks": peaks, "wall_s": record["wall_s"]}))

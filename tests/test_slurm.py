@@ -35,6 +35,7 @@ CLUSTER = ROOT / "experiments" / "cluster"
 GRID = "experiments/cluster/cpu_grid.toml"
 STATE_PREFIX = "sigsim-slurm-"
 JOB_TIMEOUT_S = 600
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
 def slurm_test(fn):
@@ -122,9 +123,8 @@ def wait_for(predicate, what: str, timeout_s: float = JOB_TIMEOUT_S, every_s: fl
 
 
 def wait_done(env: dict, job: str) -> tuple[str, str]:
-    ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
     return wait_for(
-        lambda: (s := job_state(env, job))[0] in ended and s, f"job {job} to end", every_s=1.0
+        lambda: (s := job_state(env, job))[0] in ENDED and s, f"job {job} to end", every_s=1.0
     )
 
 
@@ -154,7 +154,13 @@ def test_sweep_cancelled_then_rerun_resumes_without_loss_or_duplicates(slurm, tm
     out = tmp_path / "sweep.jsonl"
     keys = [results.point_key(p.as_dict()) for p in load_grid(ROOT / GRID)]
     first = sbatch(slurm, out, tmp_path)
-    wait_for(lambda: results.read_records(out), "the first record")
+
+    def first_record():
+        if not out.exists() and (state := job_state(slurm, first))[0] in ENDED:
+            raise AssertionError(f"job {first} ended without a record: {state}")
+        return results.read_records(out)
+
+    wait_for(first_record, "the first record")
     subprocess.run(["scancel", first], env=slurm, check=True, timeout=30)
     assert wait_done(slurm, first)[0] == "CANCELLED"
     before = out.read_text().splitlines()
