@@ -105,6 +105,15 @@ def probe(rank: int, world: int) -> dict:
                 _run(theirs, leaves, kind, output_dict),
             )
     if world > 1:
+        from profiling import comm
+
+        leaves = _leaves(world, rank, "softmax", torch.float64, seed=7)
+        ours = open_clip_compat.ClipLoss(gather_with_grad=True, rank=rank, world_size=world)
+        with comm.record(comm.current()) as rec:
+            _run(ours, leaves, "softmax", False)
+        results["global traffic"] = {
+            k: v for k, v in rec.as_dict().items() if k.startswith("all_gather:open_clip.")
+        }
         refusals = []
         for kwargs in (
             {"rank": rank, "world_size": world + 1},
@@ -176,6 +185,22 @@ def test_rank_and_world_size_must_match_the_process_group(world):
         for message in values["refusals"]:
             assert "disagrees with the process group" in message
             assert f"(rank {rank} of {w})" in message and "\n" not in message
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@needs_open_clip
+def test_global_clip_loss_adds_three_scalar_all_gathers(world):
+    w, per_rank = world
+    for values in per_rank:
+        traffic = values["global traffic"]
+        assert sorted(traffic) == [
+            "all_gather:open_clip.loss_mean",
+            "all_gather:open_clip.loss_mean_grad",
+            "all_gather:open_clip.scale_grad_mean",
+        ]
+        for op in traffic.values():
+            assert (op["messages"], op["bytes_sent"]) == (w - 1, 8 * (w - 1)), op
 
 
 @pytest.mark.parametrize(

@@ -35,9 +35,10 @@ all ``N`` columns, divided by ``b``) and ``Lg = 1/W Σ_r L_r`` the reference los
   ``∂Lg/∂t``. The adapter runs the method above and all-gathers the ``W`` scalars ``L_r``
   (forward: their mean; backward: the mean of the upstream gradients), and routes
   ``logit_scale`` through an identity whose backward averages its gradient over ranks:
-  per rank equal to open_clip for either method, at ``2·(W−1)`` scalars per direction
-  more traffic (``all_gather:open_clip.*``). Both backwards are collectives: every rank
-  must call ``backward`` (as in DDP).
+  per rank equal to open_clip for either method, for three more all-gathers of one
+  scalar (one in forward, two in backward: ``3·(W−1)`` scalars sent per rank, counted
+  under ``all_gather:open_clip.*``). Both backwards are collectives, so every rank must
+  call ``backward`` (as in DDP); second-order gradients raise.
 
 Refused at construction, each with a one-line error naming the alternative:
 ``gather_with_grad=False`` at ``world_size > 1`` (open_clip then drops the other ranks'
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.autograd.function import once_differentiable
 
 from profiling import comm
 from profiling.losses import build_loss, reference_loss
@@ -106,6 +108,7 @@ class _MeanOverRanks(torch.autograd.Function):
         return gathered.mean().reshape(value.shape)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         gathered = ctx.transport.all_gather(grad.reshape(1), "open_clip.loss_mean_grad")
         return gathered.mean().reshape(grad.shape), None
@@ -120,6 +123,7 @@ class _GradMeanOverRanks(torch.autograd.Function):
         return value.clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         gathered = ctx.transport.all_gather(grad.reshape(1), "open_clip.scale_grad_mean")
         return gathered.mean().reshape(grad.shape), None
