@@ -1,14 +1,16 @@
 """The largest batch each method fits in a given memory, by the model and by measurement.
 
-Memory here is the cost model's and the profiler's definition: the peak bytes of tensors
-the loss creates in one forward and backward (inputs excluded, their gradients
-included). What the rest of a training step holds (weights, activations) comes on top.
+Memory here is the cost model's and the profiler's definition: the allocator's peak
+during one forward and backward of the loss, above its level at the step's start (the
+inputs held before, their gradients and every operator's scratch counted). What the rest
+of a training step holds (weights, activations) comes on top.
 
 * :func:`predicted_max_batch` bisects the model's ``peak_memory_bytes`` over the local
   batch b, vectorised over W: exact to one example, 31 model calls for any number of W.
 * :func:`measured_max_batch` reads measured points (emulated ranks at large W, or real
-  ones) and returns, per (method, W), the largest measured b whose peak fits. It is a
-  lower bound set by the batch ladder that was measured, not a search.
+  ones) and returns, per (method, W), the largest measured b whose allocator peak fits
+  (the live-tensor peak for records without one, and ``source`` says so). It is a lower
+  bound set by the batch ladder that was measured, not a search.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class MaxBatch:
     batch: int
     """Largest local batch b that fits (examples per rank); 0: not even b = 1."""
     source: str
-    """"model" or "measured"."""
+    """"model", "measured" (allocator peaks) or "measured, live tensors" (records
+    without an allocator peak)."""
 
     @property
     def global_batch(self) -> int:
@@ -68,12 +71,22 @@ def predicted_max_batch(
 def measured_max_batch(table: Sequence[Row], memory_bytes: float) -> list[MaxBatch]:
     """Largest measured b per (method, W) whose measured peak is at most ``memory_bytes``."""
     best: dict[tuple[str, int], int] = {}
+    live_only: set[tuple[str, int]] = set()
     for row in table:
         if row.overlap and not row.tile:
             key = (row.method, row.world)
-            fitting = row.batch if row.peak_live_bytes <= memory_bytes else 0
+            peak = row.peak_alloc_bytes
+            if peak is None:
+                peak = row.peak_live_bytes
+                live_only.add(key)
+            fitting = row.batch if peak <= memory_bytes else 0
             best[key] = max(best.get(key, 0), fitting)
     return [
-        MaxBatch(method=method, world=world, batch=batch, source="measured")
+        MaxBatch(
+            method=method,
+            world=world,
+            batch=batch,
+            source="measured, live tensors" if (method, world) in live_only else "measured",
+        )
         for (method, world), batch in sorted(best.items())
     ]

@@ -238,3 +238,16 @@ def test_memory_plot_falls_back_to_live_peaks_and_says_so(hardware):
     labels = {line.get_label() for ax in fig.axes for line in ax.lines}
     assert {f"{m} (measured, live tensors)" for m in METHODS} <= labels
     assert not any("allocator" in label for label in labels)
+
+
+def test_measured_max_batch_counts_the_allocator_peak(hardware):
+    records = synthetic_records(5, hardware)
+    for record in records:  # tensors fit, the allocator's peak (operator scratch) does not
+        record["measured"]["peak_live_bytes"] = 1
+        record["measured"]["peak_alloc_bytes"] = 2**20 + 1
+    found = measured_max_batch(rows(records), memory_bytes=2**20)
+    assert found and all(m.batch == 0 and m.source == "measured" for m in found)
+    for record in records:  # records made before the allocator peak: live, and said so
+        del record["measured"]["peak_alloc_bytes"]
+    found = measured_max_batch(rows(records), memory_bytes=2**20)
+    assert found and all(m.batch > 0 and m.source == "measured, live tensors" for m in found)
