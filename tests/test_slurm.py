@@ -7,7 +7,9 @@ exactly as docs/cluster.md shows (one node, two gloo ranks under torchrun per po
 cancels the job with ``scancel`` once the first record has landed, submits the same
 command again, and checks that every point ends with exactly one ``ok`` record, the
 records from before the cancellation kept as they were (nothing lost, nothing run
-twice). A grid that does not fit the job is refused before any step starts. The test
+twice). A grid that does not fit the job is refused before any step starts; a point
+that ``timeout`` kills is marked ``timeout`` by the script, retried once by the next job
+and skipped by the one after. The test
 stops the daemons itself (and those a crashed earlier run left). Needs root and Slurm
 (``experiments/cluster/install_slurm.sh``): skipped with the reason otherwise, failed
 in CI (``CI=true``).
@@ -89,14 +91,15 @@ def slurm():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def sbatch(env: dict, out: Path, log_dir: Path, *, procs_per_node: int = 2) -> str:
-    """Submit the sweep as docs/cluster.md shows for one CPU node; returns the job id."""
+def sbatch(env: dict, out: Path, log_dir: Path, *, grid: str = GRID, **settings: str) -> str:
+    """Submit the sweep as docs/cluster.md shows for one CPU node; returns the job id.
+    ``settings``: the script's environment (``PROCS_PER_NODE`` defaults to 2)."""
     command = [
         "sbatch", "--parsable", "--nodes=1", "--cpus-per-task=2",
         f"--output={log_dir}/sweep-%j.out",
-        "experiments/cluster/sweep.sbatch", GRID, str(out),
+        "experiments/cluster/sweep.sbatch", grid, str(out),
     ]  # fmt: skip
-    env = {**env, "PROCS_PER_NODE": str(procs_per_node)}
+    env = {**env, "PROCS_PER_NODE": "2", **settings}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().split(";")[0]
@@ -142,7 +145,7 @@ def test_docs_gpu_grid_fits_the_documented_job(tmp_path):
 @slurm_test
 def test_refuses_a_grid_that_does_not_fit_the_job(slurm, tmp_path):
     out = tmp_path / "refused.jsonl"
-    job = sbatch(slurm, out, tmp_path, procs_per_node=3)
+    job = sbatch(slurm, out, tmp_path, PROCS_PER_NODE="3")
     assert wait_done(slurm, job) == ("FAILED", "1:0")
     log = (tmp_path / f"sweep-{job}.out").read_text()
     assert "this job runs 3 ranks on cpu" in log, log
@@ -180,3 +183,23 @@ def test_sweep_cancelled_then_rerun_resumes_without_loss_or_duplicates(slurm, tm
         assert record["env"]["launcher"] == "torchrun"
         assert record["measured"]["ranks_agree"] and record["measured"]["bytes_sent"] > 0
         assert record["topology"]["nodes"] == 1 and record["topology"]["ranks_per_node"] == [2]
+
+
+@slurm_test
+def test_a_point_killed_by_its_timeout_is_marked_and_retried_once(slurm, tmp_path):
+    """``timeout`` kills the step before rank 0 records the point: ``mark`` records a
+    timeout; the next job retries it once (attempt 2); the third skips it."""
+    grid = tmp_path / "one.toml"
+    grid.write_text(
+        '[[points]]\nmethod = "sigmoid-ring"\nworld = 2\nbatch = 8\ndim = 16\nsteps = 2\nwarmup = 1\n'
+    )
+    assert len(load_grid(grid)) == 1
+    out = tmp_path / "timeouts.jsonl"
+    for _ in range(3):  # 1 s: less than torchrun needs to start its ranks
+        job = sbatch(slurm, out, tmp_path, grid=str(grid), POINT_TIMEOUT_S="1")
+        assert wait_done(slurm, job) == ("COMPLETED", "0:0")
+    records = results.read_records(out)
+    assert [(r["status"], r["attempt"]) for r in records] == [("timeout", 1), ("timeout", 2)]
+    assert all(r["message"] == "torchrun exited with code 124" for r in records)
+    assert all(r["topology"] is None for r in records)  # placement unknown: not guessed
+    assert "1 points, 1 already in" in (tmp_path / f"sweep-{job}.out").read_text()
