@@ -7,12 +7,11 @@ exactly as docs/cluster.md shows (one node, two gloo ranks under torchrun per po
 cancels the job with ``scancel`` once the first record has landed, submits the same
 command again, and checks that every point ends with exactly one ``ok`` record, the
 records from before the cancellation kept as they were (nothing lost, nothing run
-twice). A grid that does not fit the job is refused before any step starts; a point
-that ``timeout`` kills is marked ``timeout`` by the script, retried once by the next job
-and skipped by the one after. The test
-stops the daemons itself (and those a crashed earlier run left). Needs root and Slurm
-(``experiments/cluster/install_slurm.sh``): skipped with the reason otherwise, failed
-in CI (``CI=true``).
+twice). A grid that does not fit the job is refused before any step starts; a point that
+``timeout`` kills is marked ``timeout`` by the script, retried once by the next job and
+skipped by the one after. The test stops the daemons itself (and those a crashed earlier
+run left). Needs root and Slurm (``experiments/cluster/install_slurm.sh``): skipped with
+the reason otherwise, failed in CI (``CI=true``).
 """
 
 from __future__ import annotations
