@@ -3,8 +3,9 @@
 A tiny two-tower model (two linear towers on random data, L2-normalised features, a
 learnable ``log t`` initialised at ``log 10`` and, for sigmoid, a learnable bias at
 ``-10``) is wrapped in ``DistributedDataParallel`` and trained with SGD with momentum on
-W = 2 and 4 gloo ranks (one 4-rank process group for the module, a subgroup for W = 2),
-each rank feeding its ``b`` rows of the global batch to one of the five methods, and
+W = 2 and 4 gloo ranks (one 4-rank process group for the module; each run on a subgroup
+given to DDP and to the loss as ``group=``), each rank feeding its ``b`` rows of the
+global batch to one of the five methods, and
 compared with the same model trained in one process on the global batch with
 ``reference_loss``:
 
@@ -140,15 +141,13 @@ def largest_difference(got: dict, want: dict, rtol: float, atol: float):
 
 
 def run_one(run: Run, group) -> dict:
-    from profiling import comm
-
     kind = get_method(run.method).kind
     rank = dist.get_rank(group)
     rows = slice(rank * BATCH, (rank + 1) * BATCH)
     dtype = torch.float64 if run.mode in ("fp64", "accum", "control") else torch.float32
     accum = 2 if run.mode == "accum" else 1
     steps = COMPILE_STEPS if run.mode == "compile" else 1 if run.mode == "autocast" else STEPS
-    loss_fn = build_loss(run.method)
+    loss_fn = build_loss(run.method, group=group)
     if run.mode == "control":
         loss_fn = lambda *a: reference_loss(kind, *a)  # noqa: E731
     autocast = run.mode == "autocast"
@@ -157,8 +156,7 @@ def run_one(run: Run, group) -> dict:
         model = TwoTower(kind, dtype)
         ddp = torch.nn.parallel.DistributedDataParallel(model, process_group=group)
         forward = torch.compile(ddp) if compiled else ddp
-        with comm.use_transport(comm.TorchDistributedTransport(group)):
-            train(forward, loss_fn, run.world, steps, accum, dtype, rows, ddp.no_sync, autocast)
+        train(forward, loss_fn, run.world, steps, accum, dtype, rows, ddp.no_sync, autocast)
         return model
 
     reference = TwoTower(kind, dtype)
