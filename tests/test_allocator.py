@@ -1,5 +1,7 @@
 """The allocator peak (``profiling.memory.AllocatorTracker``): exact on CPU, every thread
-counted, operator scratch included; the CUDA path against a fake ``torch.cuda``."""
+counted, operator scratch included; the CUDA path against a fake ``torch.cuda``; a real
+2-rank record carries it (and matches the model), emulated ones where rank 0 owns its
+process."""
 
 from __future__ import annotations
 
@@ -118,3 +120,37 @@ def test_cpu_counts_blocks_taken_through_raw_allocate():
         out = x @ y.T
     assert alloc.peak_bytes >= out.nbytes
     torch.testing.assert_close(out.float(), x.float() @ y.float().T, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.multiprocess
+def test_a_record_carries_the_allocator_peak_the_model_matches():
+    from dataclasses import asdict
+
+    from profiling.launch import launch
+    from profiling.losses import Shape, get_method
+    from profiling.measure import PointConfig, measure_rank
+
+    config = PointConfig(
+        method="softmax-allgather", world=2, batch=32, dim=32, steps=1, warmup=1, profile=False
+    )
+    outcome = launch(measure_rank, (asdict(config),), world=2, timeout_s=300)
+    assert outcome.status == "ok", outcome.message
+    measured = outcome.values[0]
+    model = sum(get_method(config.method).memory_terms(Shape.of(2, 32, 32, "fp32")).values())
+    assert measured["peak_alloc_bytes"] == pytest.approx(model, rel=0.01)
+    assert measured["peak_alloc_bytes"] >= measured["peak_live_bytes"] - 64
+    assert measured["peak_reserved_bytes"] is None and measured["peak_cuda_allocated_bytes"] is None
+
+
+def test_emulated_points_allocator_peak_only_where_rank_0_owns_the_process():
+    from profiling.emulate import emulate_point
+    from profiling.measure import PointConfig
+
+    def point(emulate):
+        config = PointConfig(
+            method="sigmoid-ring", world=3, batch=16, dim=16, steps=1, warmup=0, emulate=emulate
+        )
+        return emulate_point(config, torch.device("cpu"))
+
+    assert point("stand-in")["peak_alloc_bytes"] > 0  # rank 0 alone in its process
+    assert point("exact")["peak_alloc_bytes"] is None  # ranks are threads of one process
