@@ -89,7 +89,7 @@ def block_times(
         sums = torch.zeros(2, dtype=x.dtype, device=device)
         t, bias = (torch.tensor(v, dtype=x.dtype, device=device) for v in (10.0, -10.0))
 
-        def block(x=x, y=y, dx=dx, dy=dy, sums=sums):
+        def block(x=x, y=y, dx=dx, dy=dy, sums=sums, t=t, bias=bias):
             blocks.sigmoid_block(x, y, t, bias, diag=0, tile=None, dx=dx, dy=dy, sums=sums)
 
         out.append((b, time_call(block, device)))

@@ -247,8 +247,16 @@ def _counts(method: Method, shape: Shape):
     return schedule, terms, float_schedule, float_terms
 
 
-def _compute_dtype(dtype: str, shape: Shape) -> str:
-    return dtype if shape.compute_bytes == shape.elem_bytes else "fp32"
+def shape_for(hw: Hardware, world, batch, dim, dtype: str, **options) -> Shape:
+    """The cost functions' :class:`Shape` of a point on ``hw``: half features are
+    multiplied in their own dtype on CUDA and upcast elsewhere (``precision``)."""
+    return Shape.of(world, batch, dim, dtype, half_matmul=hw.device == "cuda", **options)
+
+
+def _compute_dtype(dtype: str, shape: Shape) -> tuple[str, str]:
+    """Dtypes whose rates price (the matmuls, the elementwise work) of ``shape``."""
+    matmul = dtype if shape.operand_bytes == shape.elem_bytes else "fp32"
+    return matmul, (dtype if shape.compute_bytes == shape.elem_bytes else "fp32")
 
 
 def _rate(table: dict[str, float], dtype: str, what: str, hw: Hardware) -> float:
@@ -308,7 +316,7 @@ def predict(
     spec = resolve_method(method)
     hw = resolve_hardware(hardware)
     world, batch, dim = _grid(world, batch, dim)
-    shape = Shape.of(world, batch, dim, dtype, **options)
+    shape = shape_for(hw, world, batch, dim, dtype, **options)
     grid = world.shape
     schedule, terms, float_schedule, float_terms = _counts(spec, shape)
 
@@ -355,8 +363,9 @@ def predict(
 
 def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, world):
     """Time terms of every phase, summed (module docstring)."""
-    matmul_rate = _rate(hw.compute.matmul_flops_per_s, compute_dtype, "matmul", hw)
-    pointwise_rate = _rate(hw.compute.pointwise_elems_per_s, compute_dtype, "pointwise", hw)
+    matmul_dtype, pointwise_dtype = compute_dtype
+    matmul_rate = _rate(hw.compute.matmul_flops_per_s, matmul_dtype, "matmul", hw)
+    pointwise_rate = _rate(hw.compute.pointwise_elems_per_s, pointwise_dtype, "pointwise", hw)
     w = world.astype(np.float64)
     on_node = w if hw.ranks_per_node is None else np.minimum(w, hw.ranks_per_node)
     threads = 1.0 if hw.threads_per_rank is None else float(hw.threads_per_rank)

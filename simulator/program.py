@@ -30,7 +30,7 @@ import numpy as np
 from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer
 from simulator.events import Collective, Compute, Machine, Priced, RingPass, RingRounds, Segment
 from simulator.hardware import Hardware
-from simulator.model import _compute_dtype, _counts, _grid, _times
+from simulator.model import _compute_dtype, _counts, _grid, _times, shape_for
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -98,7 +98,7 @@ def build(method: Method, world, batch, dim, dtype: str, hw: Hardware, **options
     world, batch, dim = _grid(world, batch, dim)
     if world.ndim or batch.ndim or dim.ndim:
         raise ValueError("simulate takes one point: world, batch and dim must be single numbers")
-    shape = Shape.of(world, batch, dim, dtype, **options)
+    shape = shape_for(hw, world, batch, dim, dtype, **options)
     _, _, schedule, _ = _counts(method, shape)
     pricer = _Pricer(shape, hw, _compute_dtype(dtype, shape), world)
     w = int(world)

@@ -78,6 +78,22 @@ def _cases() -> list[Case]:
         cases.append(
             Case(method, 3, 4, 8, "fp32", autocast="bf16", upstream=UPSTREAMS[3], seed=next(seed))
         )
+        # half matmul operands (CUDA's path; on CPU where it has native bf16)
+        for world, upstream in ((1, 1.0), (3, 1.0), (4, UPSTREAMS[4])):
+            cases.append(
+                Case(
+                    method,
+                    world,
+                    6,
+                    8,
+                    "fp32",
+                    autocast="bf16",
+                    upstream=upstream,
+                    half_matmul=True,
+                    seed=next(seed),
+                )
+            )
+        cases.append(Case(method, 3, 6, 8, "bf16", half_matmul=True, seed=next(seed)))
         # odd W: the bidirectional ring runs two multi-round chains (2+2, 3+3 rounds)
         for world in (5, 7):
             cases.append(Case(method, world, 3, 8, "fp64", seed=next(seed)))

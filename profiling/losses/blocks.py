@@ -1,7 +1,10 @@
 """Block math: the loss and its gradients over one block of pairs, tiled.
 
-Every strategy reduces to calling these on blocks ``x (m×d)`` against ``y (n×d)`` in the
-block-math dtype (fp32 for half inputs). A block is cut into tiles of at most
+Every strategy reduces to calling these on blocks ``x (m×d)`` against ``y (n×d)`` whose
+dtype is the matmul operand dtype (``precision.matmul_dtype``: the half type where the
+device multiplies it natively, else the block-math dtype); every product is upcast to the
+block-math dtype (that of ``t``: fp32 for half inputs) before any elementwise work, and
+``G`` is rounded to the operand dtype only to multiply it. A block is cut into tiles of at most
 ``tile × tile`` pairs so that the transient buffers (a few ``tile×tile`` matrices) stay
 bounded whatever ``b``. ``diag`` is the column offset of row 0's positive pair in the
 block (``None``: the block holds negatives only); inside a tile the positives are a
@@ -77,11 +80,30 @@ def sigmoid_block(x, y, t, bias, *, diag, tile, dx, dy, sums) -> None:
         _sigmoid_tile(x[rows], y[cols], t, bias, k, tile_dx, tile_dy, sums)
 
 
+def _logits(x, y, t):
+    """``t·x·yᵀ`` in the block-math dtype (``t``'s), from operands of any dtype."""
+    return (x @ y.T).to(t.dtype).mul_(t)
+
+
+def _accumulate(dx, dy, g, x, y) -> None:
+    """``dx += G·y``, ``dy += Gᵀ·x``, with ``G`` rounded once to the operands' dtype."""
+    if g.dtype == y.dtype:
+        if dx is not None:
+            dx.addmm_(g, y)
+        if dy is not None:
+            dy.addmm_(g.T, x)
+        return
+    gm = g.to(y.dtype)
+    if dx is not None:
+        dx.add_(gm @ y)
+    if dy is not None:
+        dy.add_(gm.T @ x)
+
+
 def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums) -> None:
-    # One function per tile: its scratch (cosines, logits, softplus) is freed on return,
-    # so at most 3 tiles of scratch are ever alive.
-    cos = x @ y.T
-    logits = torch.addcmul(bias, cos, t)  # β + t·cos in one pass
+    # One function per tile: its scratch (logits, softplus; G in the operand dtype and a
+    # product for half operands) is freed on return.
+    logits = _logits(x, y, t).add_(bias)
     if dx is not None or dy is None:
         sums[0] += F.softplus(logits).sum()
         if k is not None:
@@ -93,17 +115,18 @@ def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums) -> None:
         g.diagonal(k).sub_(1)
     if dx is not None:
         sums[1] += g.sum()
-        dx.addmm_(g, y)
-    if dy is not None:
-        dy.addmm_(g.T, x)
+    _accumulate(dx, dy, g, x, y)
 
 
-def softmax_stats(x, y, t, *, tile, row_lse, col_lse) -> None:
-    """Fold ``S = t·x·yᵀ`` into running log-sum-exps over rows and columns (in place)."""
-    for rows, cols, _ in _tiles(x, y, tile, None):
-        s = (x[rows] @ y[cols].T).mul_(t)
+def softmax_stats(x, y, t, *, tile, row_lse, col_lse, diag=None, sums=None) -> None:
+    """Fold ``S = t·x·yᵀ`` into running log-sum-exps over rows and columns (in place);
+    with ``diag``, add the positives ``Σ S_ii`` to ``sums[0]``."""
+    for rows, cols, k in _tiles(x, y, tile, diag):
+        s = _logits(x[rows], y[cols], t)
         torch.logaddexp(row_lse[rows], torch.logsumexp(s, 1), out=row_lse[rows])
         torch.logaddexp(col_lse[cols], torch.logsumexp(s, 0), out=col_lse[cols])
+        if k is not None:
+            sums[0] += s.diagonal(k).sum()
         del s
 
 
@@ -120,14 +143,13 @@ def softmax_grad(x, y, t, *, tile, row_lse, row_coef, col_lse, col_coef, diag, d
 
 def _softmax_grad_tile(x, y, t, lse, k, dx, dy) -> None:
     row_lse, row_coef, col_lse, col_coef = lse
-    s = (x @ y.T).mul_(t)
+    s = _logits(x, y, t)
     g = (s - row_lse[:, None]).exp_().mul_(row_coef)
     g.add_(s.sub_(col_lse[None, :]).exp_().mul_(col_coef))
     del s
     if k is not None:
         g.diagonal(k).sub_(row_coef + col_coef)
-    dx.addmm_(g, y)
-    dy.addmm_(g.T, x)
+    _accumulate(dx, dy, g, x, y)
 
 
 def softmax_rows_fused(x, y, t, *, diag: int, dx, dy, sums) -> None:
@@ -136,7 +158,7 @@ def softmax_rows_fused(x, y, t, *, diag: int, dx, dy, sums) -> None:
     ``sums[0] += Σ_rows (lse − S_pos)`` with ``G = softmax − onehot``: ``Dx += G·y``,
     ``Dy += Gᵀ·x``. Used by the all-gather method on ``b×N`` blocks.
     """
-    s = (x @ y.T).mul_(t)
+    s = _logits(x, y, t)
     # log-sum-exp in place (torch.logsumexp would allocate a b×N temporary):
     # lse = m + log Σ exp(S − m), m the row max; G = exp(S − m) / Σ exp(S − m) − onehot.
     m = s.amax(1)
@@ -146,5 +168,4 @@ def softmax_rows_fused(x, y, t, *, diag: int, dx, dy, sums) -> None:
     sums[0] += total.log().add_(m).sum()
     g.div_(total[:, None])
     g.diagonal(diag).sub_(1)
-    dx.addmm_(g, y)
-    dy.addmm_(g.T, x)
+    _accumulate(dx, dy, g, x, y)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from profiling.losses.checks import RANK_CHECK_BYTES
 from profiling.losses.registry import Phase, Shape, Transfer
 
@@ -47,3 +49,22 @@ def rank_check_phase(shape: Shape) -> Phase:
             ),
         ),
     )
+
+
+def operand_copies(shape: Shape):
+    """1 where the block matmuls take upcast copies of half features (``m > s``), else 0."""
+    return int(shape.operand_bytes > shape.elem_bytes)
+
+
+def tile_scratch(shape: Shape, rows, cols, *, passes: int = 2):
+    """Peak scratch of one ``rows×cols`` tile of block math (``blocks``), bytes.
+
+    ``passes`` block-math-dtype buffers of the tile at once (logits and softplus, or
+    logits and G); with half operands (``m < c``) the gradient matmuls also hold ``G``
+    rounded to ``m`` and one product, ``max(rows, cols)×d`` in ``m``.
+    """
+    c, m, d = shape.compute_bytes, shape.operand_bytes, shape.dim
+    full = passes * rows * cols * c
+    if m >= c:
+        return full
+    return np.maximum(full, rows * cols * (c + m) + np.maximum(rows, cols) * d * m)

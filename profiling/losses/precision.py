@@ -10,26 +10,37 @@ Three dtypes meet in a loss step:
   dtype and returned in the caller's dtype: the straight-through derivative of the
   rounding, as autograd's own cast would give, without rounding the gradient itself to
   the half type;
+* the *operand dtype* ``m`` of the block matmuls (:func:`matmul_dtype`): on CUDA the half
+  wire dtype itself (tensor cores, fp32 accumulation), so half features are never copied
+  to fp32 for a matmul; elsewhere the block-math dtype (a half feature is upcast once
+  per block). CPUs with AMX or AVX-512 BF16 multiply bf16 natively too, but oneDNN then
+  allocates packing scratch inside each matmul whose size follows its kernel choice, not
+  a formula, so half operands on CPU are opt-in: ``SIGSIM_HALF_MATMUL=1`` (and ``=0``
+  turns them off on CUDA);
 * the *block-math dtype* ``c``: fp32 for half features, else the feature dtype. Every
-  matmul, elementwise pass (softplus, sigmoid, exp, log-sum-exp) and accumulator
-  (gradients, loss and scale sums, running log-sum-exps) runs in it. Matmul operands in
-  the half type (tensor cores) are the speed issue's to add; until then a half feature
-  is upcast once per block;
+  elementwise pass (softplus, sigmoid, exp, log-sum-exp) and accumulator (gradients,
+  loss and scale sums, running log-sum-exps) runs in it; a half matmul's product is
+  upcast to it before any elementwise work, and the logit gradient ``G`` is rounded to
+  ``m`` only as the operand of the gradient matmuls;
 * the loss: always returned in the block-math dtype (fp32 for half features).
 
 Inside a loss's autograd Function, autocast is switched off (:func:`autocast_off`) in
 forward and backward alike, so the forward and the backward compute the same function
 whether or not the caller's ``backward()`` runs inside an autocast region.
 
-Tolerance this buys: under autocast the only rounding beyond fp32 arithmetic is the cast
-of the features themselves, which the single-process reference sees too (it follows the
-same policy), so a method matches the reference on the cast inputs to fp32 accuracy, in
-its loss and its fp32 gradients alike.
+Tolerance this buys. With fp32 operands, the only rounding beyond fp32 arithmetic is the
+features' own, which the single-process reference sees too, so a method matches the
+reference on the rounded features to fp32 accuracy. With half operands, each block's
+logits carry one rounding of their product to the half type (relative ``2^-9`` for
+bf16, ``2^-12`` for fp16, times ``t·|x·y| ≤ t``) and each gradient contribution one
+rounding of ``G`` and of its product, so losses and gradients agree to about ``t·2^-8``
+in bf16: the tests allow ``rtol 2e-2`` there (``tests/loss_cases.py``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -46,6 +57,28 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
+
+
+def half_matmul(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the block matmuls take ``dtype`` (bf16, fp16) operands on ``device``."""
+    if dtype not in HALF_DTYPES:
+        return False
+    switch = os.environ.get("SIGSIM_HALF_MATMUL", "")
+    if device.type == "cuda":
+        return switch != "0"
+    if device.type != "cpu" or switch != "1":
+        return False
+    cpu = torch.cpu
+    probes = {
+        torch.bfloat16: ("_is_amx_tile_supported", "_is_avx512_bf16_supported"),
+        torch.float16: ("_is_amx_fp16_supported",),
+    }[dtype]
+    return any(getattr(cpu, probe, lambda: False)() for probe in probes)
+
+
+def matmul_dtype(wire: torch.dtype, device: torch.device) -> torch.dtype:
+    """The operand dtype of the block matmuls for features travelling in ``wire``."""
+    return wire if half_matmul(wire, device) else compute_dtype(wire)
 
 
 def wire_dtype(features: torch.Tensor) -> torch.dtype:

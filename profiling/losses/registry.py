@@ -42,6 +42,10 @@ class Shape:
     """s, bytes per element of the features (8 fp64, 4 fp32, 2 bf16/fp16)."""
     compute_bytes: int
     """Bytes per element of the block math: fp32 for half types, else ``elem_bytes``."""
+    operand_bytes: int
+    """m, bytes per element of the block matmuls' operands: ``elem_bytes`` where half
+    features are multiplied as they are (``precision.matmul_dtype``: CUDA), else
+    ``compute_bytes`` (an upcast copy per block)."""
     tile: int | None = None
     """Largest block side a ring method computes at once (None: b)."""
     overlap: bool = True
@@ -50,14 +54,27 @@ class Shape:
     """Whether the 32-byte cross-rank shape check runs each forward."""
 
     @staticmethod
-    def of(world, batch, dim, dtype="fp32", tile=None, overlap=True, check_ranks=True) -> Shape:
+    def of(
+        world,
+        batch,
+        dim,
+        dtype="fp32",
+        tile=None,
+        overlap=True,
+        check_ranks=True,
+        half_matmul=False,
+    ) -> Shape:
+        """``half_matmul``: whether half features are multiplied in their own dtype
+        (``precision.half_matmul`` of the device; the model sets it for CUDA profiles)."""
         s = dtype_bytes(dtype)
+        c = max(s, 4)
         return Shape(
             world=np.asarray(world, dtype=np.int64),
             batch=np.asarray(batch, dtype=np.int64),
             dim=np.asarray(dim, dtype=np.int64),
             elem_bytes=s,
-            compute_bytes=max(s, 4),
+            compute_bytes=c,
+            operand_bytes=s if half_matmul else c,
             tile=tile,
             overlap=overlap,
             check_ranks=check_ranks,

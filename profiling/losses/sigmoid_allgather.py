@@ -18,10 +18,11 @@ autocast's dtype; block math and gradients in fp32 for half features; loss in fp
 
 Peak memory per rank grows with W (``N = W·b``)::
 
-    gathered texts                 N·d·s   (+ N·d·c fp32 copy for half inputs)
+    gathered texts                 N·d·s   (+ N·d·m upcast copy where m > s)
     their gradient                 N·d·c
-    dx                             b·d·c   (+ b·d·c fp32 copy of x for half inputs)
-    logit block                    3·b·N·c (cosines, logits, softplus)
+    dx                             b·d·c   (+ b·d·m upcast copy of x where m > s)
+    logit block                    2·b·N·c (logits, softplus; with half operands at least
+                                            b·N·(c+m) + N·d·m: ``costs.tile_scratch``)
 """
 
 from __future__ import annotations
@@ -30,8 +31,14 @@ import torch
 
 from profiling.losses import blocks
 from profiling.losses.base import DistributedLoss, first_order_only
-from profiling.losses.costs import block_flops, rank_check_phase, symmetric
-from profiling.losses.precision import autocast_off, compute_dtype
+from profiling.losses.costs import (
+    block_flops,
+    operand_copies,
+    rank_check_phase,
+    symmetric,
+    tile_scratch,
+)
+from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
 from profiling.losses.registry import Method, Phase, Schedule, Shape, register
 
 
@@ -41,19 +48,19 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
     def forward(ctx, x, y, scale, bias, wire, transport, want_grad):
         ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
         x, y = x.to(wire), y.to(wire)
-        cdt = compute_dtype(x.dtype)
+        cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
         b = x.shape[0]
-        xc = x.to(cdt)
+        xm = x.to(mdt)
         # The gathered tensor is kept until the block is done even for half inputs, where
         # the block uses an fp32 copy: the backend may hold it a moment after the
         # collective returns, and keeping it makes the peak independent of that timing.
         gathered = transport.all_gather(y, "sigmoid.texts")
-        texts = gathered.to(cdt)
+        texts = gathered.to(mdt)
         sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss, dβ
-        dx = torch.zeros_like(xc) if want_grad else None
-        dtexts = torch.zeros_like(texts) if want_grad else None
+        dx = torch.zeros(x.shape, dtype=cdt, device=x.device) if want_grad else None
+        dtexts = torch.zeros(texts.shape, dtype=cdt, device=x.device) if want_grad else None
         blocks.sigmoid_block(
-            xc,
+            xm,
             texts,
             scale,
             bias,
@@ -65,7 +72,7 @@ class _SigmoidAllGatherFunction(torch.autograd.Function):
         )
         del texts, gathered
         if want_grad:
-            dt = blocks.dot(xc, dx) / b  # Σ G⊙(x·yᵀ) = ⟨x, G·Y⟩
+            dt = blocks.dot(xm.to(cdt), dx) / b  # Σ G⊙(x·yᵀ) = ⟨x, G·Y⟩
             coef = scale / b
             ctx.grads = (dx.mul_(coef), dtexts.mul_(coef), dt, sums[1] / b)
             ctx.transport = transport
@@ -141,12 +148,12 @@ def memory_terms(shape: Shape):
         shape.compute_bytes,
         shape.global_batch,
     )
-    half = int(s < c)
+    m, copies = shape.operand_bytes, operand_copies(shape)
     return {
-        "gathered texts": n * d * c + half * n * d * s,
+        "gathered texts": n * d * s + copies * n * d * m,
         "gathered text gradients": n * d * c,
-        "dx": b * d * c + half * b * d * c,
-        "logit block": 3 * b * n * c,
+        "dx": b * d * c + copies * b * d * m,
+        "logit block": tile_scratch(shape, b, n),
     }
 
 

@@ -43,8 +43,11 @@ Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
     dx, home dy                    2·b·d·c
     ring buffers                   2·b·d·s     (payloads: held + arriving)
                                  + 3·b·d·c     (accumulators: out, in, fresh contribution)
-    block-math copies (half only)  2·b·d·c     (x and the held texts in fp32)
-    tile                           3·T²·c      (cosines, logits, softplus)
+    block-math copies              2·b·d·m     (x and the held texts upcast: only where
+                                                half features meet fp32 operands, m > s)
+    tile                           2·T²·c      (logits, softplus; with half operands
+                                                m < c, at least T²·(c+m) + T·d·m: G in m
+                                                and one product, ``costs.tile_scratch``)
 
 (fewer buffers for rings of one or two rounds and without overlap: ``ring.pool_bytes``).
 Under autocast the rounded features are transient (the second trip rounds again).
@@ -61,8 +64,14 @@ import torch
 
 from profiling.losses import blocks, ring
 from profiling.losses.base import RingLoss, first_order_only
-from profiling.losses.costs import block_flops, rank_check_phase, symmetric
-from profiling.losses.precision import autocast_off, compute_dtype
+from profiling.losses.costs import (
+    block_flops,
+    operand_copies,
+    rank_check_phase,
+    symmetric,
+    tile_scratch,
+)
+from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
 from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 
@@ -77,19 +86,19 @@ class _SigmoidRingFunction(torch.autograd.Function):
         ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
         ctx.save_for_backward(x, y)  # the caller's: no copy is kept for the second trip
         x, y = x.to(wire), y.to(wire)
-        cdt = compute_dtype(x.dtype)
+        cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
         b = x.shape[0]
-        xc = x.to(cdt)
+        xm = x.to(mdt)
         sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss, dβ
-        dx = torch.zeros_like(xc) if want_grad else None
+        dx = torch.zeros(x.shape, dtype=cdt, device=x.device) if want_grad else None
 
         def visit(payload, owner, dy):
             if dy is not None:
                 dy.zero_()
             diag = 0 if owner == transport.rank else None
-            texts = payload[0].to(cdt)
+            texts = payload[0].to(mdt)
             blocks.sigmoid_block(
-                xc, texts, scale, bias, diag=diag, tile=tile, dx=dx, dy=dy, sums=sums
+                xm, texts, scale, bias, diag=diag, tile=tile, dx=dx, dy=dy, sums=sums
             )
 
         dy, returned = ring.ring_pass(
@@ -98,14 +107,15 @@ class _SigmoidRingFunction(torch.autograd.Function):
             chains,
             visit,
             _add_,
-            new_accumulator=(lambda: torch.empty_like(xc)) if want_grad else None,
+            new_accumulator=(lambda: torch.empty_like(dx)) if want_grad else None,
             overlap=overlap,
             label="sigmoid",
         )
         if want_grad:
             for part in returned:
                 dy.add_(part)
-            dt = blocks.dot(xc, dx) / b  # Σ G⊙(x·yᵀ) = ⟨x, Σ G·y⟩ (``blocks``)
+            del returned, visit
+            dt = blocks.dot(xm.to(cdt), dx) / b  # Σ G⊙(x·yᵀ) = ⟨x, Σ G·y⟩ (``blocks``)
             coef = scale / b
             ctx.grads = (dx.mul_(coef), dy.mul_(coef), dt, sums[1] / b)
             ctx.setup = (wire, scale.detach(), bias.detach(), transport, chains, tile, overlap)
@@ -144,16 +154,16 @@ def _uniform_upstream(transport, grad_loss: torch.Tensor) -> bool:
 def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, tile, overlap):
     """The second trip: ``dy`` with each block scaled by its computing rank's upstream."""
     x, y = x.to(wire), y.to(wire)  # the forward's rounding, redone
-    cdt = compute_dtype(x.dtype)
-    xc = x.to(cdt)
+    cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
+    xm = x.to(mdt)
     coef = grad_loss * t / x.shape[0]
     unused = torch.zeros(2, dtype=cdt, device=x.device)
 
     def visit(payload, owner, dy):
         dy.zero_()
         diag = 0 if owner == transport.rank else None
-        texts = payload[0].to(cdt)
-        blocks.sigmoid_block(xc, texts, t, beta, diag=diag, tile=tile, dx=None, dy=dy, sums=unused)
+        texts = payload[0].to(mdt)
+        blocks.sigmoid_block(xm, texts, t, beta, diag=diag, tile=tile, dx=None, dy=dy, sums=unused)
         dy.mul_(coef)
 
     dy, returned = ring.ring_pass(
@@ -162,7 +172,7 @@ def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, til
         chains,
         visit,
         _add_,
-        new_accumulator=lambda: torch.empty_like(xc),
+        new_accumulator=lambda: torch.empty(x.shape, dtype=cdt, device=x.device),
         overlap=overlap,
         label="sigmoid.bwd",
     )
@@ -276,25 +286,36 @@ def schedule(shape: Shape) -> Schedule:
 
 def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
     """Peak bytes per rank; ``rounds``: rounds per chain (default: one chain of W−1)."""
-    b, d, s, c = shape.batch, shape.dim, shape.elem_bytes, shape.compute_bytes
+    b, d, s, c, m = (
+        shape.batch,
+        shape.dim,
+        shape.elem_bytes,
+        shape.compute_bytes,
+        shape.operand_bytes,
+    )
     rounds = [shape.world - 1] if rounds is None else rounds
     grads, payload = b * d * c, b * d * s
+    copies = operand_copies(shape) * b * d * m  # x (and the held texts) upcast
     half = int(s < c)
     tile = shape.tile_side
     at_last_block, pools = ring.pool_bytes(rounds, payload, grads, shape.overlap)
     computing_a_block = {
         "dx, home dy": 2 * grads,
         "ring buffers": at_last_block,
-        "block-math copies": half * 2 * grads,
-        "tile": 3 * tile * tile * c,
+        "block-math copies": 2 * copies,
+        "tile": tile_scratch(shape, tile, tile),
     }
     end_of_ring = {
         "dx, home dy": 2 * grads,
         "ring buffers": pools,
-        "block-math copies": half * grads,
+        "block-math copies": copies,
+    }
+    scale_gradient = {  # ⟨x, Dx⟩ needs x in the block-math dtype
+        "dx, home dy": 2 * grads,
+        "block-math copies": copies + int(m < c) * grads,
     }
     backward = {"dx, home dy": 2 * grads, "input gradients": 2 * payload + half * grads}
-    return peak_of(computing_a_block, end_of_ring, backward)
+    return peak_of(computing_a_block, end_of_ring, scale_gradient, backward)
 
 
 register(

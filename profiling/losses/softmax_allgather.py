@@ -20,10 +20,11 @@ math and gradients in fp32 for half features; loss in fp32).
 
 Peak memory per rank grows with W (``N = W·b``)::
 
-    gathered images and texts      2·N·d·s (+ 2·N·d·c fp32 copies for half inputs)
+    gathered images and texts      2·N·d·s (+ 2·N·d·m upcast copies where m > s)
     their gradients                2·N·d·c
-    dx, dy                         2·b·d·c (+ 2·b·d·c fp32 copies for half inputs)
-    logit block                    b·N·c   (logits, turned into G in place)
+    dx, dy                         2·b·d·c (+ 2·b·d·m upcast copies where m > s)
+    logit block                    b·N·c   (logits, turned into G in place; with half
+                                            operands b·N·(c+m) + N·d·m: G in m, a product)
     row statistics                 3·b·c   (row max, row sum and its log: the
                                             log-sum-exp is done in place, no b×N scratch)
 """
@@ -34,8 +35,14 @@ import torch
 
 from profiling.losses import blocks
 from profiling.losses.base import DistributedLoss, first_order_only
-from profiling.losses.costs import block_flops, rank_check_phase, symmetric
-from profiling.losses.precision import autocast_off, compute_dtype
+from profiling.losses.costs import (
+    block_flops,
+    operand_copies,
+    rank_check_phase,
+    symmetric,
+    tile_scratch,
+)
+from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
 from profiling.losses.registry import Method, Phase, Schedule, Shape, register
 
 
@@ -45,25 +52,28 @@ class _SoftmaxAllGatherFunction(torch.autograd.Function):
     def forward(ctx, x, y, scale, wire, transport, want_grad):
         ctx.dtypes = (x.dtype, y.dtype, scale.dtype)
         x, y = x.to(wire), y.to(wire)
-        cdt = compute_dtype(x.dtype)
+        cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
         b = x.shape[0]
-        xc, yc = x.to(cdt), y.to(cdt)
+        xm, ym = x.to(mdt), y.to(mdt)
         sums = torch.zeros(1, dtype=cdt, device=x.device)  # loss·2b
         # Gathered tensors are kept until the blocks are done (see sigmoid_allgather).
         gathered = (
             transport.all_gather(x, "softmax.images"),
             transport.all_gather(y, "softmax.texts"),
         )
-        images, texts = (g.to(cdt) for g in gathered)
-        dx, dy = torch.zeros_like(xc), torch.zeros_like(yc)
-        dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)
+        images, texts = (g.to(mdt) for g in gathered)
+
+        def zeros(like):
+            return torch.zeros(like.shape, dtype=cdt, device=like.device)
+
+        dx, dy, dimages, dtexts = zeros(x), zeros(y), zeros(images), zeros(texts)
         diag = transport.rank * b
-        blocks.softmax_rows_fused(xc, texts, scale, diag=diag, dx=dx, dy=dtexts, sums=sums)
-        blocks.softmax_rows_fused(yc, images, scale, diag=diag, dx=dy, dy=dimages, sums=sums)
+        blocks.softmax_rows_fused(xm, texts, scale, diag=diag, dx=dx, dy=dtexts, sums=sums)
+        blocks.softmax_rows_fused(ym, images, scale, diag=diag, dx=dy, dy=dimages, sums=sums)
         del images, texts, gathered
         inv_2b = 1.0 / (2 * b)
         if want_grad:
-            ctx.dscale = (blocks.dot(xc, dx) + blocks.dot(yc, dy)) * inv_2b
+            ctx.dscale = (blocks.dot(xm.to(cdt), dx) + blocks.dot(ym.to(cdt), dy)) * inv_2b
             coef = scale * inv_2b
             ctx.grads = (dx.mul_(coef), dy.mul_(coef), dimages.mul_(coef), dtexts.mul_(coef))
             ctx.transport = transport
@@ -155,12 +165,12 @@ def memory_terms(shape: Shape):
         shape.compute_bytes,
         shape.global_batch,
     )
-    half = int(s < c)
+    m, copies = shape.operand_bytes, operand_copies(shape)
     return {
-        "gathered images and texts": 2 * n * d * c + half * 2 * n * d * s,
+        "gathered images and texts": 2 * n * d * s + copies * 2 * n * d * m,
         "gathered gradients": 2 * n * d * c,
-        "dx, dy": 2 * b * d * c + half * 2 * b * d * c,
-        "logit block": b * n * c,
+        "dx, dy": 2 * b * d * c + copies * 2 * b * d * m,
+        "logit block": tile_scratch(shape, b, n, passes=1),
         "row statistics": 3 * b * c,
     }
 

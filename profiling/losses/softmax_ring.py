@@ -34,9 +34,10 @@ sent and received alike, against ``4(W−1)·b·d`` elements for the all-gather 
 
 Peak memory per rank, independent of W; ``T = min(tile, b)``: the image gradient and
 the home text gradient (``2·b·d·c``), two payloads in flight (``2·b·d·s`` plus their
-column statistics), three text-gradient buffers in flight (``3·b·d·c``), fp32 copies of
-x and the held texts for half inputs (``2·b·d·c``) and two ``T×T`` tiles (``2·T²·c``: the
-logits, turned into G in place, and the log-sum-exp's scratch or G's second term).
+column statistics), three text-gradient buffers in flight (``3·b·d·c``), upcast copies of
+x and the held texts where half features meet fp32 operands (``2·b·d·m``, ``m > s``) and
+two ``T×T`` tiles (``2·T²·c``: the logits, turned into G in place, and the log-sum-exp's
+scratch or G's second term; with half operands at least ``T²·(c+m) + T·d·m``).
 Saved for backward: only the row and column log-sum-exps (``2·b·c``).
 """
 
@@ -46,8 +47,8 @@ import torch
 
 from profiling.losses import blocks, ring
 from profiling.losses.base import RingLoss, first_order_only
-from profiling.losses.costs import rank_check_phase, symmetric
-from profiling.losses.precision import autocast_off, compute_dtype
+from profiling.losses.costs import operand_copies, rank_check_phase, symmetric, tile_scratch
+from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
 from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 
@@ -61,16 +62,24 @@ class _SoftmaxRingFunction(torch.autograd.Function):
     def forward(ctx, x, y, scale, wire, transport, tile, overlap):
         ctx.save_for_backward(x, y)  # the caller's; backward redoes the rounding
         x, y = x.to(wire), y.to(wire)
-        cdt = compute_dtype(x.dtype)
+        cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
         b = x.shape[0]
         t = scale.detach()
-        xc = x.to(cdt)
+        xm = x.to(mdt)
         row_lse = torch.full((b,), -torch.inf, dtype=cdt, device=x.device)
+        positives = torch.zeros(1, dtype=cdt, device=x.device)  # Σ S_ii, from the home block
 
         def visit(payload, owner, col_lse):
             col_lse.fill_(-torch.inf)
             blocks.softmax_stats(
-                xc, payload[0].to(cdt), t, tile=tile, row_lse=row_lse, col_lse=col_lse
+                xm,
+                payload[0].to(mdt),
+                t,
+                tile=tile,
+                row_lse=row_lse,
+                col_lse=col_lse,
+                diag=0 if owner == transport.rank else None,
+                sums=positives,
             )
 
         col_lse, returned = ring.ring_pass(
@@ -85,8 +94,7 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         )
         for part in returned:
             _logaddexp_(col_lse, part)
-        positives = (xc * y.to(cdt)).sum(1).mul_(t)
-        loss = (row_lse.sum() + col_lse.sum() - 2 * positives.sum()) / (2 * b)
+        loss = (row_lse.sum() + col_lse.sum() - 2 * positives[0]) / (2 * b)
         ctx.lse = (row_lse, col_lse)
         ctx.setup = (wire, t, transport, tile, overlap, scale.dtype)
         return loss
@@ -99,17 +107,17 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         row_lse, col_lse = ctx.lse
         wire, t, transport, tile, overlap, scale_dtype = ctx.setup
         x, y = x_in.to(wire), y_in.to(wire)
-        cdt = compute_dtype(x.dtype)
+        cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
         b = x.shape[0]
-        xc = x.to(cdt)
+        xm = x.to(mdt)
         coef = grad_loss.to(cdt) / (2 * b)
-        dx = torch.zeros_like(xc)
+        dx = torch.zeros(x.shape, dtype=cdt, device=x.device)
 
         def visit(payload, owner, dy):
-            texts, stats = payload[0].to(cdt), payload[1]
+            texts, stats = payload[0].to(mdt), payload[1]
             dy.zero_()
             blocks.softmax_grad(
-                xc,
+                xm,
                 texts,
                 t,
                 tile=tile,
@@ -129,13 +137,14 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             ring.one_way(transport.world_size),
             visit,
             lambda received, contribution: received.add_(contribution),
-            new_accumulator=lambda: torch.empty_like(xc),
+            new_accumulator=lambda: torch.empty_like(dx),
             overlap=overlap,
             label="softmax.bwd",
         )
         for part in returned:
             dy.add_(part)
-        dt = blocks.dot(xc, dx)  # Σ G⊙(x·yᵀ) over this rank's blocks (``blocks``)
+        del returned, visit
+        dt = blocks.dot(xm.to(cdt), dx)  # Σ G⊙(x·yᵀ) over this rank's blocks (``blocks``)
         dx.mul_(t), dy.mul_(t)
         return dx.to(x_in.dtype), dy.to(y_in.dtype), dt.to(scale_dtype), None, None, None, None
 
@@ -201,33 +210,44 @@ def schedule(shape: Shape) -> Schedule:
 
 
 def memory_terms(shape: Shape):
-    b, d, s, c = shape.batch, shape.dim, shape.elem_bytes, shape.compute_bytes
+    b, d, s, c, m = (
+        shape.batch,
+        shape.dim,
+        shape.elem_bytes,
+        shape.compute_bytes,
+        shape.operand_bytes,
+    )
     rounds = [shape.world - 1]
     grads, payload, lse = b * d * c, b * d * s, b * c
-    half = int(s < c)
+    copies = operand_copies(shape) * b * d * m
     tile = shape.tile_side
     stats_last_block, _ = ring.pool_bytes(rounds, payload, lse, shape.overlap)
     at_last_block, pools = ring.pool_bytes(rounds, payload + lse + c, grads, shape.overlap)
     statistics_pass = {
         "row and column lse": 2 * lse,
         "ring buffers": stats_last_block,
-        "block-math copies": half * 2 * grads,
+        "block-math copies": 2 * copies,
         "tile": 2 * tile * tile * c,
     }
     gradient_pass_block = {
         "row and column lse": 2 * lse + (lse + c),
         "dx, home dy": 2 * grads,
         "ring buffers": at_last_block,
-        "block-math copies": half * 2 * grads,
-        "tile": 2 * tile * tile * c,
+        "block-math copies": 2 * copies,
+        "tile": tile_scratch(shape, tile, tile),
     }
     gradient_pass_end = {
         "row and column lse": 2 * lse + (lse + c),
         "dx, home dy": 2 * grads,
         "ring buffers": pools,
-        "block-math copies": half * grads,
+        "block-math copies": copies,
     }
-    return peak_of(statistics_pass, gradient_pass_block, gradient_pass_end)
+    scale_gradient = {  # ⟨x, Dx⟩ needs x in the block-math dtype
+        "row and column lse": 2 * lse,
+        "dx, home dy": 2 * grads,
+        "block-math copies": copies + int(m < c) * grads,
+    }
+    return peak_of(statistics_pass, gradient_pass_block, gradient_pass_end, scale_gradient)
 
 
 register(
