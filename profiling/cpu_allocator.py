@@ -7,13 +7,13 @@ bytes to a process-wide atomic level and raises the peak; the block's deleter su
 them, whichever thread frees it. So the level counts every thread's allocations (gloo's
 worker threads included) and every operator's scratch, exactly, at the cost of a
 mutex-guarded table entry and two atomic operations per allocation. Its blocks keep
-``data == context`` so that ``raw_allocate`` works (oneDNN's bf16 matmul uses it). Blocks allocated before the
-wrapper was installed are not counted, and neither are their frees.
+``data == context`` so that ``raw_allocate`` works (oneDNN's bf16 matmul uses it).
+Blocks allocated before the wrapper was installed are not counted, nor are their frees.
 
 Why not ``torch.profiler(profile_memory=True)``: its ``[memory]`` events come only from
 the profiled thread, so a block that a gloo worker thread frees (a finished collective's
-buffers) stays counted, and what that thread allocates is never seen; it also costs tens
-of microseconds per operator (``docs/allocator-peak.md``).
+buffers) stays counted, and what that thread allocates is never seen; it also slows a
+step by half or more (``docs/allocator-peak.md``).
 
 The counter is process-wide: measure one step at a time, in a process that runs one rank.
 """
