@@ -8,7 +8,9 @@ gradients against open_clip 3.3's ``ClipLoss`` / ``SigLipLoss`` given copies of 
 same leaves, in fp64 and fp32. ``ClipLoss(local_loss=True, method="softmax-ring")``
 matches the scale gradient only as a mean over ranks, as its docstring says. The
 configurations open_clip runs but the adapters cannot reproduce are refused with one
-line naming the alternative. The comparisons are skipped, with the reason, when
+line naming the alternative, at construction or, for a process group created after the
+loss, at the first forward; ``ClipLoss(local_loss=False)`` adds exactly its three
+one-scalar all-gathers. The comparisons are skipped, with the reason, when
 open-clip-torch is missing; the refusals are not.
 """
 
@@ -231,4 +233,18 @@ def test_clip_loss_refuses_a_bias_and_a_missing_process_group():
         open_clip_compat.ClipLoss()(x, x, 10.0, -1.0)
     loss = open_clip_compat.SigLipLoss(rank=1, world_size=2)
     with pytest.raises(RuntimeError, match="no process group"):
+        loss(x, x, 10.0, -10.0)
+
+
+def test_a_process_group_made_after_the_loss_is_checked_at_forward():
+    from types import SimpleNamespace
+
+    from profiling import comm
+
+    loss = open_clip_compat.SigLipLoss(rank=0, world_size=2)  # no process group yet
+    x = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    with (
+        comm.use_transport(SimpleNamespace(rank=0, world_size=3)),
+        pytest.raises(ValueError, match=r"disagrees with the process group \(rank 0 of 3\)"),
+    ):
         loss(x, x, 10.0, -10.0)
