@@ -10,9 +10,13 @@
   starting at a barrier, timed with ``time.perf_counter`` (CPU) or CUDA events, the
   order rotated by one each repetition (A B C, B C A, ...) so that neither side always
   runs after the other. Per step the slowest rank sets the time (max over ranks);
-* memory: one untimed step under ``profiling.memory.LiveTensorTracker`` (bytes held by
-  tensors created in the step, the same definition for both sides), and on CUDA the
-  allocator's peak above what was allocated before the step;
+* memory: one untimed step under ``profiling.memory.AllocatorTracker`` (the allocator's
+  peak above its level before the step: every allocation, operator scratch included, the
+  same definition for both sides) and one under ``LiveTensorTracker`` (bytes held by
+  tensors the step creates);
+* autocast: with ``autocast`` set, every step of every contender (warm-up, timed, memory,
+  bytes, check) runs inside ``torch.autocast`` of that dtype, as open_clip's
+  ``--precision amp`` runs its loss;
 * bytes: one untimed step counted twice: ``profiling.comm`` for ours,
   ``benchmarks.dist_counter`` (wrapped ``torch.distributed``) for open_clip's, both in
   ``profiling.comm``'s ring convention; and, as a cross-check for both, the collectives
@@ -35,6 +39,7 @@ from benchmarks import dist_counter
 from benchmarks.open_clip_peers import CONTENDER_NAMES, Contender, contender
 from benchmarks.reference_check import RankResult, reference_errors
 from profiling import comm, traffic
+from profiling.losses.registry import TORCH_DTYPES
 from profiling.measure import (
     PointConfig,
     StepInputs,
@@ -44,7 +49,7 @@ from profiling.measure import (
     spread,
     timed_step,
 )
-from profiling.memory import LiveTensorTracker
+from profiling.memory import AllocatorTracker, LiveTensorTracker
 
 KIND_METHOD = {"sigmoid": "sigmoid-ring", "softmax": "softmax-ring"}
 """A registered method of each kind, whose inputs (bias or not) every contender shares."""
@@ -61,6 +66,8 @@ class PeerConfig:
     dim: int = 512
     """d, embedding width."""
     dtype: str = "fp32"
+    autocast: str | None = None
+    """Run every contender inside ``torch.autocast`` with this dtype ("bf16", "fp16")."""
     device: str = "cpu"
     steps: int = 10
     """Timed repetitions; each runs every contender once."""
@@ -127,18 +134,15 @@ def _bytes_step(c: Contender, loss, inputs: StepInputs, world: int) -> dict:
 
 
 def _memory_step(loss, inputs: StepInputs, device) -> dict:
-    out = {"peak_cuda_allocated_bytes": None}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    with AllocatorTracker(device) as allocator:
         forward(loss, inputs).backward()
-        torch.cuda.synchronize(device)
-        out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(device) - base
     with LiveTensorTracker() as tracker:
         forward(loss, inputs).backward()
-        out["peak_live_bytes"] = tracker.peak_bytes
-    return out
+    return {
+        "peak_alloc_bytes": allocator.peak_bytes,
+        "peak_reserved_bytes": allocator.peak_reserved_bytes,
+        "peak_live_bytes": tracker.peak_bytes,
+    }
 
 
 def check_against_reference(config: PeerConfig, c: Contender, loss, rank, world, device) -> dict:
@@ -171,6 +175,7 @@ def check_against_reference(config: PeerConfig, c: Contender, loss, rank, world,
         loss_mean=mean[0],
         log_scale_grad_mean=mean[1],
         bias_grad_mean=mean[2] if inputs.bias is not None else None,
+        autocast=config.autocast,
     )
 
 
@@ -183,15 +188,21 @@ def peers_rank(rank: int, world: int, config_dict: dict) -> dict | None:
     inputs = {kind: make_inputs(config.point(kind), rank, device) for kind in KIND_METHOD}
     run = {c.name: (losses[c.name], inputs[c.kind]) for c in chosen}
 
+    def amp():
+        dtype = TORCH_DTYPES[config.autocast] if config.autocast else None
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
     for _ in range(config.warmup):
         for c in chosen:
-            forward(*run[c.name]).backward()
+            with amp():
+                forward(*run[c.name]).backward()
     local = {c.name: [] for c in chosen}  # per repetition: (fwd, bwd, total)
     for repetition in range(config.steps):
         shift = repetition % len(chosen)
         for c in chosen[shift:] + chosen[:shift]:
             dist.barrier()
-            local[c.name].append(timed_step(*run[c.name], device))
+            with amp():
+                local[c.name].append(timed_step(*run[c.name], device))
     flat = torch.tensor(
         [t for c in chosen for step in local[c.name] for t in step], dtype=torch.float64
     )
@@ -211,12 +222,13 @@ def peers_rank(rank: int, world: int, config_dict: dict) -> dict | None:
             "forward_time_s": spread(fwd),
             "backward_time_s": spread(bwd),
             "timing_reduction": "max over ranks per step, then over steps",
-            **_memory_step(*run[c.name], device),
-            **_bytes_step(c, *run[c.name], world),
         }
-        if config.check:
-            measured["check"] = check_against_reference(
-                config, c, losses[c.name], rank, world, device
-            )
+        with amp():
+            measured.update(_memory_step(*run[c.name], device))
+            measured.update(_bytes_step(c, *run[c.name], world))
+            if config.check:
+                measured["check"] = check_against_reference(
+                    config, c, losses[c.name], rank, world, device
+                )
         out[c.name] = measured
     return out if rank == 0 else None

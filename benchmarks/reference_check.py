@@ -49,11 +49,13 @@ def reference_errors(
     loss_mean=None,
     log_scale_grad_mean=None,
     bias_grad_mean=None,
+    autocast: str | None = None,
 ) -> dict:
     """Relative errors of the given ranks against the reference.
 
     ``ranks`` may hold every rank (the means are taken here) or only some (pass the
-    means over all ranks, computed by the caller with a collective).
+    means over all ranks, computed by the caller with a collective). ``autocast``: the
+    dtype the contenders ran under (the caller runs this inside the same autocast).
     """
     world = config.world
     everyone = [make_inputs(config, r, torch.device("cpu")) for r in range(world)]
@@ -82,7 +84,9 @@ def reference_errors(
     errors["log_scale_grad"] = relative_error(log_scale_grad_mean, log_scale.grad)
     if bias is not None:
         errors["bias_grad"] = relative_error(bias_grad_mean, bias.grad)
-    tolerance = TOLERANCE[config.dtype]
+    # under autocast the reference rounds the features as autocast does (``precision``);
+    # what a contender rounds beyond that (open_clip: its half logits) needs the half row
+    tolerance = TOLERANCE[autocast or config.dtype]
     return {
         "loss": float(torch.as_tensor(loss_mean)),
         "reference_loss": float(ref.detach()),

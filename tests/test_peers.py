@@ -15,6 +15,7 @@ import torch
 from benchmarks import open_clip_peers, peers
 from benchmarks.dist_counter import count_traffic
 from profiling.launch import launch
+from profiling.losses.checks import RANK_CHECK_BYTES
 from profiling.measure import PointConfig, forward, make_inputs
 
 HAVE_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
@@ -107,9 +108,10 @@ def test_open_clip_bytes_follow_the_documented_pattern(world3):
         assert gather_ops["all_gather:torch.distributed"]["bytes_sent"] == (world - 1) * row_bytes
         # ClipLoss local with grad: both sides gathered, both gradients scattered back.
         assert values["open_clip:clip-local"]["sent"] == 4 * (world - 1) * row_bytes
-        # Ours, through profiling.comm: the same texts plus the 32-byte shape check per peer.
+        # Ours, through profiling.comm: the same texts plus, per peer, the cross-rank check
+        # and (backward) one fp32 upstream scalar (profiling.losses.sigmoid_ring).
         ring = values["sigmoid-ring"]
-        assert ring["sent"] == 2 * (world - 1) * row_bytes + 32 * (world - 1)
+        assert ring["sent"] == 2 * (world - 1) * row_bytes + (RANK_CHECK_BYTES + 4) * (world - 1)
 
 
 @pytest.mark.slow
@@ -142,6 +144,7 @@ def _measured(time_s, peak, sent, samples=None):
     return {
         "step_time_s": {"median": time_s},
         "step_time_samples_s": samples,
+        "peak_alloc_bytes": peak,
         "peak_live_bytes": peak,
         "bytes_sent": sent,
     }
@@ -156,7 +159,7 @@ def test_ratios_take_the_best_of_each_side():
         "softmax-ring": _measured(3.0, 50, 9),
         "open_clip:clip-local": _measured(2.0, 80, 12),
     }
-    rows = {(r["ours"], r["metric"]): r for r in peers.ratios(measured)}
+    rows = {(r["ours"], r["metric"]): r for r in peers.ratios(measured, world=4)}
     time_row = rows[("sigmoid ring", "step_time_s")]
     assert (time_row["best_ours"], time_row["best_theirs"]) == (
         "sigmoid-ring-bidir",
@@ -166,13 +169,18 @@ def test_ratios_take_the_best_of_each_side():
     # per repetition: 0.5, 1.25, 3.0 -> median 1.25; fastest vs fastest: 1.0 / 1.0
     assert time_row["paired_median_ratio"] == pytest.approx(1.25)
     assert time_row["min_ratio"] == pytest.approx(1.0)
-    memory_row = rows[("sigmoid ring", "peak_live_bytes")]
+    assert time_row["target_max_ratio"] == 0.85  # fp32 target; 0.75 under autocast
+    memory_row = rows[("sigmoid ring", "peak_alloc_bytes")]
     assert memory_row["ratio"] == pytest.approx(100 / 300) and memory_row["target_met"] is True
-    softmax_memory = rows[("softmax-ring", "peak_live_bytes")]
+    softmax_memory = rows[("softmax-ring", "peak_alloc_bytes")]
     assert (
         softmax_memory["ratio"] == pytest.approx(50 / 80) and softmax_memory["target_met"] is False
     )
+    assert rows[("softmax-ring", "peak_live_bytes")]["target_max_ratio"] is None
     assert rows[("softmax-ring", "bytes_sent")]["target_max_ratio"] is None
+    amp = {(r["ours"], r["metric"]): r for r in peers.ratios(measured, world=8, autocast=True)}
+    assert amp[("softmax-ring", "step_time_s")]["target_max_ratio"] == 0.55
+    assert amp[("softmax-ring", "peak_alloc_bytes")]["target_max_ratio"] == 0.18
 
 
 def test_missing_open_clip_prints_the_pip_command(monkeypatch, capsys, tmp_path):
