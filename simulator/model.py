@@ -250,7 +250,7 @@ def _counts(method: Method, shape: Shape):
 def shape_for(hw: Hardware, world, batch, dim, dtype: str, **options) -> Shape:
     """The cost functions' :class:`Shape` of a point on ``hw``: half features are
     multiplied in their own dtype on CUDA and upcast elsewhere (``precision``)."""
-    return Shape.of(world, batch, dim, dtype, half_matmul=hw.device == "cuda", **options)
+    return Shape.of(world, batch, dim, dtype, device=hw.device, **options)
 
 
 def _compute_dtype(dtype: str, shape: Shape) -> tuple[str, str]:

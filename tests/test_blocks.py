@@ -18,3 +18,18 @@ def test_dot_split_into_chunks_equals_plain_dot(monkeypatch):
     b = torch.randn(37, 11, generator=gen, dtype=torch.float64)
     monkeypatch.setattr(blocks, "_DOT_CHUNK", 50)
     torch.testing.assert_close(blocks.dot(a, b), (a * b).sum(), rtol=1e-12, atol=1e-12)
+
+
+def test_default_tile_is_one_rule_for_the_losses_and_the_model():
+    from profiling.losses import build_loss
+    from profiling.losses.registry import SMALLEST_DEFAULT_TILE, Shape, default_tile
+
+    for device, smallest in SMALLEST_DEFAULT_TILE.items():
+        assert default_tile(smallest // 2, 8, device) == smallest // 2  # small b: one block
+        assert default_tile(4 * smallest, 8, device) == smallest
+        assert default_tile(4 * smallest, smallest, device) == 4 * smallest  # 4·d, capped by b
+        assert Shape.of(2, 4 * smallest, 8, device=device).tile_side == smallest
+    loss = build_loss("sigmoid-ring")
+    features = torch.zeros(3000, 16)
+    assert loss.tile_for(features) == default_tile(3000, 16, "cpu") == 1024
+    assert build_loss("softmax-ring", tile=7).tile_for(features) == 7

@@ -20,6 +20,7 @@ import torch
 from profiling import comm
 from profiling.losses.checks import as_scalar, check_bias, check_features, check_ranks
 from profiling.losses.precision import wire_dtype
+from profiling.losses.registry import default_tile
 
 
 def first_order_only(backward):
@@ -109,3 +110,10 @@ class RingLoss(DistributedLoss):
 
     def options(self) -> dict:
         return {**super().options(), "overlap": self.overlap, "tile": self.tile}
+
+    def tile_for(self, features: torch.Tensor) -> int:
+        """The tile side for these features: the option, else ``registry.default_tile``."""
+        if self.tile is not None:
+            return self.tile
+        b, d = features.shape
+        return int(default_tile(b, d, features.device.type))

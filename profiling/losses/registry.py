@@ -47,7 +47,9 @@ class Shape:
     features are multiplied as they are (``precision.matmul_dtype``: CUDA), else
     ``compute_bytes`` (an upcast copy per block)."""
     tile: int | None = None
-    """Largest block side a ring method computes at once (None: b)."""
+    """Largest block side a ring method computes at once (None: :func:`default_tile`)."""
+    device: str = "cpu"
+    """"cpu" or "cuda": the device type the default tile and operand dtype are for."""
     overlap: bool = True
     """Ring methods: post the next exchange before computing the current block."""
     check_ranks: bool = True
@@ -62,10 +64,15 @@ class Shape:
         tile=None,
         overlap=True,
         check_ranks=True,
-        half_matmul=False,
+        device="cpu",
+        half_matmul=None,
     ) -> Shape:
         """``half_matmul``: whether half features are multiplied in their own dtype
-        (``precision.half_matmul`` of the device; the model sets it for CUDA profiles)."""
+        (``precision.half_matmul``; None: the device's default, yes on CUDA only)."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if half_matmul is None:
+            half_matmul = device == "cuda"
         s = dtype_bytes(dtype)
         c = max(s, 4)
         return Shape(
@@ -76,6 +83,7 @@ class Shape:
             compute_bytes=c,
             operand_bytes=s if half_matmul else c,
             tile=tile,
+            device=device,
             overlap=overlap,
             check_ranks=check_ranks,
         )
@@ -87,7 +95,8 @@ class Shape:
     @property
     def tile_side(self):
         """Side of the blocks actually computed: min(tile, b)."""
-        return self.batch if self.tile is None else np.minimum(self.tile, self.batch)
+        tile = default_tile(self.batch, self.dim, self.device) if self.tile is None else self.tile
+        return np.minimum(tile, self.batch)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -195,6 +204,20 @@ def peak_of(*moments: dict[str, Any]) -> dict[str, Any]:
         name: np.choose(best, [np.broadcast_to(np.asarray(m.get(name, 0)), shape) for m in moments])
         for name in names
     }
+
+
+SMALLEST_DEFAULT_TILE = {"cpu": 1024, "cuda": 4096}
+"""Per device type, the side below which the default never cuts a block: large enough
+that a tile's matmuls run at full rate (on the 2-core development CPU a 512-block cut
+into 256-tiles ran no faster, into 128-tiles 12% slower; ``docs/speed.md``)."""
+
+
+def default_tile(batch, dim, device: str = "cpu"):
+    """The ring methods' tile when none is given: ``b``, unless ``b`` exceeds both the
+    device's :data:`SMALLEST_DEFAULT_TILE` and ``4·d``; then ``max(that, 4·d)``, so that
+    the tile scratch (``2·T²·c``) stays within a few times the ``b×d`` buffers the ring
+    holds anyway instead of growing as ``b²``."""
+    return np.minimum(batch, np.maximum(SMALLEST_DEFAULT_TILE[device], 4 * np.asarray(dim)))
 
 
 _REGISTRY: dict[str, Method] = {}

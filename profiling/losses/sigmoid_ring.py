@@ -198,7 +198,7 @@ class SigmoidRingLoss(RingLoss):
             wire,
             transport,
             chains,
-            self.tile,
+            self.tile_for(image_features),
             self.overlap,
             want_grad,
         )

@@ -159,7 +159,12 @@ class SoftmaxRingLoss(RingLoss):
             image_features, text_features, logit_scale, logit_bias
         )
         return self.run_function(
-            _SoftmaxRingFunction, *inputs, wire, transport, self.tile, self.overlap
+            _SoftmaxRingFunction,
+            *inputs,
+            wire,
+            transport,
+            self.tile_for(image_features),
+            self.overlap,
         )
 
 
