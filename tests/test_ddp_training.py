@@ -29,9 +29,14 @@ other ranks' negatives) is asserted to miss by more than :data:`CONTROL_MIN_DIFF
 
 compile: inductor reorders fp32 sums (a few ulp, 1e-7 relative), amplified as above over
 :data:`COMPILE_STEPS` steps: rtol 1e-4, atol 1e-5. autocast: bf16 keeps 8 bits of
-mantissa (unit roundoff 3.9e-3); a method and the reference may round different
-intermediate products, so their gradients agree to a few units of bf16 rounding of
-the largest entries: rtol 2e-2, atol 2e-3 (issue 9, item 1).
+mantissa (unit roundoff 3.9e-3). Under autocast the towers themselves run in bf16, and a
+weight's gradient is a bf16 product summed over b rows per rank (W partial sums that DDP
+then averages) in the distributed run but over all N rows in one product in the
+reference, so the two round different sums: their difference scales with the gradient
+tensor's magnitude, not each entry's. Hence rtol 2e-2 and an atol of 2e-3 times the
+largest entry of each gradient tensor (measured need at W = 2: 3.0e-3 on a softmax
+``text.weight`` gradient whose largest entry is 5; the reference's own bf16 vs fp32
+gradients differ by up to 0.028 there).
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ COMPILE_TOLERANCE = (1e-4, 1e-5)
 CONTROL_MIN_DIFFERENCE = 1e-4
 """Smallest parameter difference the local-loss control must show (a wrong loss)."""
 AUTOCAST_TOLERANCE = (2e-2, 2e-3)
-"""(rtol, atol) of one step's bf16-autocast gradients against the autocast reference."""
+"""(rtol, atol) of one step's bf16-autocast gradients against the autocast reference; atol
+relative to each gradient tensor's largest entry (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +134,15 @@ def grads_of(model) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v.grad.clone() for k, v in model.named_parameters()}
 
 
-def largest_difference(got: dict, want: dict, rtol: float, atol: float):
+def largest_difference(got: dict, want: dict, rtol: float, atol: float, relative=False):
     """Largest ``|got − want|`` over all parameters, whether all are within tolerance, and
-    the names of those that are not."""
+    the names of those that are not. ``relative``: atol times each tensor's largest entry."""
     worst, bad = 0.0, []
     for name, w in want.items():
         g = got[name].to(w.dtype)
         worst = max(worst, (g - w).abs().max().item())
-        if not torch.allclose(g, w, rtol=rtol, atol=atol):
+        scale = max(1.0, w.abs().max().item()) if relative else 1.0
+        if not torch.allclose(g, w, rtol=rtol, atol=atol * scale):
             bad.append(name)
     return worst, not bad, bad
 
@@ -175,7 +182,7 @@ def run_one(run: Run, group) -> dict:
             want, got = grads_of(reference), grads_of(model)
             initial = {k: torch.zeros_like(v) for k, v in want.items()}
             rtol, atol = AUTOCAST_TOLERANCE
-    worst, ok, bad = largest_difference(got, want, rtol, atol)
+    worst, ok, bad = largest_difference(got, want, rtol, atol, relative=autocast)
     moved = max((want[k] - initial[k]).abs().max().item() for k in initial)  # autocast: |grad|
     out = {"run": run, "rank": rank, "difference": worst, "ok": ok, "bad": bad, "moved": moved}
     if autocast:  # what the tolerance would need, and bf16's own effect on the reference
