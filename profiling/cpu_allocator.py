@@ -132,6 +132,9 @@ def counter():
         )
     except (RuntimeError, OSError, ImportError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RuntimeError(f"CPU allocator counter could not be built: {first}") from exc
+        raise RuntimeError(
+            f"CPU allocator counter could not be built ({first}); it needs g++ and ninja, "
+            f"or set SIGSIM_CPU_ALLOCATOR=0 to measure without allocator peaks"
+        ) from exc
     module.install()
     return module

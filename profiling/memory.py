@@ -26,6 +26,7 @@ the backward together.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
@@ -102,13 +103,16 @@ class AllocatorTracker:
     and ``max_memory_reserved`` (device synchronised at both ends). CPU: the counting
     allocator of ``profiling.cpu_allocator`` (bytes as requested, every thread, exact).
     Both count every thread's allocations in the process, so they need the device to
-    themselves: with ``own_device`` False (ranks run as threads) both stay None.
+    themselves: with ``own_device`` False (ranks run as threads) both stay None, as they
+    do on CPU with ``SIGSIM_CPU_ALLOCATOR=0`` (a machine that cannot build the counter).
     """
 
     def __init__(self, device: torch.device | str = "cpu", *, own_device: bool = True) -> None:
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"AllocatorTracker: no allocator view for device {self.device}")
+        if self.device.type == "cpu" and os.environ.get("SIGSIM_CPU_ALLOCATOR") == "0":
+            own_device = False  # no compiler for the counter: records carry no allocator peak
         self.own_device = own_device
         self.peak_bytes: int | None = None
         self.peak_reserved_bytes: int | None = None

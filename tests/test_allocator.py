@@ -154,3 +154,10 @@ def test_emulated_points_allocator_peak_only_where_rank_0_owns_the_process():
 
     assert point("stand-in")["peak_alloc_bytes"] > 0  # rank 0 alone in its process
     assert point("exact")["peak_alloc_bytes"] is None  # ranks are threads of one process
+
+
+def test_cpu_allocator_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("SIGSIM_CPU_ALLOCATOR", "0")
+    with AllocatorTracker("cpu") as tracker:
+        torch.ones(1000)
+    assert tracker.peak_bytes is None and tracker.peak_reserved_bytes is None
