@@ -191,6 +191,7 @@ def resolve_method(method: Method | str) -> Method:
     if not isinstance(method, str):
         raise ValueError(f"method must be a registered name or a Method, got {method!r}")
     from profiling.losses import get_method  # importing registers every method
+    from simulator import incumbents  # noqa: F401  (registers the incumbents)
 
     return get_method(method)
 

@@ -44,6 +44,8 @@ def build_loss(method: str, *, group=None, **options) -> torch.nn.Module:
     default group.
     """
     spec = get_method(method)
+    if spec.module is None:
+        raise ValueError(f"{method!r} is a cost description of {spec.describes}, not a loss to run")
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         allowed = ", ".join(spec.options) or "none"

@@ -180,13 +180,16 @@ class Method:
     kind: Literal["sigmoid", "softmax"]
     summary: str
     """One line for tables and plots."""
-    module: type[torch.nn.Module]
-    """Constructed as ``module(**options)``."""
+    module: type[torch.nn.Module] | None = None
+    """Constructed as ``module(**options)``; None for a cost description of code that is
+    not ours (an incumbent: ``describes`` says which)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Allowed options and their defaults."""
     schedule: Callable[[Shape], Schedule]
     memory_terms: Callable[[Shape], dict[str, Any]]
     ring: bool = False
+    describes: str | None = None
+    """Incumbents only: the code this describes (package, version, file, function)."""
 
 
 def peak_of(*moments: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +243,14 @@ def get_method(name: str) -> Method:
 
 
 def registered() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    """Our runnable methods (those with a ``module``), in registration order."""
+    return tuple(name for name, m in _REGISTRY.items() if m.module is not None)
+
+
+def incumbents() -> tuple[str, ...]:
+    """Registered cost descriptions of other code (``module`` None), in registration order;
+    ``simulator.incumbents`` registers them."""
+    return tuple(name for name, m in _REGISTRY.items() if m.module is None)
 
 
 _DTYPE_BYTES = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}

@@ -1,0 +1,132 @@
+"""Inf-CL 1.2.1's rings (pip ``inf-cl``, ``inf_cl/ring.py``) as cost descriptions.
+
+Real code: ``cal_ring_loss(q, k, scale=t)`` → ``_cal_ring_loss`` → ``RingProb.apply``
+and ``cal_inf_loss`` → ``_cal_inf_loss`` → ``InfProb.apply``. One call is one direction
+of the CLIP loss (the log-sum-exp of each row of ``q`` against every ``k``, minus the
+positive), so the symmetric loss described here is two calls,
+``(cal_ring_loss(x, y) + cal_ring_loss(y, x)) / 2``.
+
+Per call, with ``b`` rows per rank, width ``d``, ``W`` ranks (``q`` and ``k`` are made
+fp32 by ``.float()``, so everything below is 4 bytes per element whatever the input):
+
+* forward (``RingProb.forward``): ``W`` steps over a ``RingComm`` ring
+  (``batch_isend_irecv``: send ``k`` to the next rank, receive the previous one's, ``b·d·4``
+  bytes, ``W − 1`` times); per step one ``b×b`` block ``q·kᵀ`` and ``log(Σ exp)``; a
+  running log-sum-exp (``b``). Saves ``q`` (``t·q``, ``b×d``), the last ``k`` it
+  received and the log-sum-exp;
+* backward (``RingProb.backward``): ``W`` steps again, the same ``k`` ring (``W − 1``
+  sends) plus a second ring carrying the partial ``dk`` (``b×d`` fp32, sent at *every*
+  step, ``W`` sends, so ``dk`` ends at its owner); per step the block is recomputed and
+  ``dq``, ``dk`` formed by two matmuls;
+* ``GradientGather`` (the scale) all-reduces its 4-byte gradient.
+
+Per rank per step of the symmetric loss (two calls)::
+
+    sent = received = 2·(3W − 2)·b·d·4  (p2p)  +  2·round(2(W−1)/W·4)  (all-reduce)
+    matmul FLOPs    = 2·W·(2 + 6)·b²·d
+
+``infcl-inf`` (``InfProb``) runs the same rings with Triton kernels
+(``inf_cl/flash.py`` ``_flash_prob_forward`` / ``_flash_prob_backward``) inside each
+block, which tile the ``b×b`` block and never hold it: its traffic and FLOPs are those of
+``infcl-ring``; its memory drops the ``b×b`` terms. **It is derived from the code, not
+measured**: it needs CUDA (Triton), and no GPU was at hand.
+
+Memory (``infcl-ring``): the moments follow the code (both calls' saved ``q``, ``k``;
+in the first backward step the ``k`` and ``dk`` ring buffers, ``dq``, ``dk``, the block
+gradients ``b×d`` each and the ``b×b`` block, its exponent and gradient): **not
+validated**, up to 17% off the allocator on gloo (README, "Incumbents"); the traffic
+is exact (``tests/test_incumbents.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from profiling.losses.costs import symmetric
+from profiling.losses.registry import Method, Phase, Schedule, Shape, register
+
+SOURCE = "inf-cl 1.2.1 inf_cl/ring.py"
+FP32 = 4
+
+
+def _schedule(shape: Shape) -> Schedule:
+    b, d, w = shape.batch, shape.dim, shape.world
+    nbytes = b * d * FP32
+
+    scale = np.round(2 * (w - 1) * FP32 / w)
+    half = np.floor(scale / 2)
+    return Schedule(
+        (
+            Phase(
+                name="forward ring step",
+                pass_="forward",
+                repeat=2 * w,
+                matmul_flops=2 * b * b * d,
+                pointwise_elems=b * b,
+            ),
+            Phase(
+                name="forward k exchange",
+                pass_="forward",
+                repeat=2 * (w - 1),
+                transfers=(symmetric("p2p", "ring.k", nbytes, 1),),
+                overlapped=True,
+            ),
+            Phase(
+                name="backward ring step",
+                pass_="backward",
+                repeat=2 * w,
+                matmul_flops=6 * b * b * d,
+                pointwise_elems=2 * b * b,
+                transfers=(symmetric("p2p", "ring.dk", nbytes, 1),),
+            ),
+            Phase(
+                name="backward k exchange",
+                pass_="backward",
+                repeat=2 * (w - 1),
+                transfers=(symmetric("p2p", "ring.k.backward", nbytes, 1),),
+                overlapped=True,
+            ),
+            Phase(
+                name="scale gradient all-reduce",
+                pass_="backward",
+                repeat=2,
+                transfers=(
+                    symmetric("reduce_scatter", "scale", half, w - 1),
+                    symmetric("all_gather", "scale", scale - half, w - 1),
+                ),
+            ),
+        )
+    )
+
+
+def _memory(blocks: bool):
+    def memory_terms(shape: Shape):
+        b, d, w = shape.batch, shape.dim, shape.world
+        bd, bb = b * d * FP32, b * b * FP32
+        ring = np.minimum(w - 1, 1)
+        return {
+            "saved q, k of both calls": 4 * bd,
+            "k, dk ring buffers": 2 * ring * bd,
+            "dq, dk, block dq, dk, their sum": 5 * bd,
+            "input gradients": 2 * bd,
+            "b×b block, exponent, gradient": 3 * bb * blocks,
+        }
+
+    return memory_terms
+
+
+for _name, _call, _blocks in (
+    ("infcl-ring", "cal_ring_loss (RingProb), two calls", True),
+    ("infcl-inf", "cal_inf_loss (InfProb, Triton tiles), two calls; derived, not measured", False),
+):
+    register(
+        Method(
+            name=_name,
+            kind="softmax",
+            summary=f"Inf-CL {_call}",
+            describes=f"{SOURCE} {_call}",
+            schedule=_schedule,
+            memory_terms=_memory(_blocks),
+            ring=True,
+        )
+    )

@@ -1,0 +1,246 @@
+"""open_clip 3.3's distributed losses (``open_clip/loss.py``) as cost descriptions.
+
+Real code: ``ClipLoss.forward`` → ``get_logits`` → ``gather_features`` (with
+``gather_with_grad=True``: ``torch.cat(torch.distributed.nn.all_gather(x))``) and
+``F.cross_entropy``; ``SigLipLoss.forward`` → ``_loss`` per block (``get_logits``,
+``get_ground_truth``, ``F.logsigmoid``) over ``neighbour_exchange_with_grad`` /
+``neighbour_exchange_bidir_with_grad`` (``NeighbourExchange``, ``NeighbourExchangeBidir``:
+``batch_isend_irecv``), ``torch.distributed.nn.all_gather`` or ``torch.distributed.nn.all_reduce``.
+Everything is plain autograd: every block keeps what its operators save.
+
+With ``b`` rows per rank, ``N = W·b``, feature bytes ``s`` (fp32 here: what was
+validated), per rank per step (``·s`` on every ``d``-wide and logit term):
+
+* ``openclip-clip-local`` (``ClipLoss(local_loss=True, gather_with_grad=True)``). Two
+  all-gathers with grad (``N×d`` each, kept by the matmuls), ``t·x`` and ``t·y``
+  (``b×d``, kept), logits ``t·x·Yᵀ``, ``t·y·Xᵀ`` (``b×N``) and their ``log_softmax``
+  (``b×N``, kept), ``int64`` labels. Moments: end of forward ``2Nd + 2bd + 4bN + 8b``;
+  backward after the first logit matmul's gradient ``3Nd + 3bd + 2bN + 8b``; the
+  all-gather's backward: on gloo (``torch.distributed.nn`` ``_AllGather.backward``) an
+  all-to-all into ``W`` fresh ``b×d`` buffers, ``torch.stack`` and ``sum``: ``4Nd + 3bd``
+  (both gathered gradients, the partial ``dx, dy``, the buffers and the stack); on NCCL a
+  reduce-scatter into one ``b×d``: ``2Nd + 3bd``. Traffic: two all-gathers forward, two
+  all-to-alls (gloo) / reduce-scatters (NCCL) backward, ``(W−1)·b·d·s`` each.
+* ``openclip-clip-global`` (``local_loss=False``): the ``N×N`` logits on every rank
+  (``all_images @ all_textsᵀ`` and its transpose), ``log_softmax`` of both (``N×N`` each),
+  ``t·X`` (``N×d``); peak ``≈ 4N² + 3Nd + 2bd + 8N`` read from the code, **not
+  validated**: on gloo it was up to 15% off the allocator (README, "Incumbents"). Same
+  traffic as clip-local (exact).
+* ``openclip-siglip-shift`` / ``-bidir``: ``W`` blocks of ``b×b``; every block keeps its
+  own ``t·x`` (``b×d``; ``get_logits`` multiplies again), the received texts (``b×d``) and
+  three ``b×b`` tensors (``labels``, ``labels·logits``, ``log_sigmoid`` 's buffer on CPU).
+  Moments: in the last forward block ``(2W−1)bd + (3W+2)b²``; first backward block
+  ``(2W+1)bd + (3W−2)b²``. Traffic: ``W−1`` exchanges of ``b·d·s`` forward and backward
+  (bidir: ``⌊(W−1)/2⌋`` rounds of two tensors plus one single exchange if ``W−1`` is odd).
+* ``openclip-siglip-gather``: ``torch.distributed.nn.all_gather`` of the texts, then
+  ``W + 1`` blocks (the local one, then every gathered one, the own rank's multiplied by 0
+  but computed and kept). Moments: forward ``(2W+1)bd + (3W+5)b²``; the all-gather's
+  backward on gloo ``(3W+3)bd + 3b²``. One all-gather forward, one all-to-all (gloo) /
+  reduce-scatter (NCCL) backward, ``(W−1)·b·d·s``.
+* ``openclip-siglip-reduce``: ``W`` all-reduces of ``b·d·s`` (``text·(rank == i)``) with
+  grad, each ``2(W−1)/W·b·d·s`` forward and again backward (exact); blocks and forward
+  memory as gather; its backward frees the blocks in an order not modelled: memory
+  **not validated** (up to 26% off at ``d ≫ b`` on gloo).
+
+Validated on gloo (``tests/test_incumbents.py``): bytes of all six exactly; memory of
+clip-local, siglip-bidir, -shift, -gather within 2% (0.2% seen). On gloo and NCCL the
+bytes are equal in the
+ring convention; only the all-gather's backward memory differs (``Shape.device``: "cuda" means NCCL).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from profiling.losses.costs import block_flops, symmetric
+from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
+
+SOURCE = "open_clip 3.3 open_clip/loss.py"
+
+
+def _gathers(shape: Shape, sides: int) -> tuple[Phase, Phase]:
+    b, d, w, s = shape.batch, shape.dim, shape.world, shape.elem_bytes
+    nbytes = (w - 1) * b * d * s
+    fwd = tuple(symmetric("all_gather", f"gather{i}", nbytes, w - 1) for i in range(sides))
+    bwd = tuple(symmetric("reduce_scatter", f"gather{i}.grad", nbytes, w - 1) for i in range(sides))
+    return (
+        Phase(name="all-gather with grad", pass_="forward", repeat=1, transfers=fwd),
+        Phase(name="all-gather backward", pass_="backward", repeat=1, transfers=bwd),
+    )
+
+
+def _clip_schedule(local: bool):
+    def schedule(shape: Shape) -> Schedule:
+        b, d, n = shape.batch, shape.dim, shape.global_batch
+        gather, scatter = _gathers(shape, 2)
+        rows = b if local else n
+        blocks = 2 if local else 1
+        return Schedule(
+            (
+                gather,
+                Phase(
+                    name="logits, cross-entropy and gradients",
+                    pass_="forward",
+                    repeat=1,
+                    matmul_flops=blocks * block_flops(rows, n, d),
+                    pointwise_elems=2 * rows * n,
+                ),
+                scatter,
+            )
+        )
+
+    return schedule
+
+
+def _clip_local_memory(shape: Shape):
+    b, d, n, s = shape.batch, shape.dim, shape.global_batch, shape.elem_bytes
+    gathered = {"gathered features": 2 * n * d * s, "t·x, t·y": 2 * b * d * s}
+    gather_backward = (
+        {"gathered gradients": 2 * n * d * s, "dx, dy, reduce-scatter output": 3 * b * d * s}
+        if shape.device == "cuda"
+        else {"gathered gradients": 2 * n * d * s, "dx, dy, sum": 3 * b * d * s}
+        | {"all-to-all buffers and stack": 2 * n * d * s}
+    )
+    return peak_of(
+        gathered | {"logits and log-softmax": 4 * b * n * s, "labels": 8 * b},
+        gathered
+        | {"log-softmax, logit gradient": 2 * b * n * s, "labels": 8 * b}
+        | {"one gathered gradient, its dx": n * d * s + b * d * s},
+        gather_backward,
+    )
+
+
+def _clip_global_memory(shape: Shape):
+    b, d, n, s = shape.batch, shape.dim, shape.global_batch, shape.elem_bytes
+    return {
+        "gathered features": 2 * n * d * s,
+        "t·X": n * d * s,
+        "logits, log-softmax (both directions)": 4 * n * n * s,
+        "t·x, t·y": 2 * b * d * s,
+        "labels": 8 * n,
+    }
+
+
+def _siglip_schedule(impl: str):
+    def schedule(shape: Shape) -> Schedule:
+        b, d, w, s = shape.batch, shape.dim, shape.world, shape.elem_bytes
+        nbytes = b * d * s
+        blocks = w if impl in ("shift", "bidir") else w + 1
+        compute = Phase(
+            name="b×b blocks",
+            pass_="forward",
+            repeat=blocks,
+            matmul_flops=block_flops(b, b, d),
+            pointwise_elems=b * b,
+        )
+        if impl == "shift":
+            hops = (
+                Phase(
+                    name=f"exchange texts ({p})",
+                    pass_=p,
+                    repeat=w - 1,
+                    transfers=(symmetric("p2p", f"shift.{p}", nbytes, 1, peer="neighbor"),),
+                )
+                for p in ("forward", "backward")
+            )
+            return Schedule((compute, *hops))
+        if impl == "bidir":
+            rounds, odd = np.divmod(w - 1, 2)
+            phases = [compute]
+            for p in ("forward", "backward"):
+                two = symmetric("p2p", f"bidir.{p}", 2 * nbytes, 2, peer="neighbor", directions=2)
+                one = symmetric("p2p", f"bidir.{p}.last", nbytes, 1, peer="neighbor")
+                phases += [
+                    Phase(name=f"bidir exchange ({p})", pass_=p, repeat=rounds, transfers=(two,)),
+                    Phase(name=f"last exchange ({p})", pass_=p, repeat=odd, transfers=(one,)),
+                ]
+            return Schedule(tuple(phases))
+        if impl == "gather":
+            gather, scatter = _gathers(shape, 1)
+            return Schedule((gather, compute, scatter))
+        moved = np.round(2 * (w - 1) * nbytes / w)  # one all-reduce, as a ring RS + AG
+        half = np.floor(moved / 2)
+        phases = [compute]
+        for p in ("forward", "backward"):
+            phases.append(
+                Phase(
+                    name=f"all-reduce texts ({p})",
+                    pass_=p,
+                    repeat=w,
+                    transfers=(
+                        symmetric("reduce_scatter", f"reduce.{p}", half, w - 1),
+                        symmetric("all_gather", f"reduce.{p}", moved - half, w - 1),
+                    ),
+                )
+            )
+        return Schedule(tuple(phases))
+
+    return schedule
+
+
+def _siglip_memory(impl: str):
+    def memory_terms(shape: Shape):
+        b, d, w, s = shape.batch, shape.dim, shape.world, shape.elem_bytes
+        bd, bb = b * d * s, b * b * s
+        if impl in ("shift", "bidir"):
+            return peak_of(
+                {"t·x and texts per block": (2 * w - 1) * bd, "b×b per block": (3 * w + 2) * bb},
+                {"t·x, texts, gradients": (2 * w + 1) * bd, "b×b per block": (3 * w - 2) * bb},
+            )
+        moments = [
+            {"t·x and texts per block": (2 * w + 1) * bd, "b×b per block": (3 * w + 5) * bb},
+        ]
+        if shape.device != "cuda":
+            moments.append(
+                {"text gradients, all-to-all buffers": (3 * w + 3) * bd, "b×b per block": 3 * bb}
+            )
+        return peak_of(*moments)
+
+    return memory_terms
+
+
+def _register(name, kind, summary, describes, schedule, memory_terms, ring=False):
+    register(
+        Method(
+            name=name,
+            kind=kind,
+            summary=summary,
+            describes=f"{SOURCE} {describes}",
+            schedule=schedule,
+            memory_terms=memory_terms,
+            ring=ring,
+        )
+    )
+
+
+_register(
+    "openclip-clip-local",
+    "softmax",
+    "open_clip ClipLoss(local_loss=True): b×N logits over all-gathered features",
+    "ClipLoss(local_loss=True, gather_with_grad=True)",
+    _clip_schedule(local=True),
+    _clip_local_memory,
+)
+_register(
+    "openclip-clip-global",
+    "softmax",
+    "open_clip ClipLoss(local_loss=False): the N×N logits on every rank",
+    "ClipLoss(local_loss=False, gather_with_grad=True)",
+    _clip_schedule(local=False),
+    _clip_global_memory,
+)
+for _impl, _summary in (
+    ("bidir", "SigLIP ring both ways, autograd keeps every block"),
+    ("shift", "SigLIP ring one way, autograd keeps every block"),
+    ("gather", "SigLIP over all-gathered texts, W+1 blocks kept"),
+    ("reduce", "SigLIP, texts broadcast by W all-reduces, W+1 blocks kept"),
+):
+    _register(
+        f"openclip-siglip-{_impl}",
+        "sigmoid",
+        f"open_clip {_summary}",
+        f"SigLipLoss(dist_impl={_impl!r})",
+        _siglip_schedule(_impl),
+        _siglip_memory(_impl),
+        ring=_impl in ("shift", "bidir"),
+    )
