@@ -28,6 +28,7 @@ HAVE_OPEN_CLIP = importlib.util.find_spec("open_clip") is not None
 HAVE_INF_CL = importlib.util.find_spec("inf_cl") is not None
 MEMORY_VALIDATED = (
     "openclip-clip-local",
+    "openclip-clip-global",
     "openclip-siglip-bidir",
     "openclip-siglip-shift",
     "openclip-siglip-gather",

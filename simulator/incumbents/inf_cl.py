@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from profiling.losses.costs import symmetric
-from profiling.losses.registry import Method, Phase, Schedule, Shape, register
+from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 SOURCE = "inf-cl 1.2.1 inf_cl/ring.py"
 FP32 = 4
@@ -103,14 +103,15 @@ def _memory(blocks: bool):
     def memory_terms(shape: Shape):
         b, d, w = shape.batch, shape.dim, shape.world
         bd, bb = b * d * FP32, b * b * FP32
-        ring = np.minimum(w - 1, 1)
-        return {
-            "saved q, k of both calls": 4 * bd,
-            "k, dk ring buffers": 2 * ring * bd,
-            "dq, dk, block dq, dk, their sum": 5 * bd,
-            "input gradients": 2 * bd,
-            "b×b block, exponent, gradient": 3 * bb * blocks,
-        }
+        ahead = np.minimum(np.maximum(w - 2, 0), 1)  # a k in flight for the next step
+        saved = {"both calls' saved t·q, k, k[labels]": 5 * bd, "numerator gradients": 2 * bd}
+        return peak_of(
+            saved
+            | {"dq, dk, block dq, dk, their sum, received dk, k": (5 + ahead) * bd}
+            | {"block, its gradient": 2 * bb * blocks},
+            {"first call's saved t·q, k, k[labels]": 3 * bd}
+            | {"second call's block, exponent, copies": 5 * bb * blocks},
+        )
 
     return memory_terms
 

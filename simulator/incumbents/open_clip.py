@@ -22,10 +22,13 @@ validated), per rank per step (``·s`` on every ``d``-wide and logit term):
   reduce-scatter into one ``b×d``: ``2Nd + 3bd``. Traffic: two all-gathers forward, two
   all-to-alls (gloo) / reduce-scatters (NCCL) backward, ``(W−1)·b·d·s`` each.
 * ``openclip-clip-global`` (``local_loss=False``): the ``N×N`` logits on every rank
-  (``all_images @ all_textsᵀ`` and its transpose), ``log_softmax`` of both (``N×N`` each),
-  ``t·X`` (``N×d``); peak ``≈ 4N² + 3Nd + 2bd + 8N`` read from the code, **not
-  validated**: on gloo it was up to 15% off the allocator (README, "Incumbents"). Same
-  traffic as clip-local (exact).
+  (``t·X @ Yᵀ``; ``logits.T`` is a view), ``log_softmax`` of both directions (``N×N``
+  each; the transposed one first copies its input), ``t·X`` (``N×d``), labels ``8N``.
+  Moments: the second ``log_softmax`` ``3Nd + 4N² + 8N``; backward, after the logit
+  matmul's two gradients ``5Nd + N²``; the all-gather's backward ``4Nd + bd`` (gloo) /
+  ``2Nd + bd`` (NCCL). Same traffic as clip-local (exact). At large ``N`` the CPU
+  ``log_softmax`` of the transposed logits takes scratch beyond its copy (14 KiB at
+  ``N ≥ 64``, :data:`LOG_SOFTMAX_SCRATCH_BYTES`) that is a named term.
 * ``openclip-siglip-shift`` / ``-bidir``: ``W`` blocks of ``b×b``; every block keeps its
   own ``t·x`` (``b×d``; ``get_logits`` multiplies again), the received texts (``b×d``) and
   three ``b×b`` tensors (``labels``, ``labels·logits``, ``log_sigmoid`` 's buffer on CPU).
@@ -39,13 +42,17 @@ validated), per rank per step (``·s`` on every ``d``-wide and logit term):
   reduce-scatter (NCCL) backward, ``(W−1)·b·d·s``.
 * ``openclip-siglip-reduce``: ``W`` all-reduces of ``b·d·s`` (``text·(rank == i)``) with
   grad, each ``2(W−1)/W·b·d·s`` forward and again backward (exact); blocks and forward
-  memory as gather; its backward frees the blocks in an order not modelled: memory
-  **not validated** (up to 26% off at ``d ≫ b`` on gloo).
+  memory as gather, and a backward moment ``(2W+4)bd + 3W·b²`` seen on rank 0 at
+  ``W`` = 2 and 4; at ``W = 3`` rank 0 frees earlier and peaks up to 10% lower: memory
+  **not validated** (an upper bound there).
 
 Validated on gloo (``tests/test_incumbents.py``): bytes of all six exactly; memory of
 clip-local, siglip-bidir, -shift, -gather within 2% (0.2% seen). On gloo and NCCL the
 bytes are equal in the
-ring convention; only the all-gather's backward memory differs (``Shape.device``: "cuda" means NCCL).
+ring convention; only the all-gather's backward memory differs (``Shape.device``: "cuda"
+means NCCL). Not modelled: gloo's all-gather fills a flat ``N×d`` buffer that its worker
+thread may hold well after the call returns on a busy host (then up to ``+N·d·s`` at
+the peak; the test keeps the smallest of three runs).
 """
 
 from __future__ import annotations
@@ -56,6 +63,15 @@ from profiling.losses.costs import block_flops, symmetric
 from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 SOURCE = "open_clip 3.3 open_clip/loss.py"
+LOG_SOFTMAX_SCRATCH_BYTES = 14_400
+"""Scratch of torch 2.13's CPU ``log_softmax`` over a transposed (non-contiguous) input
+with rows of 64 or more, one thread, whatever the size (measured with the counting
+allocator for ``N`` = 64..1024; none below 64). CUDA: not measured, taken as 0."""
+
+
+def cpu_scratch(shape: Shape, n):
+    """1 where the CPU ``log_softmax`` scratch is taken (rows of 64 or more), else 0."""
+    return (shape.device != "cuda") * (n >= 64)
 
 
 def _gathers(shape: Shape, sides: int) -> tuple[Phase, Phase]:
@@ -112,13 +128,16 @@ def _clip_local_memory(shape: Shape):
 
 def _clip_global_memory(shape: Shape):
     b, d, n, s = shape.batch, shape.dim, shape.global_batch, shape.elem_bytes
-    return {
-        "gathered features": 2 * n * d * s,
-        "t·X": n * d * s,
-        "logits, log-softmax (both directions)": 4 * n * n * s,
-        "t·x, t·y": 2 * b * d * s,
-        "labels": 8 * n,
+    gather_backward = {
+        "gathered gradients, buffers, stack": (2 if shape.device == "cuda" else 4) * n * d * s
     }
+    return peak_of(
+        {"gathered features, t·X": 3 * n * d * s, "logits, copy of its transpose": 2 * n * n * s}
+        | {"log-softmax (both directions)": 2 * n * n * s, "labels": 8 * n}
+        | {"CPU log-softmax scratch": LOG_SOFTMAX_SCRATCH_BYTES * cpu_scratch(shape, n)},
+        {"gathered features, t·X, their gradients": 5 * n * d * s, "logit gradient": n * n * s},
+        gather_backward | {"sum": b * d * s},
+    )
 
 
 def _siglip_schedule(impl: str):
@@ -190,7 +209,11 @@ def _siglip_memory(impl: str):
         moments = [
             {"t·x and texts per block": (2 * w + 1) * bd, "b×b per block": (3 * w + 5) * bb},
         ]
-        if shape.device != "cuda":
+        if impl == "reduce":
+            moments.append(
+                {"t·x, texts, their gradients": (2 * w + 4) * bd, "b×b per block": 3 * w * bb}
+            )
+        elif shape.device != "cuda":
             moments.append(
                 {"text gradients, all-to-all buffers": (3 * w + 3) * bd, "b×b per block": 3 * bb}
             )
