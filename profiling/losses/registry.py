@@ -54,6 +54,9 @@ class Shape:
     """Ring methods: post the next exchange before computing the current block."""
     check_ranks: bool = True
     """Whether the 32-byte cross-rank shape check runs each forward."""
+    input_bytes: int | None = None
+    """Bytes per element of the caller's features where ``torch.autocast`` rounds them
+    to ``elem_bytes`` (:func:`wire_dtype`); None: no autocast cast."""
 
     @staticmethod
     def of(
@@ -66,14 +69,18 @@ class Shape:
         check_ranks=True,
         device="cpu",
         half_matmul=None,
+        autocast=None,
     ) -> Shape:
         """``half_matmul``: whether half features are multiplied in their own dtype
-        (``precision.half_matmul``; None: the device's default, yes on CUDA only)."""
+        (``precision.half_matmul``; None: the device's default, yes on CUDA only).
+        ``autocast``: None, "fp16" or "bf16": the loss runs inside ``torch.autocast`` of
+        that dtype, so ``dtype`` features travel and are computed as :func:`wire_dtype`."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if half_matmul is None:
             half_matmul = device == "cuda"
-        s = dtype_bytes(dtype)
+        wire = wire_dtype(dtype, autocast)
+        s = dtype_bytes(wire)
         c = max(s, 4)
         return Shape(
             world=np.asarray(world, dtype=np.int64),
@@ -86,6 +93,7 @@ class Shape:
             device=device,
             overlap=overlap,
             check_ranks=check_ranks,
+            input_bytes=dtype_bytes(dtype) if wire != dtype else None,
         )
 
     @property
@@ -260,6 +268,21 @@ TORCH_DTYPES = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+
+
+AUTOCAST_DTYPES = ("fp16", "bf16")
+
+
+def wire_dtype(dtype: str, autocast: str | None) -> str:
+    """The dtype features of ``dtype`` travel in inside ``torch.autocast(dtype=autocast)``:
+    autocast's for fp32, bf16 and fp16 features (as autocast casts a matmul's operands),
+    their own for fp64 (never cast) or without autocast (``precision``)."""
+    if autocast is None:
+        return dtype
+    if autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be None, 'fp16' or 'bf16', got {autocast!r}")
+    dtype_bytes(dtype)
+    return dtype if dtype == "fp64" else autocast
 
 
 def dtype_bytes(dtype: str) -> int:

@@ -101,6 +101,8 @@ def _schedule(shape: Shape) -> Schedule:
 
 def _memory(blocks: bool):
     def memory_terms(shape: Shape):
+        if shape.input_bytes is not None:
+            raise ValueError("Inf-CL: autocast is not described (its einsums would run in it)")
         b, d, w = shape.batch, shape.dim, shape.world
         bd, bb = b * d * FP32, b * b * FP32
         ahead = np.minimum(np.maximum(w - 2, 0), 1)  # a k in flight for the next step

@@ -74,8 +74,20 @@ def cpu_scratch(shape: Shape, n):
     return (shape.device != "cuda") * (n >= 64)
 
 
+def no_autocast(shape: Shape, name: str) -> None:
+    """One-line refusal where autocast's casts are not described for ``name``."""
+    if shape.input_bytes is not None:
+        raise ValueError(f"{name}: autocast is not described (only openclip-clip-local is)")
+
+
+def feature_bytes(shape: Shape) -> int:
+    """Bytes per element of the features open_clip sends: the caller's (autocast casts
+    only the matmuls' operands, never a collective's)."""
+    return shape.elem_bytes if shape.input_bytes is None else shape.input_bytes
+
+
 def _gathers(shape: Shape, sides: int) -> tuple[Phase, Phase]:
-    b, d, w, s = shape.batch, shape.dim, shape.world, shape.elem_bytes
+    b, d, w, s = shape.batch, shape.dim, shape.world, feature_bytes(shape)
     nbytes = (w - 1) * b * d * s
     fwd = tuple(symmetric("all_gather", f"gather{i}", nbytes, w - 1) for i in range(sides))
     bwd = tuple(symmetric("reduce_scatter", f"gather{i}.grad", nbytes, w - 1) for i in range(sides))
@@ -109,6 +121,8 @@ def _clip_schedule(local: bool):
 
 
 def _clip_local_memory(shape: Shape):
+    if shape.input_bytes is not None:
+        return _clip_local_autocast_memory(shape)
     b, d, n, s = shape.batch, shape.dim, shape.global_batch, shape.elem_bytes
     gathered = {"gathered features": 2 * n * d * s, "t·x, t·y": 2 * b * d * s}
     gather_backward = (
@@ -126,7 +140,26 @@ def _clip_local_memory(shape: Shape):
     )
 
 
+def _clip_local_autocast_memory(shape: Shape):
+    """Inside ``torch.autocast`` (fp32 features ``i``, autocast dtype ``h``): the
+    gathers move ``i``; each ``mm`` casts ``t·x`` and the gathered texts to ``h`` and
+    saves those copies (the ``i`` originals die when ``get_logits`` returns), its logits
+    come out in ``h``; ``cross_entropy`` (autocast's fp32 list) casts them to fp32 and
+    keeps its fp32 ``log_softmax``. Gradients come back to the ``i`` tensors, so the
+    all-gather's backward is as without autocast."""
+    b, d, n = shape.batch, shape.dim, shape.global_batch
+    i, h = shape.input_bytes, shape.elem_bytes
+    return peak_of(
+        {"h copies of gathered features, t·x, t·y": 2 * n * d * h + 2 * b * d * h}
+        | {"h logits": 2 * b * n * h, "fp32 log-softmax, one fp32 cast": 3 * b * n * 4}
+        | {"labels": 8 * b},
+        {"gathered gradients": 2 * n * d * i, "dx, dy, sum": 3 * b * d * i}
+        | {"all-to-all buffers and stack": 2 * n * d * i * (shape.device != "cuda")},
+    )
+
+
 def _clip_global_memory(shape: Shape):
+    no_autocast(shape, "openclip-clip-global")
     b, d, n, s = shape.batch, shape.dim, shape.global_batch, shape.elem_bytes
     gather_backward = {
         "gathered gradients, buffers, stack": (2 if shape.device == "cuda" else 4) * n * d * s
@@ -199,6 +232,7 @@ def _siglip_schedule(impl: str):
 
 def _siglip_memory(impl: str):
     def memory_terms(shape: Shape):
+        no_autocast(shape, f"openclip-siglip-{impl}")
         b, d, w, s = shape.batch, shape.dim, shape.world, shape.elem_bytes
         bd, bb = b * d * s, b * b * s
         if impl in ("shift", "bidir"):
