@@ -36,6 +36,10 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
         oversubscribed_wait_us   extra latency per α when ranks outnumber cores
         sync_us     (optional, absent: 0) exposed cost per collective call and per p2p
                     exchange waited on at W ≥ 2 (a sleeping rank woken by its peer)
+    memory_reserve (optional, absent: zeros): device memory outside the loss's peak
+        context_GiB              CUDA context, cuBLAS workspace, NCCL at W = 1, inputs
+        nccl_peer_buffers_GiB    NCCL's buffers for its peers, from W = 2 on
+        fragmentation_fraction   allocator reservation beyond its peak, per byte
 
 MB is 10^6 bytes and GB 10^9 bytes; ``beta_us_per_MB = 1e3 / bandwidth_GBps``.
 A file with a missing key, an unknown key or a wrong unit suffix is refused with one
@@ -50,6 +54,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 BUNDLED_DIR = Path(__file__).with_name("hardware")
 CACHE_DIR = Path.home() / ".cache" / "sigsim" / "hardware"
@@ -121,6 +127,26 @@ class Compute:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class MemoryReserve:
+    """Device memory a rank cannot give the loss: what the allocator's step peak never
+    sees. "Fits" means ``peak·(1 + fragmentation) + reserve(W) ≤ memory`` per device."""
+
+    context_bytes: float = 0.0
+    """CUDA context, cuBLAS workspace, NCCL's communicator at W = 1, the inputs: NVML's
+    "used" minus the allocator's peak on one GPU."""
+    nccl_peer_buffers_bytes: float = 0.0
+    """NCCL's buffers for its peers, paid once W > 1."""
+    fragmentation_fraction: float = 0.0
+    """Memory the caching allocator reserves beyond the peak it hands out, per byte."""
+
+    def reserve_bytes(self, world):
+        """Bytes held outside the loss's peak by one rank of a ``world``-rank job."""
+        return self.context_bytes + np.where(
+            np.asarray(world) > 1, self.nccl_peer_buffers_bytes, 0.0
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Hardware:
     """A loaded profile, in SI units (seconds, bytes, FLOP/s)."""
 
@@ -140,6 +166,7 @@ class Hardware:
     compute: Compute
     intra_node: NetworkLevel
     inter_node: NetworkLevel | None
+    memory_reserve: MemoryReserve = field(default_factory=lambda: MemoryReserve())
     path: str = ""
     sources: dict[str, str] = field(default_factory=dict)
     """Dotted key → source string, for every number in the file."""
@@ -180,9 +207,23 @@ SCHEMA: dict[str, Any] = {
     },
     "intra_node": _LEVEL,
     "inter_node": _LEVEL,
+    "memory_reserve": {
+        "context_GiB": NUM,
+        "nccl_peer_buffers_GiB": NUM,
+        "fragmentation_fraction": NUM,
+    },
 }
 _OPTIONAL_NULL = {"inter_node"}
-_OPTIONAL_ZERO = {"compute.busy_rank_slowdown", "intra_node.sync_us", "inter_node.sync_us"}
+_OPTIONAL_SECTIONS = {"memory_reserve"}
+"""Sections added after profiles were first written: absent means every key absent."""
+_OPTIONAL_ZERO = {
+    "compute.busy_rank_slowdown",
+    "intra_node.sync_us",
+    "inter_node.sync_us",
+    "memory_reserve.context_GiB",
+    "memory_reserve.nccl_peer_buffers_GiB",
+    "memory_reserve.fragmentation_fraction",
+}
 """Keys added after profiles were first written: absent means 0 (not modelled)."""
 _MAY_BE_NEGATIVE = {"compute.parallel_efficiency"}
 _UNIT_START = re.compile(r"^(.*?)_(?:[A-Z]|(?:us|ms|ns|s|per)(?:_|$))")
@@ -220,6 +261,9 @@ class _Reader:
             path = f"{prefix}{key}"
             if key not in data and path in _OPTIONAL_ZERO:
                 out[key] = 0.0
+                continue
+            if key not in data and path in _OPTIONAL_SECTIONS:
+                out[key] = self.section({}, kind, f"{path}.")
                 continue
             if key not in data:
                 self.fail(f"missing key {path!r}")
@@ -328,6 +372,7 @@ def parse_profile(data: Any, where: str) -> Hardware:
         eff = raw[level]["p2p"]["duplex_efficiency"]
         if not 0 < eff <= 1:
             reader.fail(f"'{level}.p2p.duplex_efficiency' must be in (0, 1], got {eff}")
+    reserve = raw["memory_reserve"]
     compute = raw["compute"]
     if not -1 <= compute["parallel_efficiency"] <= 1:
         reader.fail(
@@ -356,6 +401,11 @@ def parse_profile(data: Any, where: str) -> Hardware:
         ),
         intra_node=_level(raw["intra_node"]),
         inter_node=None if raw["inter_node"] is None else _level(raw["inter_node"]),
+        memory_reserve=MemoryReserve(
+            context_bytes=reserve["context_GiB"] * 2**30,
+            nccl_peer_buffers_bytes=reserve["nccl_peer_buffers_GiB"] * 2**30,
+            fragmentation_fraction=reserve["fragmentation_fraction"],
+        ),
         path=where,
         sources=reader.sources,
     )

@@ -168,8 +168,12 @@ class Prediction:
     """compute_s + exposed_comm_s."""
     forward_time_s: np.ndarray
     backward_time_s: np.ndarray
+    memory_reserve_bytes: np.ndarray
+    """Memory a rank holds outside the loss's peak (``Hardware.memory_reserve``: CUDA
+    context, NCCL's buffers; 0 where the profile gives none)."""
     fits: np.ndarray
-    """peak_memory_bytes ≤ the device memory (× ranks on the node, if they share it)."""
+    """``peak·(1 + fragmentation) + reserve ≤ device memory`` (× ranks on the node, if
+    they share it)."""
     crosses_nodes: np.ndarray
     """W > ranks_per_node: transfers priced on the inter-node link."""
     core_share: np.ndarray
@@ -359,6 +363,7 @@ def predict(
 
     wire = wire_dtype(dtype, options.get("autocast"))
     times = _times(float_schedule, shape, hw, _compute_dtype(wire, shape), world)
+    reserve = np.broadcast_to(hw.memory_reserve.reserve_bytes(world), grid).astype(np.float64)
     return Prediction(
         method=spec.name,
         hardware=hw.name,
@@ -376,7 +381,13 @@ def predict(
         bytes_by_op=bytes_by_op,
         peak_memory_bytes=peak,
         memory_terms=memory_terms,
-        fits=np.asarray(peak, dtype=np.float64) * times.pop("memory_sharers") <= hw.memory_bytes,
+        memory_reserve_bytes=reserve,
+        fits=(
+            np.asarray(peak, dtype=np.float64) * (1 + hw.memory_reserve.fragmentation_fraction)
+            + reserve
+        )
+        * times.pop("memory_sharers")
+        <= hw.memory_bytes,
         **times,
     )
 

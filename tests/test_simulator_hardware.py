@@ -128,3 +128,30 @@ def test_resolve_by_name_path_object_and_default(tmp_path, monkeypatch):
     own.parent.mkdir(parents=True)
     own.write_text(json.dumps(profile_dict(name="this-host")))
     assert resolve_hardware(None).name == "this-host"
+
+
+def test_memory_reserve_is_optional_sourced_and_counted_in_fits(tmp_path):
+    data = profile_dict()
+    del data["memory_reserve"]
+    absent = parse_profile(data, "no reserve")
+    assert absent.memory_reserve.reserve_bytes(8) == 0
+    bundled = resolve_hardware("h100-sxm")
+    reserve = bundled.memory_reserve
+    assert reserve.context_bytes > 0 and reserve.nccl_peer_buffers_bytes > 0
+    assert reserve.reserve_bytes(1) == reserve.context_bytes  # no peers at W = 1
+    assert reserve.reserve_bytes(2) == reserve.context_bytes + reserve.nccl_peer_buffers_bytes
+    assert "measured" in bundled.sources["memory_reserve.context_GiB"]
+    assert "estimate" in bundled.sources["memory_reserve.nccl_peer_buffers_GiB"]
+    data = profile_dict(**{"memory_reserve.context_GiB": -1})
+    assert "'memory_reserve.context_GiB' must not be negative" in _error(tmp_path, data)
+
+    from simulator.model import predict
+
+    # a peak that fits the device alone but not beside the reserve: fits is False
+    free = bundled.memory_bytes - reserve.reserve_bytes(8)
+    p = predict("sigmoid-allgather", 8, 36000, 1024, "fp32", bundled)
+    assert free < float(p.peak_memory_bytes) <= bundled.memory_bytes
+    assert not bool(p.fits)
+    assert float(p.memory_reserve_bytes) == reserve.reserve_bytes(8)
+    smaller = predict("sigmoid-allgather", 8, 30000, 1024, "fp32", bundled)
+    assert float(smaller.peak_memory_bytes) <= free and bool(smaller.fits)
