@@ -149,4 +149,5 @@ def rewrite_report(run: RunDir, hardware, comparisons=None, summary=None) -> Pat
         summary=summary,
         hardware_line=backends.hardware_summary(hardware),
         plot_files=files,
+        profile_warning=backends.profile_warning(hardware),
     )

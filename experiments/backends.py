@@ -183,11 +183,31 @@ def hardware_names() -> tuple[str, ...]:
 
 
 def local_profile() -> Path | None:
-    """This machine's calibrated profile file, or None when it has not been calibrated."""
+    """This machine's calibrated profile file (filed under its machine key, so another
+    CPU or torch build has none), or None when there is none or it is marked poor: a run
+    then calibrates again rather than validate against it."""
     from simulator import hardware
 
     path = hardware.host_profile_path()
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        poor = hardware.load_profile(path).poor
+    except ValueError:  # unusable (an older schema): the caller recalibrates
+        return path
+    return None if poor else path
+
+
+def profile_warning(hardware) -> str | None:
+    """One line for the top of a report validated against a profile marked poor."""
+    verdict = getattr(hardware, "quality", None) or {}
+    if verdict.get("verdict") != "poor":
+        return None
+    return (
+        f"**Warning: the hardware profile `{hardware.name}` is marked poor by its "
+        f"calibration ({'; '.join(verdict.get('reasons', []))}); predicted times may be "
+        "off for that reason. Rerun `sigsim calibrate` on a quiet machine.**"
+    )
 
 
 def calibrate(*, backend: str = "gloo", quick: bool = False, output: Path | None = None) -> Path:

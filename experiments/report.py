@@ -199,10 +199,14 @@ def write_report(
     summary: Sequence[dict],
     hardware_line: str,
     plot_files: Sequence[Path],
+    profile_warning: str | None = None,
 ) -> Path:
-    """Write ``run_dir/report.md`` and return its path."""
+    """Write ``run_dir/report.md`` and return its path; ``profile_warning`` (a profile
+    marked poor by its calibration) opens it."""
     real, emulated = rows(records, emulated=False), rows(records, emulated=True)
     lines = [f"# sigsim run: {config['name']}", ""]
+    if profile_warning:
+        lines += [profile_warning, ""]
     if config.get("description"):
         lines += [config["description"], ""]
     lines += [

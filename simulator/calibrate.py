@@ -37,11 +37,13 @@ import os
 import shlex
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -51,6 +53,7 @@ from profiling.launch import launch_or_raise
 from simulator import benchmarks, step_fit
 from simulator.calibrated_profile import build_profile
 from simulator.hardware import host_profile_path, load_profile, parse_profile
+from simulator.machine import fingerprint, machine_key
 
 
 @dataclass(kw_only=True, slots=True)
@@ -58,7 +61,8 @@ class CalibrationConfig:
     """What to measure; the defaults take about a minute on a 2-core CPU box."""
 
     output: Path | None = None
-    """Profile file to write (None: ``~/.cache/sigsim/hardware/<host>.json``)."""
+    """Profile file to write (None: ``~/.cache/sigsim/hardware/<machine key>.json``,
+    ``simulator.machine``)."""
     worlds: tuple[int, ...] = (2, 4)
     """Process-group sizes for the communication fits (one group each, spawned once)."""
     message_bytes: tuple[int, ...] = (4096, 65536, 524288, 4194304)
@@ -78,6 +82,8 @@ class CalibrationConfig:
     """Bundled profile whose network a one-GPU calibration copies (None: by GPU name)."""
     timeout_s: float = 180.0
     command: str | None = None
+    attempts: int = 2
+    """Calibrations at most: a poor one (:func:`quality`) is measured again."""
     """Recorded in the sources (None: this process's command line)."""
 
 
@@ -236,9 +242,100 @@ def measure_comm(config: CalibrationConfig, backend: str, worlds, console: Conso
     return rows
 
 
+POOR_R2 = 0.9
+"""A communication fit with a lower R² (or no bandwidth term) is poor."""
+POOR_BUSY_FIT_ERROR = 0.25
+"""A busy-rank fit whose median relative error is larger is poor."""
+BUSY_SHARE_LIMIT = 0.2
+"""Share of the cores' time other processes may use while calibration measures."""
+
+
+class OtherLoad:
+    """CPU time that other processes (and the hypervisor's steal) took while the block
+    ran, as a share of all cores' time: ``(busy(system) − busy(this process and its
+    finished children)) / (wall × cores)``."""
+
+    def __enter__(self) -> OtherLoad:
+        self.share = None
+        self._start = (time.perf_counter(), _system_busy_s(), _own_busy_s())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, system, own = (now - then for now, then in zip(
+            (time.perf_counter(), _system_busy_s(), _own_busy_s()), self._start, strict=True
+        ))  # fmt: skip
+        cores = psutil.cpu_count() or 1
+        self.share = max(0.0, (system - own) / (wall * cores)) if wall > 0 else 0.0
+
+
+def _system_busy_s() -> float:
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _own_busy_s() -> float:
+    t = psutil.Process().cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def quality(comm_fits, busy, other_share: float) -> dict:
+    """The verdict on one calibration: "good", or "poor" with the reasons."""
+    reasons = []
+    for op, fit in (comm_fits or {}).items():
+        if "r2" in fit and (fit["r2"] < POOR_R2 or not fit["beta_s_per_byte"]):
+            reasons.append(f"{op} fit R² {fit['r2']:.3f} (or no bandwidth term)")
+    if busy is not None and busy["median_rel_err"] > POOR_BUSY_FIT_ERROR:
+        reasons.append(f"busy-rank fit median error {busy['median_rel_err']:.2f}")
+    if other_share > BUSY_SHARE_LIMIT:
+        reasons.append(f"other processes used {other_share:.0%} of the cores")
+    return {
+        "verdict": "poor" if reasons else "good",
+        "reasons": reasons,
+        "other_processes_core_share": round(other_share, 4),
+        "limits": {
+            "r2": POOR_R2,
+            "busy_fit_median_error": POOR_BUSY_FIT_ERROR,
+            "other_core_share": BUSY_SHARE_LIMIT,
+        },
+    }
+
+
 def calibrate(config: CalibrationConfig, console: Console | None = None) -> tuple[Path, dict]:
-    """Measure, fit and write the profile; returns its path and the fits."""
+    """Measure, fit and write the profile; returns its path and the fits.
+
+    The profile is marked with its :func:`quality`; a poor calibration (poor fits, or a
+    machine other processes kept busy) is measured again once, and a second poor one is
+    saved marked "poor" (``sigsim run`` recalibrates instead of using it)."""
     console = console or Console(stderr=True)
+    for attempt in range(1, config.attempts + 1):
+        with OtherLoad() as load:
+            profile, fits, busy = _measure_and_fit(config, console)
+        verdict = quality(fits["comm"], busy, load.share)
+        if verdict["verdict"] == "good" or attempt == config.attempts:
+            break
+        console.print(
+            f"[yellow]calibration {attempt} was poor ({'; '.join(verdict['reasons'])}): "
+            "measuring again[/]"
+        )
+    if verdict["verdict"] == "poor":
+        console.print(
+            f"[yellow]saving a profile marked poor ({'; '.join(verdict['reasons'])}); "
+            "rerun `sigsim calibrate` on a quiet machine[/]"
+        )
+    facts = fingerprint(fits["backend"], fits["accelerator"])
+    profile["name"] = machine_key(facts)
+    profile["_quality"] = verdict | {"attempts": attempt}
+    profile["_machine"] = facts
+    path = Path(config.output) if config.output else host_profile_path(machine_key(facts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=2) + "\n")
+    load_profile(path)  # what we wrote must load
+    console.print(f"wrote {path} in {fits['seconds']:.1f} s ({verdict['verdict']})")
+    return path, fits | {"quality": profile["_quality"]}
+
+
+def _measure_and_fit(config: CalibrationConfig, console: Console):
+    """One calibration: (profile dict, fits, busy-rank fit or None)."""
     start = dt.datetime.now(dt.UTC)
     command = config.command or " ".join(shlex.quote(a) for a in sys.argv)
     host = socket.gethostname()
@@ -272,6 +369,7 @@ def calibrate(config: CalibrationConfig, console: Console | None = None) -> tupl
             "bundled profile and says so in its sources"
         )
     profile = build_profile(config, device, backend, compute, comm_fits, cores, stamp)
+    busy = None
     busy_steps = compute.get("steps", {}).get("busy")
     if busy_steps is not None and comm_fits is not None:
         hardware = parse_profile(profile, "the profile being calibrated")
@@ -285,13 +383,16 @@ def calibrate(config: CalibrationConfig, console: Console | None = None) -> tupl
             f"max {busy['max_rel_err']:.3f} ({busy['dropped']} dropped)"
         )
         profile = build_profile(config, device, backend, compute, comm_fits, cores, stamp, busy)
-    path = Path(config.output) if config.output else host_profile_path(host)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(profile, indent=2) + "\n")
-    load_profile(path)  # what we wrote must load
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
-    console.print(f"wrote {path} in {seconds:.1f} s")
-    return path, {"compute": compute, "comm": comm_fits, "seconds": seconds}
+    accelerator = torch.cuda.get_device_name(device) if cuda else None
+    fits = {
+        "compute": compute,
+        "comm": comm_fits,
+        "seconds": seconds,
+        "backend": backend,
+        "accelerator": accelerator,
+    }
+    return profile, fits, busy
 
 
 def _print_comm(console: Console, fits: dict[str, dict[str, Any]]) -> None:
@@ -313,14 +414,6 @@ def _print_comm(console: Console, fits: dict[str, dict[str, Any]]) -> None:
             str(f["points"]),
         )
     console.print(table)
-    poor = [
-        op for op, f in fits.items() if "r2" in f and (f["r2"] < 0.9 or not f["beta_s_per_byte"])
-    ]
-    if poor:
-        console.print(
-            f"[yellow]poor fit for {', '.join(poor)} (R² < 0.9 or no bandwidth term): "
-            "a busy machine? rerun calibrate when it is quiet[/]"
-        )
     if "p2p" in fits:
         console.print(
             f"p2p both ways at once: duplex efficiency {fits['p2p']['duplex_efficiency']:.2f} "

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +169,15 @@ class Hardware:
     path: str = ""
     sources: dict[str, str] = field(default_factory=dict)
     """Dotted key → source string, for every number in the file."""
+    quality: dict | None = None
+    """A calibrated profile's verdict (``_quality``: "good" or "poor", the reasons, how
+    busy the machine was); None for datasheet profiles."""
+    machine: dict | None = None
+    """The fingerprint of the machine it was calibrated on (``_machine``)."""
+
+    @property
+    def poor(self) -> bool:
+        return bool(self.quality) and self.quality.get("verdict") == "poor"
 
 
 # -- the schema -------------------------------------------------------------------------
@@ -408,6 +416,8 @@ def parse_profile(data: Any, where: str) -> Hardware:
         ),
         path=where,
         sources=reader.sources,
+        quality=data.get("_quality"),
+        machine=data.get("_machine"),
     )
 
 
@@ -424,9 +434,13 @@ def load_profile(path: str | Path) -> Hardware:
     return parse_profile(data, str(path))
 
 
-def host_profile_path(host: str | None = None) -> Path:
-    """Where calibration writes this machine's profile by default."""
-    return CACHE_DIR / f"{host or socket.gethostname()}.json"
+def host_profile_path(key: str | None = None) -> Path:
+    """Where calibration writes this machine's profile by default: filed under the
+    machine's key (``simulator.machine``: CPU model and kernel flags, cores, torch,
+    backend), not its host name."""
+    from simulator.machine import machine_key
+
+    return CACHE_DIR / f"{key or machine_key()}.json"
 
 
 def available_profiles() -> dict[str, Path]:

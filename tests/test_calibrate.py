@@ -6,9 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator import predict
-from simulator.calibrate import CalibrationConfig, calibrate, fit_comm, fit_least_squares
+from simulator import hardware, predict
+from simulator.calibrate import (
+    CalibrationConfig,
+    OtherLoad,
+    calibrate,
+    fit_comm,
+    fit_least_squares,
+    quality,
+)
 from simulator.hardware import load_profile
+from simulator.machine import fingerprint, machine_key
 from tests.simulator_fakes import make_method, rng
 
 
@@ -59,10 +67,15 @@ def test_tiny_calibration_writes_a_usable_profile(tmp_path):
     path = tmp_path / "here.json"
     config = CalibrationConfig(output=path, worlds=(2,), message_bytes=(4096, 2097152),
                                warmup=1, repeats=3, dtypes=("fp32",), quick=True,
-                               command="pytest tests/test_calibrate.py")  # fmt: skip
+                               command="pytest tests/test_calibrate.py",
+                               attempts=1)  # fmt: skip
     written, fits = calibrate(config)
     assert written == path
     profile = load_profile(path)
+    # marked with its verdict and the machine it describes, named by that machine's key
+    assert profile.quality["verdict"] in ("good", "poor") and profile.quality["attempts"] == 1
+    assert 0 <= profile.quality["other_processes_core_share"] <= 1
+    assert profile.machine == fingerprint("gloo") and profile.name == machine_key(profile.machine)
     assert profile.backend == "gloo" and profile.ranks_per_node is None
     assert profile.compute.matmul_flops_per_s["fp32"] > 1e8
     assert profile.intra_node.p2p.beta_s_per_byte >= 0
@@ -91,3 +104,50 @@ def test_one_world_within_cores_folds_base_into_alpha():
     assert fit["base_s"] == 0.0
     assert fit["alpha_s"] == pytest.approx(100e-6, rel=1e-6)
     assert fit["beta_s_per_byte"] == pytest.approx(1e-9, rel=1e-6)
+
+
+def test_quality_names_every_reason_and_other_load_is_a_share():
+    good = {"all_gather": {"r2": 0.99, "beta_s_per_byte": 1e-9}}
+    assert quality(good, {"median_rel_err": 0.05}, 0.01)["verdict"] == "good"
+    verdict = quality(
+        {
+            "all_gather": {"r2": 0.5, "beta_s_per_byte": 1e-9},
+            "p2p": {"r2": 0.99, "beta_s_per_byte": 0},
+        },
+        {"median_rel_err": 0.4},
+        0.5,
+    )
+    assert verdict["verdict"] == "poor" and len(verdict["reasons"]) == 4
+    with OtherLoad() as load:
+        sum(range(10**5))
+    assert 0 <= load.share <= 1
+
+
+def test_machine_key_follows_what_determines_the_costs():
+    facts = fingerprint("gloo")
+    assert facts["cores"] >= 1 and facts["torch"]
+    assert machine_key(facts) == machine_key(dict(facts))
+    assert machine_key(facts) != machine_key(facts | {"torch": "0.0"})
+    assert machine_key(facts) != machine_key(facts | {"kernel_flags": []})
+    assert hardware.host_profile_path().name == f"{machine_key(facts)}.json"
+
+
+def test_a_profile_marked_poor_is_not_used_for_a_run_and_reports_say_so(tmp_path, monkeypatch):
+    import json
+
+    from experiments import backends
+    from tests.simulator_fakes import profile_dict
+
+    monkeypatch.setattr(hardware, "CACHE_DIR", tmp_path)
+    own = hardware.host_profile_path()
+    assert backends.local_profile() is None  # none yet: sigsim run calibrates
+    data = profile_dict(name="this-machine")
+    data["_quality"] = {"verdict": "good", "reasons": []}
+    own.write_text(json.dumps(data))
+    assert backends.local_profile() == own
+    assert backends.profile_warning(hardware.load_profile(own)) is None
+    data["_quality"] = {"verdict": "poor", "reasons": ["p2p fit R² 0.412"]}
+    own.write_text(json.dumps(data))
+    assert backends.local_profile() is None  # marked poor: sigsim run calibrates again
+    warning = backends.profile_warning(hardware.load_profile(own))
+    assert "marked poor" in warning and "p2p fit R² 0.412" in warning
