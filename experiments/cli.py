@@ -35,6 +35,53 @@ def _hardware_option(parser: argparse.ArgumentParser, default_text: str) -> None
     )
 
 
+def _autocast_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--autocast",
+        default=None,
+        choices=("fp16", "bf16"),
+        help="price the loss run inside torch.autocast of this dtype (features of --dtype)",
+    )
+
+
+def _recommend_parser(sub) -> None:
+    recommend = sub.add_parser(
+        "recommend",
+        help="which loss to run: every method and incumbent at one W and d, from the model",
+        description="For every method of ours (ring methods at several tiles) and every "
+        "incumbent (open_clip, Inf-CL): the largest global batch that fits, and bytes per "
+        "rank, peak memory and step time at one global batch (default: the largest open_clip's "
+        "best fits); then, per kind, the recommended method and tile against open_clip's "
+        "best. Reads only the model.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    recommend.add_argument("--world", type=int, required=True, help="W, ranks")
+    recommend.add_argument("--dim", type=int, required=True, help="embedding width d")
+    recommend.add_argument("--dtype", default="fp32", choices=sweep_config.DTYPES)
+    _autocast_option(recommend)
+    recommend.add_argument(
+        "--memory-GiB", dest="memory_GiB", type=float, default=0.0,
+        help="memory of one device, GiB; 0: the profile's",
+    )  # fmt: skip
+    recommend.add_argument(
+        "--other-GiB", dest="other_GiB", type=float, default=0.0,
+        help="memory the rest of the training step holds per device (model, optimizer, "
+        "activations), GiB",
+    )  # fmt: skip
+    recommend.add_argument(
+        "--batch", type=int, default=0,
+        help="global batch N to compare at (a multiple of --world); 0: the largest that "
+        "open_clip's best fits",
+    )  # fmt: skip
+    recommend.add_argument(
+        "--kind", default="softmax,sigmoid", help="loss kinds, comma-separated (softmax, sigmoid)"
+    )
+    recommend.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _hardware_option(recommend, "this machine's calibrated profile, else h100-sxm")
+    recommend.set_defaults(handler=commands.cmd_recommend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sigsim",
@@ -99,13 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=_formatter,
     )
-    predict.add_argument("--method", default="all", help="method name(s), comma-separated")
+    predict.add_argument(
+        "--method",
+        default="all",
+        help="method name(s), comma-separated; 'all': ours, 'incumbents': open_clip's and "
+        "Inf-CL's (cost descriptions)",
+    )
     predict.add_argument("--world", default="8", help="world sizes W (ranks)")
     predict.add_argument("--batch", default="1024", help="local batches b (examples per rank)")
     predict.add_argument("--dim", default="512", help="embedding widths d (elements)")
     predict.add_argument("--dtype", default="fp32", choices=sweep_config.DTYPES)
     predict.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
     predict.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
+    _autocast_option(predict)
     _hardware_option(predict, "this machine's calibrated profile, else h100-sxm")
     predict.set_defaults(handler=commands.cmd_predict)
 
@@ -134,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=_formatter,
     )
-    maxbatch.add_argument("--method", default="all", help="method name(s), comma-separated")
+    maxbatch.add_argument(
+        "--method",
+        default="all",
+        help="method name(s), comma-separated; 'all': ours, 'incumbents': open_clip's and Inf-CL's",
+    )
     maxbatch.add_argument(
         "--worlds", default="1,8,64,512,4096", help="world sizes W (ranks), comma-separated"
     )
@@ -147,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="memory one rank may fill, GiB (2^30 bytes); 0: the profile's device memory",
     )
+    _autocast_option(maxbatch)
     _hardware_option(maxbatch, "this machine's calibrated profile, else h100-sxm")
     maxbatch.add_argument("--run", metavar="RUN_DIR", help="overlay this run's measurements")
     maxbatch.add_argument("--out", metavar="DIR", help="write maxbatch.png and .svg here")
     maxbatch.set_defaults(handler=commands.cmd_maxbatch)
+    _recommend_parser(sub)
 
     simulate = sub.add_parser(
         "simulate",

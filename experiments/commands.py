@@ -198,10 +198,26 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def method_list(spec: str) -> list[str]:
+    """``--method``: names, comma-separated; ``all`` stands for ours, ``incumbents`` for
+    the cost descriptions of ``simulator.incumbents``; unknown names fail in one line."""
+    from simulator.incumbents import INCUMBENTS
+
+    out: list[str] = []
+    for name in spec.split(","):
+        group = {"all": backends.method_names(), "incumbents": INCUMBENTS}.get(name, (name,))
+        out += [n for n in group if n not in out]
+    for name in out:
+        backends.method_summary(name)  # raises ValueError listing the known names
+    return out
+
+
 def cmd_predict(args) -> int:
     hardware = backends.hardware_for(args.hardware)
-    methods = backends.method_names() if args.method == "all" else args.method.split(",")
-    table = Table(title=f"Model on {backends.hardware_label(hardware)}, {args.dtype}")
+    methods = method_list(args.method)
+    autocast = getattr(args, "autocast", None)
+    title = f"Model on {backends.hardware_label(hardware)}, {args.dtype}"
+    table = Table(title=title + (f", autocast {autocast}" if autocast else ""))
     headers = ["method", "W", "b", "N", "d", "GFLOP", "sent (MiB)", "received (MiB)"]
     headers += ["peak (MiB)", "compute (ms)", "exposed comm (ms)", "step (ms)", "fits"]
     for header in headers:
@@ -214,6 +230,8 @@ def cmd_predict(args) -> int:
             options["overlap"] = not args.no_overlap
             if args.tile:
                 options["tile"] = args.tile
+        if autocast:
+            options["autocast"] = autocast
         p = backends.predict(method, world, batch, dim, args.dtype, hardware, **options)
         values = {
             name: np.broadcast_to(np.asarray(getattr(p, name), dtype=float), world.shape)
@@ -291,7 +309,8 @@ def cmd_report(args) -> int:
 def cmd_maxbatch(args) -> int:
     hardware = backends.hardware_for(args.hardware)
     memory = args.memory_GiB * 2**30 if args.memory_GiB else backends.device_memory_bytes(hardware)
-    methods = backends.method_names() if args.method == "all" else args.method.split(",")
+    methods = method_list(args.method)
+    options = {"autocast": args.autocast} if getattr(args, "autocast", None) else {}
     measured = []
     if args.run:
         measured = [
@@ -301,7 +320,7 @@ def cmd_maxbatch(args) -> int:
         ]
         if not measured:
             console.print(f"[yellow]{args.run} has no points at d = {args.dim}, {args.dtype}")
-    figure, predicted, found = analysis.maxbatch_figure(
+    figure, predicted, found = _maxbatch_figure(
         methods,
         hardware,
         memory_bytes=memory,
@@ -309,8 +328,10 @@ def cmd_maxbatch(args) -> int:
         dim=args.dim,
         dtype=args.dtype,
         measured=measured,
+        **options,
     )
-    table = Table(title=f"Largest batch in {memory / 2**30:.4g} GiB of loss memory per rank")
+    title = f"Largest batch in {memory / 2**30:.4g} GiB of loss memory per rank"
+    table = Table(title=title + (f", autocast {options['autocast']}" if options else ""))
     for header in ("method", "W", "source", "b (per rank)", "N = b·W"):
         _column(table, header)
     for entry in sorted([*predicted, *found], key=lambda e: (e.method, e.world, e.source)):
@@ -323,6 +344,95 @@ def cmd_maxbatch(args) -> int:
             console.print(f"written: {path}")
     else:
         plots.plt.close(figure)
+    return 0
+
+
+def _maxbatch_figure(methods, hardware, *, memory_bytes, worlds, dim, dtype, measured, **options):
+    """``analysis.maxbatch_figure``, with model options (autocast) passed to the model."""
+    if not options:
+        return analysis.maxbatch_figure(
+            methods, hardware, memory_bytes=memory_bytes, worlds=worlds, dim=dim, dtype=dtype,
+            measured=measured,
+        )  # fmt: skip
+    from experiments import plots_scale
+    from experiments.maxbatch import measured_max_batch, predicted_max_batch
+
+    predicted = [
+        entry
+        for method in methods
+        for entry in predicted_max_batch(
+            method, worlds, dim, dtype, hardware, memory_bytes, **options
+        )
+    ]
+    found = [m for m in measured_max_batch(measured, memory_bytes) if m.batch]
+    title = (
+        f"Largest batch in {memory_bytes / 2**30:.3g} GiB of loss memory "
+        f"({backends.hardware_label(hardware)}, d = {dim}, {dtype}, autocast "
+        f"{options['autocast']})"
+    )
+    figure = plots_scale.maxbatch(predicted, found, memory_bytes=memory_bytes, title=title)
+    return figure, predicted, found
+
+
+def cmd_recommend(args) -> int:
+    from experiments import recommend
+
+    hardware = backends.hardware_for(args.hardware)
+    kinds = tuple(k for k in args.kind.split(",") if k)
+    bad = sorted(set(kinds) - {"softmax", "sigmoid"})
+    if bad or not kinds:
+        raise ValueError(f"--kind must be softmax and/or sigmoid, got {args.kind!r}")
+    started = time.perf_counter()
+    entries, choices, settings = recommend.recommend(
+        hardware=hardware,
+        world=args.world,
+        dim=args.dim,
+        dtype=args.dtype,
+        autocast=args.autocast,
+        memory_bytes=args.memory_GiB * 2**30 if args.memory_GiB else None,
+        other_bytes=args.other_GiB * 2**30,
+        global_batch=args.batch or None,
+        kinds=kinds,
+    )
+    settings["model_s"] = time.perf_counter() - started
+    if args.json:
+        print(json.dumps(recommend.as_json(entries, choices, settings), indent=1))
+        return 0
+    budget = (settings["memory_bytes"] - settings["other_bytes"]) / 2**30
+    table = Table(
+        title=f"{settings['hardware']}, W = {args.world}, d = {args.dim}, {args.dtype}"
+        + (f", autocast {args.autocast}" if args.autocast else "")
+        + f": {budget:.4g} GiB for the loss per device; columns at N = {settings['global_batch']}"
+    )
+    for header in ("kind", "method", "side", "tile", "largest N", "sent (MiB)", "peak (GiB)"):
+        _column(table, header)
+    for header in ("step (ms)", "fits"):
+        _column(table, header)
+    table.add_column("note", overflow="fold")
+    for e in entries:
+        if e.max_global_batch is None:
+            table.add_row(e.kind, e.method, e.side, "", "", "", "", "", "", e.note)
+            continue
+        table.add_row(
+            e.kind, e.method, e.side, str(e.tile or "default"), str(e.max_global_batch),
+            f"{e.bytes_sent_per_rank / MiB:.4g}", f"{e.peak_memory_bytes / 2**30:.4g}",
+            f"{e.step_time_s * 1e3:.4g}", "yes" if e.fits else "no", "",
+        )  # fmt: skip
+    console.print(table)
+    for c in choices:
+        if c.recommended is None:
+            console.print(f"{c.kind}: none of ours fits at N = {settings['global_batch']}")
+            continue
+        line = f"{c.kind}: run [bold]{c.recommended}[/bold] (tile {c.tile or 'default'})"
+        if c.baseline:
+            parts = [f"largest N ×{c.max_batch_ratio:.3g}"] if c.max_batch_ratio else []
+            if c.step_time_ratio:
+                parts.append(f"step time ×{c.step_time_ratio:.3g}")
+            if c.bytes_ratio:
+                parts.append(f"bytes per rank ×{c.bytes_ratio:.3g}")
+            line += f" instead of {c.baseline}: " + ", ".join(parts)
+        console.print(line)
+    console.print(f"model time: {settings['model_s']:.3g} s")
     return 0
 
 
