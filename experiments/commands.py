@@ -212,10 +212,28 @@ def method_list(spec: str) -> list[str]:
     return out
 
 
+def priceable(methods, hardware, dtype: str, **options) -> list[str]:
+    """``methods`` the model can price with ``options``; each one it cannot (an incumbent
+    whose autocast is not described) is named on the console with the reason."""
+    out = []
+    for method in methods:
+        try:
+            backends.predict(method, 2, 8, 8, dtype, hardware, **options)
+        except ValueError as error:
+            if "not described" not in str(error):
+                raise
+            console.print(f"[yellow]skipped: {error}")
+            continue
+        out.append(method)
+    return out
+
+
 def cmd_predict(args) -> int:
     hardware = backends.hardware_for(args.hardware)
-    methods = method_list(args.method)
     autocast = getattr(args, "autocast", None)
+    methods = method_list(args.method)
+    if autocast:
+        methods = priceable(methods, hardware, args.dtype, autocast=autocast)
     title = f"Model on {backends.hardware_label(hardware)}, {args.dtype}"
     table = Table(title=title + (f", autocast {autocast}" if autocast else ""))
     headers = ["method", "W", "b", "N", "d", "GFLOP", "sent (MiB)", "received (MiB)"]
@@ -309,8 +327,8 @@ def cmd_report(args) -> int:
 def cmd_maxbatch(args) -> int:
     hardware = backends.hardware_for(args.hardware)
     memory = args.memory_GiB * 2**30 if args.memory_GiB else backends.device_memory_bytes(hardware)
-    methods = method_list(args.method)
     options = {"autocast": args.autocast} if getattr(args, "autocast", None) else {}
+    methods = priceable(method_list(args.method), hardware, args.dtype, **options)
     measured = []
     if args.run:
         measured = [
