@@ -107,6 +107,13 @@ def max_local_batch(method, world, dim, dtype, hardware, budget_bytes, **options
     return lo
 
 
+def _step_s(name, world, priced, dim, dtype, hardware) -> float:
+    """Step time at the largest batch that fits (the baselines' tie-break)."""
+    b = max(priced["max_local"], 1)
+    p = backends.predict(name, world, b, dim, dtype, hardware, **priced["options"])
+    return float(p.step_time_s)
+
+
 def _side(name: str) -> str:
     spec = backends._method(name)
     if spec.module is not None:
@@ -178,11 +185,11 @@ def recommend(
     baselines = {}
     for kind in kinds:
         theirs = [
-            (v["max_local"], k)
+            (v["max_local"], -_step_s(k[0], world, v, dim, dtype, hardware), k[0])
             for k, v in priced.items()
             if backends._method(k[0]).kind == kind and _side(k[0]) == "open_clip"
         ]
-        baselines[kind] = max(theirs)[1][0] if theirs else None
+        baselines[kind] = max(theirs)[2] if theirs else None
     if global_batch is None:
         fitted = [priced[(b, None)]["max_local"] for b in baselines.values() if b]
         global_batch = max(1, min(fitted, default=1)) * world

@@ -50,6 +50,8 @@ def test_recommendation_is_the_fastest_of_ours_that_fits():
         assert chosen.step_time_s == best
         base = next(e for e in entries if e.method == choice.baseline)
         assert base.side == "open_clip"
+        theirs = [e for e in entries if e.kind == choice.kind and e.side == "open_clip"]
+        assert base.max_global_batch == max(e.max_global_batch for e in theirs)
         assert choice.max_batch_ratio == pytest.approx(
             chosen.max_global_batch / base.max_global_batch
         )
