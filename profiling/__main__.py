@@ -45,6 +45,7 @@ def _point_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int)
     p.add_argument("--dim", type=int)
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], help="run the loss inside autocast")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--emulate", choices=["exact", "stand-in"])
     p.add_argument("--overlap", type=_bool)
@@ -69,7 +70,8 @@ def _config(args) -> PointConfig:
         raise ConfigError(f"a point needs --{missing[0]} (or --grid and --index)")
     return PointConfig(
         method=args.method, world=args.world, batch=args.batch, dim=args.dim,
-        dtype=args.dtype, device=args.device, emulate=args.emulate, overlap=args.overlap,
+        dtype=args.dtype, autocast=args.autocast, device=args.device, emulate=args.emulate,
+        overlap=args.overlap,
         tile=args.tile, steps=args.steps, warmup=args.warmup, seed=args.seed,
         timeout_s=args.timeout_s, pg_timeout_s=args.pg_timeout_s,
         profile=not args.no_profile, fault=args.fault,

@@ -112,6 +112,8 @@ class StepInputs:
     text: torch.Tensor
     log_scale: torch.Tensor
     bias: torch.Tensor | None
+    autocast: str | None = None
+    """The loss runs inside ``torch.autocast`` of this dtype (:func:`forward`)."""
 
     @property
     def leaves(self) -> list[torch.Tensor]:
@@ -132,13 +134,16 @@ def make_inputs(config: PointConfig, rank: int, device) -> StepInputs:
     log_scale = torch.tensor(math.log(10.0), device=device).requires_grad_(True)
     sigmoid = get_method(config.method).kind == "sigmoid"
     bias = torch.tensor(-10.0, device=device).requires_grad_(True) if sigmoid else None
-    return StepInputs(image, text, log_scale, bias)
+    return StepInputs(image, text, log_scale, bias, config.autocast)
 
 
 def forward(loss: torch.nn.Module, inputs: StepInputs) -> torch.Tensor:
+    """The loss of these inputs (gradients cleared), inside autocast if they ask for it."""
     for leaf in inputs.leaves:
         leaf.grad = None
-    return loss(inputs.image, inputs.text, inputs.log_scale.exp(), inputs.bias)
+    amp = TORCH_DTYPES[inputs.autocast] if inputs.autocast else None
+    with torch.autocast(inputs.image.device.type, dtype=amp, enabled=amp is not None):
+        return loss(inputs.image, inputs.text, inputs.log_scale.exp(), inputs.bias)
 
 
 def single_step(config: PointConfig, rank: int, transport: comm.Transport, device) -> dict:

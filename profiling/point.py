@@ -37,6 +37,9 @@ class PointConfig:
     """d, embedding width."""
     dtype: str = "fp32"
     """fp64, fp32, bf16 or fp16."""
+    autocast: str | None = None
+    """Run the loss inside ``torch.autocast`` of this dtype ("bf16", "fp16"), as open_clip's
+    ``--precision amp`` does; the features stay ``dtype`` (fp32)."""
     device: str = "cpu"
     """cpu (gloo) or cuda (NCCL, one GPU per rank)."""
     emulate: str | None = None
@@ -144,6 +147,17 @@ def validate_point(config: PointConfig, *, local: bool = True) -> None:
         raise ConfigError(f"unknown dtype {config.dtype!r}; known: {', '.join(TORCH_DTYPES)}")
     if config.device not in ("cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu' or 'cuda', got {config.device!r}")
+    if config.autocast is not None:
+        if config.autocast not in ("bf16", "fp16"):
+            raise ConfigError(f"autocast must be bf16 or fp16, got {config.autocast!r}")
+        if config.dtype != "fp32":
+            raise ConfigError(
+                f"autocast casts fp32 features: dtype must be fp32, not {config.dtype}"
+            )
+        if not _dtype_works(TORCH_DTYPES[config.autocast], config.device):
+            raise ConfigError(
+                f"autocast {config.autocast} is not supported on {config.device} here"
+            )
     if config.device == "cuda" and visible_gpus() == 0:
         raise ConfigError("device 'cuda' asked for, but no GPU is visible")
     if config.emulate not in (None, *EMULATION_MODES):

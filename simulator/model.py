@@ -244,7 +244,7 @@ def _counts(method: Method, shape: Shape):
     """Schedule and memory terms, evaluated in int64 and in float64 (overflow guard)."""
     with np.errstate(over="ignore"):
         schedule = method.schedule(shape)
-        terms = method.memory_terms(shape)
+        terms = method.peak_terms(shape)
         as_float = dataclasses.replace(
             shape,
             world=shape.world.astype(np.float64),
@@ -252,7 +252,7 @@ def _counts(method: Method, shape: Shape):
             dim=shape.dim.astype(np.float64),
         )
         float_schedule = method.schedule(as_float)
-        float_terms = method.memory_terms(as_float)
+        float_terms = method.peak_terms(as_float)
     return schedule, terms, float_schedule, float_terms
 
 
@@ -260,17 +260,6 @@ def shape_for(hw: Hardware, world, batch, dim, dtype: str, **options) -> Shape:
     """The cost functions' :class:`Shape` of a point on ``hw``: half features are
     multiplied in their own dtype on CUDA and upcast elsewhere (``precision``)."""
     return Shape.of(world, batch, dim, dtype, device=hw.device, **options)
-
-
-def autocast_terms(shape: Shape) -> dict[str, Any]:
-    """Memory our methods add inside ``torch.autocast`` (``shape.input_bytes`` set): the
-    features rounded to the autocast dtype inside the loss's Function (``precision``),
-    two ``b×d`` copies alive through the forward; the rest is the method's own terms at
-    the autocast dtype. Within 1% of the allocator on gloo, bf16 autocast
-    (``tests/test_incumbents_autocast.py``)."""
-    if shape.input_bytes is None:
-        return {}
-    return {"autocast copies of x, y": 2 * shape.batch * shape.dim * shape.elem_bytes}
 
 
 def _compute_dtype(dtype: str, shape: Shape) -> tuple[str, str]:
@@ -339,9 +328,6 @@ def predict(
     shape = shape_for(hw, world, batch, dim, dtype, **options)
     grid = world.shape
     schedule, terms, float_schedule, float_terms = _counts(spec, shape)
-    if spec.module is not None:  # ours; incumbents describe autocast themselves
-        terms = terms | autocast_terms(shape)
-        float_terms = float_terms | autocast_terms(shape)
 
     totals = {}
     for name, fn in (

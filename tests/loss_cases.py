@@ -215,8 +215,8 @@ def check_case(case: Case, transport) -> dict:
         "predicted_ops": predicted,
         "peak_live_bytes": peak,
         "peak_alloc_bytes": allocator.peak_bytes,
-        "predicted_peak_bytes": int(sum(spec.memory_terms(shape).values())),
-        "memory_terms": {k: int(v) for k, v in spec.memory_terms(shape).items()},
+        "predicted_peak_bytes": int(sum(spec.peak_terms(shape).values())),
+        "memory_terms": {k: int(v) for k, v in spec.peak_terms(shape).items()},
     }
 
 

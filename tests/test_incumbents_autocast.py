@@ -4,7 +4,7 @@ on one gloo process group of 3 ranks (subgroups W = 2, 3).
 
 * ours (``tests/loss_cases.py`` ``Case(autocast="bf16")``, which also checks loss and
   gradients against the reference): the method's own terms at the autocast dtype plus
-  ``simulator.model.autocast_terms`` (the two ``b×d`` rounded copies), within 1%;
+  ``Method.peak_terms`` (with the two ``b×d`` rounded copies), within 1%;
 * open_clip's ``ClipLoss(local_loss=True)`` (``tests/incumbent_cases.py``): its autocast
   moments, within 2%, except at W = 2, b = 24, d = 16, where the peak falls inside a
   oneDNN bf16 matmul whose scratch has no formula (``precision``): within 4% there.
@@ -19,7 +19,7 @@ import pytest
 
 from profiling.losses import METHODS, get_method
 from profiling.losses.registry import Shape
-from simulator.model import autocast_terms, predict
+from simulator.model import predict
 from tests.incumbent_cases import IncumbentCase, run_incumbent_cases
 from tests.loss_cases import Case, run_cases
 from tests.spawn import run_world
@@ -73,7 +73,7 @@ def test_ours_under_autocast_within_1_percent(measured):
         c = r["case"]
         assert not r["errors"], r["errors"]
         shape = Shape.of(c.world, c.batch, c.dim, "fp32", autocast="bf16")
-        terms = get_method(c.method).memory_terms(shape) | autocast_terms(shape)
+        terms = get_method(c.method).peak_terms(shape)
         predicted = float(sum(np.asarray(v) for v in terms.values()))
         if abs(predicted / r["peak_alloc_bytes"] - 1) > 0.01:
             wrong.append(f"{c.name}: predicted {predicted:.0f}, allocator {r['peak_alloc_bytes']}")

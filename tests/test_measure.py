@@ -1,6 +1,7 @@
-"""profiling.measure and traffic: one W=3 gloo process group measures several points; bytes
-equal the methods' formulas and torch.profiler's count, times are ordered, the live peak
-equals a one-step probe's, ranks agree; the NCCL profiler parse and the overlap rules."""
+"""profiling.measure and traffic: one W=3 gloo process group measures several points (two
+inside bf16 autocast); bytes equal the methods' formulas and torch.profiler's count, the
+allocator peak the memory model's within 1%, times are ordered, the live peak equals a
+one-step probe's, ranks agree; the NCCL profiler parse and the overlap rules."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ CASES = [
     PointConfig(method="sigmoid-ring", world=3, batch=16, dim=32, steps=3, warmup=1),
     PointConfig(method="softmax-ring", world=3, batch=16, dim=32, steps=3, warmup=1, tile=8),
     PointConfig(method="sigmoid-allgather", world=3, batch=16, dim=32, steps=3, warmup=1),
-]
+    # inside torch.autocast, as open_clip's --precision amp runs a loss
+    PointConfig(method="sigmoid-ring", world=3, batch=32, dim=64, steps=2, warmup=1,
+                autocast="bf16"),
+    PointConfig(method="softmax-allgather", world=3, batch=32, dim=64, steps=2, warmup=1,
+                autocast="bf16"),
+]  # fmt: skip
 
 
 def measure_cases(rank, world):
@@ -48,10 +54,14 @@ def measured():
 def test_measured_points(measured):
     for index, config in enumerate(CASES):
         rank0, probe_peak = measured[0][index]
-        shape = Shape.of(3, 16, 32, "fp32", tile=config.tile)
-        schedule = get_method(config.method).schedule(shape)
+        shape = Shape.of(3, config.batch, config.dim, "fp32", tile=config.tile,
+                         autocast=config.autocast)  # fmt: skip
+        spec = get_method(config.method)
+        schedule = spec.schedule(shape)
         assert rank0["bytes_sent"] == int(schedule.bytes_sent()), config.method
         assert rank0["bytes_received"] == int(schedule.bytes_received()), config.method
+        model_peak = sum(int(v) for v in spec.peak_terms(shape).values())
+        assert abs(model_peak - rank0["peak_alloc_bytes"]) <= 0.01 * rank0["peak_alloc_bytes"]
         assert rank0["ranks_agree"] and rank0["rank_values"] is None
         assert rank0["peak_live_bytes"] == probe_peak
         for name in ("step_time_s", "forward_time_s", "backward_time_s"):

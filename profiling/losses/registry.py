@@ -199,6 +199,18 @@ class Method:
     describes: str | None = None
     """Incumbents only: the code this describes (package, version, file, function)."""
 
+    def peak_terms(self, shape: Shape) -> dict[str, Any]:
+        """The peak memory of one step as named terms: ``memory_terms``, plus, for our
+        methods inside ``torch.autocast`` (``shape.input_bytes`` set), the features
+        rounded to the autocast dtype inside the loss's Function (``precision``): two
+        ``b×d`` copies alive through the forward. Incumbents describe autocast in their
+        own terms. Every consumer (model, simulator, tests) reads this."""
+        terms = self.memory_terms(shape)
+        if self.module is not None and shape.input_bytes is not None:
+            copies = 2 * shape.batch * shape.dim * shape.elem_bytes
+            terms = terms | {"autocast copies of x, y": copies}
+        return terms
+
 
 def peak_of(*moments: dict[str, Any]) -> dict[str, Any]:
     """Named terms of whichever moment holds the most bytes (elementwise over a grid).
