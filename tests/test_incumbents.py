@@ -7,7 +7,7 @@ Pinned: the bytes ``torch.distributed`` moved (``benchmarks.dist_counter``) equa
 schedule's exactly, for every incumbent; the allocator peak of one forward + backward
 (inputs excluded) is within 2% of ``memory_terms`` for those whose memory is validated
 (:data:`MEMORY_VALIDATED`). The others' memory is reported, not pinned
-(``docs/incumbents.md``). Also: the registry keeps listing only our methods, incumbents
+(README, "Incumbents in the model"). Also: the registry keeps listing only our methods, incumbents
 are priced by name, and building one as a loss is refused in one line.
 """
 
