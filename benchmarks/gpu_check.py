@@ -18,12 +18,22 @@ the deadline):
 2. **single rank**: every method × dtype at W = 1 through ``profiling.measure``
    (CUDA-event times, allocator peak, NVML used memory when NVML is present, live-tensor
    peak, RSS, torch.profiler byte cross-check).
-3. **emulated**: every method × dtype at each W of ``--worlds`` with stand-in peers
-   (``profiling.emulate``), ascending W, so a point that runs out of memory is recorded
-   as ``oom`` and the larger W still run for the methods that fit.
+3. **targets**: the speed issue's GPU points: every method inside bf16 autocast (fp32
+   features, as open_clip's ``--precision amp``), ``b = 16,384``, ``d = 768``, at W = 1
+   and emulated W = 8, 64 (``--target-batch``, ``--target-worlds``); a method that runs
+   out of memory is a result (``oom``).
+4. **emulated**: every method × dtype (and × ``--autocast``, fp32 features) at each W of
+   ``--worlds`` with stand-in peers (``profiling.emulate``), ascending W, so a point
+   that runs out of memory is recorded as ``oom`` and the larger W still run for the
+   methods that fit.
+
+Single-rank points run every dtype and autocast variant too. After the worker, every
+record is validated against the closest bundled GPU profile (``simulator.validate``:
+bytes, allocator peak, step time; ``gpu_validation.txt``), the model's error table the
+memory and simulator issues ask the GPU for.
 
 Budget: a global deadline ``--budget-s`` after the process started (default 440 s,
-under the 8-minute limit); parts 1 and 2 end at 15% and 40% of it. A point is started
+under the 8-minute limit); parts 1, 2 and 3 end at 15%, 40% and 60% of it. A point is started
 only if its estimate (the same method's last wall time, scaled by W) ends before its
 part's deadline; otherwise, and for every point left when the deadline passes, the
 record says so: status ``timeout`` (the schema's status for "not measured in time"),
@@ -31,8 +41,8 @@ record says so: status ``timeout`` (the schema's status for "not measured in tim
 
 Output in ``--out`` (default ``$OUT``): ``gpu_results.jsonl`` (one record per point, the
 grid's schema, ``docs/results-schema.md``, plus ``"part"``), ``gpu_correctness.jsonl``,
-``gpu_log.txt`` and ``gpu_summary.txt`` (the table printed at the end). Files of an
-earlier run in the same folder are replaced.
+``gpu_log.txt``, ``gpu_summary.txt`` (the table printed at the end) and
+``gpu_validation.txt``. Files of an earlier run in the same folder are replaced.
 """
 
 from __future__ import annotations
@@ -64,11 +74,12 @@ from profiling.measure import (
     validate_point,
 )
 
-RESULTS, CORRECTNESS, LOG, SUMMARY = (
+RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION = (
     "gpu_results.jsonl",
     "gpu_correctness.jsonl",
     "gpu_log.txt",
     "gpu_summary.txt",
+    "gpu_validation.txt",
 )
 WORKER_MARGIN_S = 15.0
 """The worker stops starting points this long before the deadline (parent's wrap-up)."""
@@ -84,8 +95,14 @@ class CheckPlan:
     """b of the measured points (single rank and emulated)."""
     dim: int = 768
     dtypes: tuple[str, ...] = ("fp32", "bf16")
+    autocast: tuple[str, ...] = ("bf16",)
+    """Autocast dtypes run beside ``dtypes`` (fp32 features inside ``torch.autocast``)."""
     worlds: tuple[int, ...] = (8, 64, 512, 4096)
     """Emulated W (stand-in peers), ascending."""
+    target_batch: int = 16384
+    target_dim: int = 768
+    target_worlds: tuple[int, ...] = (1, 8, 64)
+    """The speed issue's GPU points (bf16 autocast): W = 1 real, larger W emulated."""
     steps: int = 5
     warmup: int = 2
     large_world: int = 512
@@ -105,6 +122,9 @@ class CheckPlan:
             batch=16,
             dim=32,
             worlds=(2, 8, 64),
+            target_batch=24,
+            target_dim=16,
+            target_worlds=(1, 4),
             steps=2,
             warmup=1,
             large_world=8,
@@ -123,11 +143,17 @@ class CheckPlan:
         return self.started_epoch_s + self.budget_s
 
     def part_deadline(self, part: str) -> float:
-        share = {"correctness": 0.15, "single": 0.40, "emulated": 1.0}[part]
+        share = {"correctness": 0.15, "single": 0.40, "targets": 0.60, "emulated": 1.0}[part]
         return min(self.started_epoch_s + share * self.budget_s, self.deadline - WORKER_MARGIN_S)
 
     def path(self, name: str) -> Path:
         return Path(self.out_dir) / name
+
+
+def precisions(plan: CheckPlan) -> list[tuple[str, str | None]]:
+    """(feature dtype, autocast dtype) of the measured points: each dtype, then fp32
+    features inside each autocast dtype."""
+    return [(dt, None) for dt in plan.dtypes] + [("fp32", a) for a in plan.autocast]
 
 
 def planned_points(plan: CheckPlan) -> list[tuple[str, PointConfig]]:
@@ -137,20 +163,43 @@ def planned_points(plan: CheckPlan) -> list[tuple[str, PointConfig]]:
         (
             "single",
             PointConfig(
-                method=m, world=1, dtype=dt, steps=plan.steps, warmup=plan.warmup, **common
+                method=m,
+                world=1,
+                dtype=dt,
+                autocast=amp,
+                steps=plan.steps,
+                warmup=plan.warmup,
+                **common,
             ),
         )
-        for dt in plan.dtypes
+        for dt, amp in precisions(plan)
         for m in METHODS
     ]
+    for world in plan.target_worlds:
+        for m in METHODS:
+            config = PointConfig(
+                method=m,
+                world=world,
+                batch=plan.target_batch,
+                dim=plan.target_dim,
+                dtype="fp32",
+                autocast="bf16",
+                device=plan.device,
+                emulate=None if world == 1 else "stand-in",
+                steps=3,
+                warmup=1,
+                pg_timeout_s=60.0,
+            )
+            points.append(("targets", config))
     for world in plan.worlds:
         large = world > plan.large_world
-        for dt in plan.dtypes:
+        for dt, amp in precisions(plan):
             for m in METHODS:
                 config = PointConfig(
                     method=m,
                     world=world,
                     dtype=dt,
+                    autocast=amp,
                     emulate="stand-in",
                     steps=3 if large else plan.steps,
                     warmup=1 if large else plan.warmup,
@@ -227,14 +276,14 @@ def _run_correctness(plan: CheckPlan, device, log: Log) -> None:
 
 
 def _measure(part: str, config: PointConfig, device) -> dict:
-    if part == "single":
+    if config.emulate is None:
         return measure_point(config, DistGroup(device), traffic.RecordingTransport(), device)
     return emulate_point(config, device)
 
 
 def _estimate_s(walls: dict, part: str, config: PointConfig) -> float:
     """The same method and dtype's last wall time in this part, scaled by W."""
-    last = walls.get((part, config.method, config.dtype))
+    last = walls.get((part, config.method, config.dtype, config.autocast))
     if last is None:
         return 0.0
     seconds, world = last
@@ -242,10 +291,9 @@ def _estimate_s(walls: dict, part: str, config: PointConfig) -> float:
 
 
 def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
-    """``profiling.launch`` entry (one rank): the three parts; records go to disk as they end."""
-    plan = CheckPlan(
-        **{**plan_dict, "dtypes": tuple(plan_dict["dtypes"]), "worlds": tuple(plan_dict["worlds"])}
-    )
+    """``profiling.launch`` entry (one rank): the four parts; records go to disk as they end."""
+    tuples = ("dtypes", "autocast", "worlds", "target_worlds")
+    plan = CheckPlan(**{**plan_dict, **{k: tuple(plan_dict[k]) for k in tuples}})
     log = Log(plan)
     device = rank_device(
         PointConfig(method=METHODS[0], world=1, batch=1, dim=1, device=plan.device)
@@ -266,8 +314,10 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
     failed_world: dict = {}  # (method, dtype) -> W that ran out of memory
     for part, config in planned_points(plan):
         deadline = plan.part_deadline(part)
-        label = f"{part} {config.method} W={config.world} {config.dtype}"
-        oom_at = failed_world.get((config.method, config.dtype))
+        variant = (config.method, config.dtype, config.autocast, config.batch)
+        amp = f" autocast {config.autocast}" if config.autocast else ""
+        label = f"{part} {config.method} W={config.world} b={config.batch} {config.dtype}{amp}"
+        oom_at = failed_world.get(variant)
         if oom_at is not None and config.world > oom_at:
             record = results.make_record(
                 config.as_dict(), "oom", f"not run: out of memory already at W={oom_at}", None, env
@@ -296,8 +346,8 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
         wall = time.time() - start
         _free(device)
         if status == "oom":
-            failed_world[(config.method, config.dtype)] = config.world
-        walls[(part, config.method, config.dtype)] = (wall, config.world)
+            failed_world[variant] = config.world
+        walls[(part, config.method, config.dtype, config.autocast)] = (wall, config.world)
         record = results.make_record(config.as_dict(), status, message, measured, env, wall_s=wall)
         record["part"] = part
         results.append_record(plan.path(RESULTS), record)
@@ -328,6 +378,34 @@ def _fill_missing(plan: CheckPlan, outcome, env: dict, log: Log) -> None:
         )
 
 
+def validation_profile(plan: CheckPlan) -> str:
+    """The bundled profile the records are validated against: the closest GPU's
+    (an H200 or H100: ``h100-sxm``; an A100: ``a100-sxm-80gb``), or this CPU's own."""
+    if plan.device != "cuda":  # the CPU dry run exercises the same path on a GPU profile;
+        return "h100-sxm"  # its memory rows then differ by design (half operands, CUDA tile)
+    name = torch.cuda.get_device_name(0).lower()
+    return "a100-sxm-80gb" if "a100" in name else "h100-sxm"
+
+
+def write_validation(plan: CheckPlan, log: Log) -> None:
+    """``simulator.validate`` over every record, into ``gpu_validation.txt``."""
+    from rich.console import Console
+
+    from simulator.validate import validate
+
+    profile = validation_profile(plan)
+    with open(plan.path(VALIDATION), "w", encoding="utf-8") as handle:
+        console = Console(file=handle, width=160)
+        console.print(f"records of {plan.path(RESULTS)} against the {profile} profile")
+        try:
+            summary = validate([plan.path(RESULTS)], profile, console)
+        except Exception as exc:  # the measurements are kept whatever happens here
+            console.print(f"validation failed: {_one_line(exc)}")
+            log(f"validation failed: {_one_line(exc)}")
+            return
+    log(f"validation: {summary['points_compared']} points against {profile}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0]
@@ -344,6 +422,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--worlds", type=int, nargs="+", help="emulated W (8 64 512 4096; CPU 2 8 64)"
     )
+    parser.add_argument(
+        "--autocast", nargs="*", choices=("bf16", "fp16"), help="autocast variants (bf16)"
+    )
+    parser.add_argument("--target-batch", type=int, help="b of the targets part (16384)")
+    parser.add_argument(
+        "--target-worlds", type=int, nargs="+", help="W of the targets part (1 8 64)"
+    )
     return parser.parse_args(argv)
 
 
@@ -355,6 +440,12 @@ def make_plan(args) -> CheckPlan:
             setattr(plan, name, getattr(args, name))
     if args.worlds:
         plan.worlds = tuple(sorted(args.worlds))
+    if args.autocast is not None:
+        plan.autocast = tuple(args.autocast)
+    if args.target_batch is not None:
+        plan.target_batch = args.target_batch
+    if args.target_worlds:
+        plan.target_worlds = tuple(sorted(args.target_worlds))
     plan.started_epoch_s = psutil.Process().create_time()
     return plan
 
@@ -370,7 +461,7 @@ def main(argv=None) -> int:
         )
         return 2
     Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
-    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY):
+    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION):
         plan.path(name).unlink(missing_ok=True)
     log = Log(plan)
     log(f"plan: {json.dumps(asdict(plan))}")
@@ -390,6 +481,7 @@ def main(argv=None) -> int:
     text = summary_text(plan.path(RESULTS), plan.path(CORRECTNESS))
     print(text)
     plan.path(SUMMARY).write_text(text + "\n", encoding="utf-8")
+    write_validation(plan, log)
     log(f"done; files in {plan.out_dir}")
     lines = (
         plan.path(CORRECTNESS).read_text().splitlines() if plan.path(CORRECTNESS).exists() else []

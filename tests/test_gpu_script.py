@@ -41,7 +41,13 @@ def test_cpu_mode_end_to_end(tmp_path):
     done = run_script(out, "--worlds", "2", "8")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [gpu_check.RESULTS, gpu_check.CORRECTNESS, gpu_check.LOG, gpu_check.SUMMARY]
+        [
+            gpu_check.RESULTS,
+            gpu_check.CORRECTNESS,
+            gpu_check.LOG,
+            gpu_check.SUMMARY,
+            gpu_check.VALIDATION,
+        ]
     )
     correct = [json.loads(s) for s in (out / gpu_check.CORRECTNESS).read_text().splitlines()]
     assert {(c["method"], c["world"]) for c in correct} == {(m, w) for m in METHODS for w in (1, 3)}
@@ -50,11 +56,16 @@ def test_cpu_mode_end_to_end(tmp_path):
     assert sorted(r["key"] for r in records) == sorted(planned(out, "--worlds", "2", "8"))
     for record in records:
         assert record["status"] == "ok", record["message"]
-        assert record["part"] in ("single", "emulated")
+        assert record["part"] in ("single", "targets", "emulated")
         measured = record["measured"]
         assert measured["step_time_s"]["median"] > 0 and measured["peak_live_bytes"] > 0
         emulated = record["config"]["emulate"] == "stand-in"
         assert (measured["bytes_sent"] > 0) == emulated  # W = 1 moves nothing
+    parts = {(r["part"], r["config"]["autocast"]) for r in records}
+    assert {("single", None), ("single", "bf16"), ("targets", "bf16")} <= parts
+    assert ("emulated", "bf16") in parts
+    validation = (out / gpu_check.VALIDATION).read_text()
+    assert "against the h100-sxm profile" in validation and "bytes sent" in validation
     assert "PASS" in done.stdout and "measured points" in done.stdout
     assert "correctness: 10/10 PASS" in (out / gpu_check.SUMMARY).read_text()
 
