@@ -32,7 +32,7 @@ MEMORY_VALIDATED = (
     "openclip-siglip-bidir",
     "openclip-siglip-shift",
     "openclip-siglip-gather",
-)
+) + (("infcl-ring",) if HAVE_INF_CL else ())
 RUNNABLE = (
     "openclip-clip-local",
     "openclip-clip-global",

@@ -31,11 +31,17 @@ block, which tile the ``b×b`` block and never hold it: its traffic and FLOPs ar
 ``infcl-ring``; its memory drops the ``b×b`` terms. **It is derived from the code, not
 measured**: it needs CUDA (Triton), and no GPU was at hand.
 
-Memory (``infcl-ring``): the moments follow the code (both calls' saved ``q``, ``k``;
-in the first backward step the ``k`` and ``dk`` ring buffers, ``dq``, ``dk``, the block
-gradients ``b×d`` each and the ``b×b`` block, its exponent and gradient): **not
-validated**, up to 17% off the allocator on gloo (README, "Incumbents"); the traffic
-is exact (``tests/test_incumbents.py``).
+Memory (``infcl-ring``), two moments of the backward of the call autograd runs first:
+the other call's saved ``t·q``, ``k``, ``k[labels]`` and this call's (and the numerator's
+gradients), ``dq``, ``dk``, the block's ``dq``, ``dk`` and the ring buffers (``k`` and ``dk``
+received), ``b×d`` each; and either the ``b×b`` block with its gradient (at
+``dk = block_dk + next_dk``: ``(12 + [W≥3])·bd + 2b²``) or, while the block is formed,
+the block, its exponent, its gradient and the transposed copy the second einsum makes
+(``(9 + 2·[W≥3] + [W≥4])·bd + 4b²``); plus five fp32 row vectors. How many ring
+buffers are alive at once grows with ``W`` until ``W = 4`` and then stays (read from
+allocator traces at W = 2..6). Within 1% of the allocator on gloo
+(``tests/test_incumbents.py``; W = 5, 6 checked once by hand); the traffic is exact.
+``infcl-inf`` keeps the same ``b×d`` terms and drops the ``b²`` ones.
 """
 
 from __future__ import annotations
@@ -105,14 +111,16 @@ def _memory(blocks: bool):
             raise ValueError("Inf-CL: autocast is not described (its einsums would run in it)")
         b, d, w = shape.batch, shape.dim, shape.world
         bd, bb = b * d * FP32, b * b * FP32
-        ahead = np.minimum(np.maximum(w - 2, 0), 1)  # a k in flight for the next step
-        saved = {"both calls' saved t·q, k, k[labels]": 5 * bd, "numerator gradients": 2 * bd}
+        late = 1 * (w >= 3)  # from the third rank on, a k and a dk are in flight at once
+        full = 1 * (w >= 4)
+        rows = {"row vectors (log-sum-exps, numerators)": 5 * b * FP32}
         return peak_of(
-            saved
-            | {"dq, dk, block dq, dk, their sum, received dk, k": (5 + ahead) * bd}
-            | {"block, its gradient": 2 * bb * blocks},
-            {"first call's saved t·q, k, k[labels]": 3 * bd}
-            | {"second call's block, exponent, copies": 5 * bb * blocks},
+            {"saved, numerator gradients, dq, dk, ring buffers": (12 + late) * bd}
+            | {"block and its gradient": 2 * bb * blocks}
+            | rows,
+            {"saved, numerator gradients, ring buffers": (9 + 2 * late + full) * bd}
+            | {"block, exponent, gradient, transposed copy": 4 * bb * blocks}
+            | rows,
         )
 
     return memory_terms
