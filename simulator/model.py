@@ -2,76 +2,77 @@
 
 What is counted comes from the method, unchanged: FLOPs, bytes and messages are sums
 over its :class:`~profiling.losses.registry.Schedule`, peak memory is the sum of its
-``memory_terms``. This module adds only time, from a :class:`~simulator.hardware.Hardware`.
+``Method.peak_terms``. This module adds time, from a :class:`~simulator.hardware.Hardware`,
+and whether the peak fits the device beside the profile's memory reserve.
 
-Math, per point ``(W, b, d)``. A schedule is a list of phases ``p``, each repeated ``r_p``
-times per step. With ``f`` the core share (below), one repetition costs::
+Symbols (each used for one thing; profile keys in brackets). Per point ``(W, b, d)``: a
+schedule is a list of phases ``p``, each repeated ``r_p`` times per step, with matmul
+FLOPs ``F_p``, elementwise elements ``E_p``, ``K_p`` all-gather / reduce-scatter calls
+that the code makes even at ``W = 1`` (``Transfer.called_alone``) and transfers ``t``.
 
-    compute_p = u·f·a·(o + [W=1]·K_p·k) + u·(F_p / R_mm(dtype) + E_p / R_pw(dtype)) / c
-                                                           (o only if F_p + E_p > 0)
-    comm_p    = g · Σ_transfers T(transfer)                          (g = f if comm uses cores)
+* ``R_mm``, ``R_pw``: matmul and elementwise rates [``compute.matmul_TFLOPs``,
+  ``compute.pointwise_Gelem_per_s``], read for the matmul operand dtype and the
+  block-math dtype of the point (``Shape.operand_bytes``, ``Shape.compute_bytes``:
+  ``profiling.losses.precision``);
+* ``o``, ``o_step``, ``h``: fixed cost per phase repetition, per step outside the phases
+  (checks, the autograd Function and engine), and per collective call at ``W = 1``
+  [``phase_overhead_us``, ``step_overhead_us``, ``collective_call_us``];
+* ``q = min(W, ranks_per_node)`` ranks on a node of ``cores`` cores; ``f = max(1, q /
+  cores)``, the core share; ``f_c = f`` where moving bytes needs the cores
+  [``comm_uses_cores``], else 1;
+* ``u = 1 + (min(q, cores) − 1)·κ``: how much slower every rank computes when ``q``
+  ranks are busy [``κ``: ``busy_rank_slowdown``, calibrated from real steps at
+  ``W = min(2, cores)``; interpolated linearly up to the core count, held beyond];
+* a rank's ``n = min(t_r, max(1, cores / q))`` threads [``t_r``: ``threads_per_rank``]
+  speed its math up by ``v = clip(1 + (n − 1)·ε, 1/n, n) · min(1, cores / q)``
+  [``ε``: ``parallel_efficiency``] and stretch its fixed costs by ``a = 1 + (n − 1)·γ``
+  [``γ``: ``thread_overhead_growth``];
+* ``base``, ``α``, ``β``, ``e₂`` per network level [``all_gather``/``reduce_scatter``/
+  ``p2p`` fits, ``duplex_efficiency``], ``s_sync`` [``sync_us``], ``w_over``
+  [``oversubscribed_wait_us``].
 
-    T(all_gather | reduce_scatter) = base·[m>0] + m·α + B·β          (m = W−1 messages,
-                                                                     B = (W−1)·n ring bytes)
-    T(p2p)                         = (m/k)·α + (B/k)·β / e_k         (k = directions,
-                                                                     e_1 = 1, e_2 = duplex eff.)
+One repetition of phase ``p``::
+
+    compute_p = u·f·a·(o + [W=1]·K_p·h) + u·(F_p / R_mm + E_p / R_pw) / v
+                                                      (o only if F_p + E_p > 0)
+    comm_p    = f_c · Σ_t T(t)
+
+    T(all_gather | reduce_scatter) = base·[m>0] + m·α + B·β     (m = W−1 messages,
+                                                                B = (W−1)·n ring bytes)
+    T(p2p)                         = (m/k)·α + (B/k)·β / e_k    (k = directions,
+                                                                e_1 = 1, e_2 = duplex eff.)
 
     overlapped phase:  time_p = max(compute_p, comm_p) + sync_p,
                        exposed_p = max(0, comm_p − compute_p) + sync_p
     otherwise:         time_p = compute_p + comm_p + sync_p,  exposed_p = comm_p + sync_p
-                       (also an overlapped phase when no core is free: below)
-
-    sync_p = sync_s · (transfers of the phase that move bytes)      (W ≥ 2; below)
+    sync_p = s_sync · (transfers of the phase that move bytes)   (W ≥ 2)
 
     step_time = f·a·o_step + Σ_p r_p · time_p = compute_s + exposed_comm_s
 
-``F_p`` are the phase's matmul FLOPs, ``E_p`` its elementwise elements, ``o`` the
-profile's fixed cost per phase repetition (Python and dispatch: one thread), ``o_step``
-its fixed cost per step outside the phases (the loss module's checks, the autograd
-``Function`` and engine, zeroing gradients: one thread; counted in ``compute_s`` and in
-``forward_time_s``), ``K_p`` the phase's all-gather / reduce-scatter calls other than
-the rank check (which the code skips on one rank) and ``k`` the host cost of such a call
-at ``W = 1``, where it moves nothing, ``c`` the speedup and ``a`` the fixed-cost growth
-of the rank's threads (below),
-``B = max(sent, received)`` per repetition.
-``R_mm`` and ``R_pw`` are read for the block-math dtype (fp32 for bf16/fp16 inputs,
-the input dtype otherwise), as ``profiling.losses.blocks`` computes.
+``B = max(sent, received)`` per repetition. An overlapped phase counts as not overlapped
+where the bytes need the cores and the ranks occupy all of them (``q ≥ cores`` with
+``comm_uses_cores``): the threads that move the bytes and the rank's compute then take
+turns on the same cores. Points with ``q > cores`` are flagged ``oversubscribed``: they
+are priced, never hidden, and every α there waits ``w_over`` longer (a rank waiting on a
+peer that the scheduler has switched out).
 
 Topology: ranks fill nodes of ``ranks_per_node``; when ``W > ranks_per_node`` every
 collective and every ring round crosses a node boundary somewhere, and since a ring
 round or a ring collective is as slow as its slowest hop, the whole transfer is priced
 on the inter-node fits. ``directions = 2`` (a bidirectional ring) sends half the bytes
-each way at once; on full-duplex links (``e_2 = 1``) the two directions do not share
+each way at once; on full-duplex links (``e₂ = 1``) the two directions do not share
 bandwidth.
 
-Core sharing (CPU backends): ``q = min(W, ranks_per_node)`` ranks share a node's
-``cores``; rates are per core (one thread). Ranks of a multi-rank step compute slower
-than one rank alone, even on cores of their own (on this project's 2-vCPU VM 1.1-1.6x
-at W = 2: gloo's threads, three per rank, share the cores with both ranks' compute), so
-all compute of a rank is ``u = 1 + (min(q, cores) − 1)·k`` times slower, ``k`` the profile's
-``busy_rank_slowdown``, which calibration measures from real steps at ``W = min(2, cores)``
-(so it is interpolated linearly for ``q ≤ cores`` and held at ``q = cores`` beyond, where
-the core share below applies on top). Every collective call and p2p exchange that moves
-bytes also pays the level's ``sync_s``, exposed (never hidden by overlap): the cost of a
-rank that waited on its peer being woken, calibrated from the same steps.
-A rank runs ``t = threads_per_rank`` threads
-(null: one thread, as ``profiling.launch`` sets on gloo) on ``n = min(t, max(1,
-cores / q))`` cores; with the profile's parallel efficiency ``e`` (1: perfect scaling,
-0: extra threads gain nothing, negative: they slow it down; calibration measures it on
-real loss steps) its math runs ``c = clip(1 + (n − 1)·e, 1/n, n) · min(1, cores / q)``
-times faster than on one core, its fixed costs take ``a = 1 + (n − 1)·g`` times longer
-(``g``: the profile's thread overhead growth, OpenMP fork/join and spinning workers),
-and all of its serial work is slowed by ``f = max(1, q / cores)``;
-when the profile says moving bytes needs the cores too (gloo), ``g = f``, and where ranks
-then occupy every core (``q ≥ cores``) an overlapped phase cannot hide its transfers:
-the threads that move the bytes and the rank's compute take turns on the same cores, so
-the phase costs ``compute_p + comm_p`` (on the development VM at W = 2 this took the
-calibration's real-step fit from 17% to 11% median error, max 67% to 32%).
-Points with ``q > cores`` are flagged ``oversubscribed``: they are priced, never hidden,
-and every α there waits ``oversubscribed_wait`` longer (a rank waiting on a peer that
-the scheduler has switched out; calibration measures it). ``fits`` compares the peak
-with the device memory, or, where the ranks of a node share it (host RAM), ``q × peak``
-with it.
+Memory: ``fits`` is ``peak·(1 + fragmentation) + reserve(W) ≤ memory`` per device
+(``Hardware.memory_reserve``: CUDA context, NCCL's peer buffers, allocator
+fragmentation, each with its source), or ``q ×`` that where the ranks of a node share
+the memory (host RAM).
+
+What ``step_time_s`` predicts (:data:`STEP_STATISTIC`): the lower quartile of the
+profiler's timed steps (each step timed as its slowest rank), the step as it typically
+runs when the host's scheduler delays no rank; calibration fits the same statistic and
+validation reports the median beside it, never instead of it. Why the lower quartile,
+with the measurements behind that choice: ``docs/cost-model.md``.
 
 Assumptions: every rank does the same work (the slowest rank sets the step, and they
 are all equal); transfers of one phase run one after the other on the link; a phase's
@@ -86,22 +87,8 @@ ring one after the other, as the code does, where this form lets them run at onc
 
 Not modelled: contention with traffic outside the loss (gradient all-reduce of the
 model), NCCL protocol switches with message size (LL / LL128 / Simple), congestion in
-the inter-node fabric, allocator rounding and the CUDA context in memory (the peak is
-bytes of live tensors, as ``profiling.memory`` measures), cache effects of block sizes,
-thermal or frequency changes, and stragglers.
-
-What ``step_time_s`` predicts (:data:`STEP_STATISTIC`): the lower quartile of the
-profiler's timed steps (each step timed as its slowest rank), the step as it typically
-runs when the host's scheduler delays no rank. Above it a shared CPU host adds wake-up
-delays the model does not describe: on the 2-vCPU development VM (Linux 6.18, HZ = 250)
-10-45% of gloo collectives between two ranks, even 32-byte ones right after a barrier,
-took 1-6 ms instead of 0.2-0.3 ms (two plain processes ping-ponging a byte over a socket
-pair on the same VM never took over 0.8 ms), so the median of a two-rank step depends on
-how many of its collectives happened to wait. Below it lie a few lucky steps: the
-fastest of 15-20 steps moved by ±12% (median) and up to ±50% between two runs of the same
-points, where the lower quartile held. Calibration fits the same statistic, and
-validation reports the median beside it, never instead of it. On GPUs (CUDA events,
-NCCL) they differ little.
+the inter-node fabric, cache effects of block sizes, thermal or frequency changes, and
+stragglers (the event simulator has them).
 
 Numbers: ``world``, ``batch`` and ``dim`` broadcast together; counts are int64 while
 exact and fall back to float64 where int64 would overflow (e.g. a ``b×N`` block at
