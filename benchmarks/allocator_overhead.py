@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from profiling import comm, cpu_allocator
+from profiling import comm, cpu_allocator, traffic
 from profiling.emulate import StandInTransport
 from profiling.losses import build_loss
 from profiling.measure import PointConfig, forward, make_inputs
@@ -43,26 +42,14 @@ POINTS = (
 )
 
 
-@contextlib.contextmanager
-def _fd2_silenced():
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _profiled():
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _fd2_silenced():  # kineto's "USDT ... profiler_start/stop" lines
+    with traffic._stderr_silenced():  # kineto's "USDT ... profiler_start/stop" lines
         prof.start()
     try:
         yield
     finally:
-        with _fd2_silenced():
+        with traffic._stderr_silenced():
             prof.stop()
         level = peak = 0
         events = [
