@@ -8,7 +8,7 @@ world size ``W`` and width ``d``:
   ``1 +`` the profile's fragmentation) fits in ``memory − reserve − other`` (``memory``:
   the profile's device memory unless given; ``reserve``: the profile's per-device reserve,
   where it has one; ``other``: what the rest of the training step holds), found exactly
-  by :func:`max_local_batch`;
+  by ``maxbatch.max_local_batch`` (the search ``sigsim maxbatch`` uses);
 * at one global batch (``batch``; default: the largest that the baseline fits, the batch
   the user can run today) the bytes each rank sends, the peak memory and the step time.
 
@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from experiments import backends
+from experiments.maxbatch import loss_budget_bytes, max_local_batch, needed_bytes
 
 TILES: tuple[int | None, ...] = (None, 512, 1024, 2048, 4096, 8192)
 """Tiles tried for ring methods of ours (None: the method's default tile)."""
-LARGEST_LOCAL_BATCH = 2**30
-_GRID = 2048
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,40 +70,9 @@ class Choice:
     bytes_ratio: float | None
 
 
-def _peak(method, world, batch, dim, dtype, hardware, options) -> np.ndarray:
-    """What must fit besides the reserve: the peak, with the profile's allocator
-    fragmentation where it gives one (``Hardware.memory_reserve``)."""
-    p = backends.predict(method, world, batch, dim, dtype, hardware, **options)
-    peak = np.broadcast_to(np.asarray(p.peak_memory_bytes, dtype=float), np.shape(batch))
-    reserve = getattr(hardware, "memory_reserve", None)
-    return peak * (1 + (reserve.fragmentation_fraction if reserve else 0.0))
-
-
 def reserve_bytes(hardware, world: int) -> float:
-    """Per-device memory outside the loss (CUDA context, NCCL buffers) where the profile
-    gives it (``Hardware.memory_reserve``), else 0."""
-    reserve = getattr(hardware, "memory_reserve", None)
-    return float(np.asarray(reserve.reserve_bytes(np.asarray([world])))[0]) if reserve else 0.0
-
-
-def max_local_batch(method, world, dim, dtype, hardware, budget_bytes, **options) -> int:
-    """Largest b with predicted peak ≤ ``budget_bytes`` (0 if none), exact, assuming the
-    peak grows with b: a grid of up to 2048 batches per model call, narrowed until the
-    fitting and the failing batch are neighbours."""
-    lo, hi = 0, LARGEST_LOCAL_BATCH + 1  # lo fits (0: trivially), hi does not
-    while hi - lo > 1:
-        grid = np.unique(np.geomspace(lo + 1, hi - 1, num=_GRID).astype(np.int64))
-        grid = grid[(grid > lo) & (grid < hi)]
-        if grid.size == 0:
-            grid = np.arange(lo + 1, hi, dtype=np.int64)
-        ok = _peak(method, world, grid, dim, dtype, hardware, options) <= budget_bytes
-        if ok.any():
-            last = int(np.flatnonzero(ok)[-1])
-            lo = int(grid[last])
-            hi = int(grid[last + 1]) if last + 1 < grid.size else hi
-        else:
-            hi = int(grid[0])
-    return lo
+    """Per-device memory outside the loss (CUDA context, NCCL buffers)."""
+    return float(np.asarray(hardware.memory_reserve.reserve_bytes(np.asarray([world])))[0])
 
 
 def _step_s(name, world, priced, dim, dtype, hardware) -> float:
@@ -159,9 +127,10 @@ def recommend(
     """The table, the per-kind choices, and the settings used (module docstring)."""
     if world < 1 or dim < 1:
         raise ValueError("world and dim must be at least 1")
+    hardware = backends.hardware_for(hardware)
     memory = backends.device_memory_bytes(hardware) if memory_bytes is None else memory_bytes
     reserve = reserve_bytes(hardware, world)
-    budget = memory - reserve - other_bytes
+    budget = float(loss_budget_bytes(hardware, world, memory, other_bytes))
     if budget <= 0:
         raise ValueError(
             f"--other-GiB and the profile's reserve leave no memory for the loss "
@@ -229,7 +198,9 @@ def recommend(
                 bytes_sent_per_rank=float(p.bytes_sent),
                 peak_memory_bytes=float(p.peak_memory_bytes),
                 step_time_s=float(p.step_time_s),
-                fits=bool(_peak(name, world, local, dim, dtype, hardware, v["options"]) <= budget),
+                fits=bool(
+                    needed_bytes(name, world, local, dim, dtype, hardware, v["options"]) <= budget
+                ),
             )
         )
     choices = [_choose(kind, baselines[kind], entries) for kind in kinds]
@@ -240,6 +211,7 @@ def recommend(
         "dtype": dtype,
         "autocast": autocast,
         "memory_bytes": memory,
+        "reserve_bytes": reserve,
         "other_bytes": other_bytes,
         "global_batch": global_batch,
     }

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from experiments import backends, cli
-from experiments.maxbatch import predicted_max_batch
-from experiments.recommend import max_local_batch, recommend
+from experiments.maxbatch import max_local_batch, predicted_max_batch
+from experiments.recommend import recommend
 from simulator.hardware import resolve_hardware
 
 HW = resolve_hardware("h100-sxm")
@@ -30,12 +30,17 @@ def _peak(method, world, batch, dim, **options):
 @pytest.mark.parametrize(
     "method", ["softmax-ring", "openclip-clip-local", "openclip-siglip-gather"]
 )
-def test_max_local_batch_is_exact_and_equals_the_bisection(method):
+def test_max_local_batch_is_exact_and_maxbatch_subtracts_the_reserve(method):
     budget = 3.5 * GiB
     b = max_local_batch(method, [16], 512, "fp32", HW, budget)
     assert _peak(method, 16, b, 512) <= budget < _peak(method, 16, b + 1, 512)
-    (bisected,) = predicted_max_batch(method, [16], 512, "fp32", HW, budget)
-    assert bisected.batch == b
+    # maxbatch takes the device's memory: the reserve (context, NCCL buffers) comes off it
+    memory = budget + HW.memory_reserve.reserve_bytes(16)
+    (found,) = predicted_max_batch(method, [16], 512, "fp32", HW, memory)
+    assert found.batch == b
+    other = 0.5 * GiB  # and what the rest of the step holds comes off too
+    (less,) = predicted_max_batch(method, [16], 512, "fp32", HW, memory, other_bytes=other)
+    assert less.batch == max_local_batch(method, [16], 512, "fp32", HW, budget - other)
 
 
 def test_recommendation_is_the_fastest_of_ours_that_fits():
