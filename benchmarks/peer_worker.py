@@ -103,6 +103,7 @@ def _bytes_step(c: Contender, loss, inputs: StepInputs, world: int) -> dict:
     counter = comm.record(comm.current()) if c.side == "ours" else dist_counter.count_traffic()
     with (
         counter as rec,
+        traffic._stderr_silenced(),  # kineto's per-rank "USDT ... profiler_start/stop" lines
         profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof,
     ):
         forward(loss, inputs).backward()

@@ -105,18 +105,32 @@ def write_plots(
 
 
 def maxbatch_figure(
-    methods, hardware, *, memory_bytes: float, worlds, dim: int, dtype: str, measured=()
+    methods,
+    hardware,
+    *,
+    memory_bytes: float,
+    worlds,
+    dim: int,
+    dtype: str,
+    measured=(),
+    other_bytes: float = 0.0,
+    **options,
 ):
-    """Largest batch per method vs W: the model on ``hardware`` and any measured rows."""
+    """Largest batch per method vs W: the model on ``hardware`` (the profile's reserve and
+    ``other_bytes`` off ``memory_bytes``; ``options`` such as autocast) and any measured
+    rows."""
     predicted = [
         entry
         for method in methods
-        for entry in predicted_max_batch(method, worlds, dim, dtype, hardware, memory_bytes)
+        for entry in predicted_max_batch(
+            method, worlds, dim, dtype, hardware, memory_bytes, other_bytes, **options
+        )
     ]
     found = [m for m in measured_max_batch(measured, memory_bytes) if m.batch]
+    extras = "".join(f", {k} {v}" for k, v in options.items())
     title = (
-        f"Largest batch in {memory_bytes / 2**30:.3g} GiB of loss memory "
-        f"({backends.hardware_label(hardware)}, d = {dim}, {dtype})"
+        f"Largest batch in {memory_bytes / 2**30:.3g} GiB per device "
+        f"({backends.hardware_label(hardware)}, d = {dim}, {dtype}{extras})"
     )
     figure = plots_scale.maxbatch(predicted, found, memory_bytes=memory_bytes, title=title)
     return figure, predicted, found

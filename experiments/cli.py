@@ -202,7 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="memory_GiB",
         type=float,
         default=0.0,
-        help="memory one rank may fill, GiB (2^30 bytes); 0: the profile's device memory",
+        help="memory of one device, GiB (2^30 bytes); 0: the profile's device memory",
+    )
+    maxbatch.add_argument(
+        "--other-GiB",
+        dest="other_GiB",
+        type=float,
+        default=0.0,
+        help="memory the rest of the training step holds per device (model, optimizer, "
+        "activations), GiB; the loss gets what is left after it and the profile's reserve",
     )
     _autocast_option(maxbatch)
     _hardware_option(maxbatch, "this machine's calibrated profile, else h100-sxm")

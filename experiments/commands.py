@@ -338,7 +338,8 @@ def cmd_maxbatch(args) -> int:
         ]
         if not measured:
             console.print(f"[yellow]{args.run} has no points at d = {args.dim}, {args.dtype}")
-    figure, predicted, found = _maxbatch_figure(
+    other = args.other_GiB * 2**30
+    figure, predicted, found = analysis.maxbatch_figure(
         methods,
         hardware,
         memory_bytes=memory,
@@ -346,9 +347,13 @@ def cmd_maxbatch(args) -> int:
         dim=args.dim,
         dtype=args.dtype,
         measured=measured,
+        other_bytes=other,
         **options,
     )
-    title = f"Largest batch in {memory / 2**30:.4g} GiB of loss memory per rank"
+    title = (
+        f"Largest batch in {memory / 2**30:.4g} GiB per device: the profile's reserve "
+        f"and {other / 2**30:.4g} GiB for the rest of the step off it"
+    )
     table = Table(title=title + (f", autocast {options['autocast']}" if options else ""))
     for header in ("method", "W", "source", "b (per rank)", "N = b·W"):
         _column(table, header)
@@ -363,33 +368,6 @@ def cmd_maxbatch(args) -> int:
     else:
         plots.plt.close(figure)
     return 0
-
-
-def _maxbatch_figure(methods, hardware, *, memory_bytes, worlds, dim, dtype, measured, **options):
-    """``analysis.maxbatch_figure``, with model options (autocast) passed to the model."""
-    if not options:
-        return analysis.maxbatch_figure(
-            methods, hardware, memory_bytes=memory_bytes, worlds=worlds, dim=dim, dtype=dtype,
-            measured=measured,
-        )  # fmt: skip
-    from experiments import plots_scale
-    from experiments.maxbatch import measured_max_batch, predicted_max_batch
-
-    predicted = [
-        entry
-        for method in methods
-        for entry in predicted_max_batch(
-            method, worlds, dim, dtype, hardware, memory_bytes, **options
-        )
-    ]
-    found = [m for m in measured_max_batch(measured, memory_bytes) if m.batch]
-    title = (
-        f"Largest batch in {memory_bytes / 2**30:.3g} GiB of loss memory "
-        f"({backends.hardware_label(hardware)}, d = {dim}, {dtype}, autocast "
-        f"{options['autocast']})"
-    )
-    figure = plots_scale.maxbatch(predicted, found, memory_bytes=memory_bytes, title=title)
-    return figure, predicted, found
 
 
 def cmd_recommend(args) -> int:

@@ -141,8 +141,11 @@ def forward(loss: torch.nn.Module, inputs: StepInputs) -> torch.Tensor:
     """The loss of these inputs (gradients cleared), inside autocast if they ask for it."""
     for leaf in inputs.leaves:
         leaf.grad = None
-    amp = TORCH_DTYPES[inputs.autocast] if inputs.autocast else None
-    with torch.autocast(inputs.image.device.type, dtype=amp, enabled=amp is not None):
+    if inputs.autocast is None:  # not autocast(enabled=False): that would switch off a
+        # caller's autocast (the peer benchmark runs both sides inside its own)
+        return loss(inputs.image, inputs.text, inputs.log_scale.exp(), inputs.bias)
+    amp = TORCH_DTYPES[inputs.autocast]
+    with torch.autocast(inputs.image.device.type, dtype=amp):
         return loss(inputs.image, inputs.text, inputs.log_scale.exp(), inputs.bias)
 
 
