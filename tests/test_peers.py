@@ -140,6 +140,25 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
     assert "ours / open_clip" in capsys.readouterr().out
 
 
+@needs_open_clip
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_autocast_reaches_both_sides(tmp_path):
+    """Under --autocast our texts travel in bf16 (half the payload bytes of fp32): the
+    autocast region reached our losses, not only open_clip's."""
+    out = tmp_path / "peers.jsonl"
+    argv = ["--world", "2", "--batch", "8", "--dim", "16", "--steps", "1", "--warmup", "1"]
+    contenders = ["sigmoid-ring", "open_clip:siglip-shift"]
+    assert peers.main([*argv, "--autocast", "bf16", "--contenders", *contenders,
+                       "--out", str(out)]) in (0, 1)  # fmt: skip
+    lines = [json.loads(s) for s in out.read_text().splitlines()]
+    ours = next(r for r in lines if r.get("config", {}).get("method") == "sigmoid-ring")
+    assert ours["config"]["autocast"] == "bf16"
+    ops = ours["measured"]["comm_ops"]
+    assert ops["p2p:sigmoid.payload"]["bytes_sent"] == 8 * 16 * 2  # bf16, one round at W = 2
+    assert ops["p2p:sigmoid.acc"]["bytes_sent"] == 8 * 16 * 4  # fp32 accumulators
+
+
 def _measured(time_s, peak, sent, samples=None):
     return {
         "step_time_s": {"median": time_s},
