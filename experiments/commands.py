@@ -394,7 +394,9 @@ def cmd_recommend(args) -> int:
     if args.json:
         print(json.dumps(recommend.as_json(entries, choices, settings), indent=1))
         return 0
-    budget = (settings["memory_bytes"] - settings["other_bytes"]) / 2**30
+    budget = (
+        settings["memory_bytes"] - settings["reserve_bytes"] - settings["other_bytes"]
+    ) / 2**30
     table = Table(
         title=f"{settings['hardware']}, W = {args.world}, d = {args.dim}, {args.dtype}"
         + (f", autocast {args.autocast}" if args.autocast else "")
