@@ -27,21 +27,26 @@ from experiments.records import Row, labels
 MiB = 2**20
 
 
+def _style_index(method: str) -> int:
+    """A method's fixed position: ours first, then the incumbents, each sorted by name."""
+    from simulator.incumbents import INCUMBENTS
+
+    names = [*sorted(backends.method_names()), *sorted(INCUMBENTS)]
+    return names.index(method) if method in names else len(names)
+
+
 def color_of(method: str) -> str:
     """A fixed colour per method name, the same in every plot."""
-    names = sorted(backends.method_names())
-    index = names.index(method) if method in names else len(names)
-    return plt.get_cmap("tab10")(index % 10)
+    index = _style_index(method)
+    return plt.get_cmap("tab10")(index) if index < 10 else plt.get_cmap("tab20b")(index % 20)
 
 
-MARKERS = "osD^vP*X"
+MARKERS = "osD^vP*Xhp<>"
 
 
 def marker_of(method: str) -> str:
     """A fixed marker per method, so lines that coincide stay distinguishable."""
-    names = sorted(backends.method_names())
-    index = names.index(method) if method in names else len(names)
-    return MARKERS[index % len(MARKERS)]
+    return MARKERS[_style_index(method) % len(MARKERS)]
 
 
 LINES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)))
@@ -49,9 +54,7 @@ LINES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)))
 
 def line_of(method: str):
     """A fixed line style per method (model lines that coincide stay visible)."""
-    names = sorted(backends.method_names())
-    index = names.index(method) if method in names else len(names)
-    return LINES[index % len(LINES)]
+    return LINES[_style_index(method) % len(LINES)]
 
 
 def _log_axes(ax, x_base: int = 10) -> None:
