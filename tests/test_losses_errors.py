@@ -6,7 +6,8 @@ communication. Ranks that disagree on the local batch (a last, short batch), wid
 dtype, autocast, grad mode, method or options all raise the same error from the
 cross-rank check instead of deadlocking in a collective of mismatched sizes or pairing
 ring messages wrongly. Double backward raises instead of returning wrong second-order
-gradients. A loss built with ``group=`` runs on that subgroup only.
+gradients. A loss built with ``group=`` runs on that subgroup only, or on a 1-D
+``DeviceMesh``.
 """
 
 from __future__ import annotations
@@ -164,6 +165,20 @@ def _group_and_second_order_worker(rank, world):
             stats = loss.detach().reshape(1)
             dist.all_reduce(stats, group=subgroup)
             out[method] = abs(float(stats[0]) / 2 - float(reference))
+    # a one-dimensional DeviceMesh over the whole job works as the group too
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    x_all, y_all = _inputs(b=3 * world, d=8, dtype=torch.float64)
+    rows = slice(rank * 3, (rank + 1) * 3)
+    mesh_errors = {}
+    for method in METHODS:
+        loss = build_loss(method, group=mesh)(x_all[rows], y_all[rows], 10.0, _bias(method))
+        stats = loss.detach().reshape(1)
+        dist.all_reduce(stats)
+        reference = reference_loss(get_method(method).kind, x_all, y_all, 10.0, _bias(method))
+        mesh_errors[method] = abs(float(stats[0]) / world - float(reference))
+    out["mesh"] = mesh_errors
     second_order = {}
     for method in METHODS:
         x, y = _inputs(dtype=torch.float64)
@@ -179,11 +194,15 @@ def _group_and_second_order_worker(rank, world):
 @pytest.mark.multiprocess
 def test_subgroup_and_double_backward():
     per_rank = run_world(3, _group_and_second_order_worker, timeout_s=120)
-    assert per_rank[0][0] == {}
+    assert set(per_rank[0][0]) == {"mesh"}
     for rank in (1, 2):
-        errors = per_rank[rank][0]
+        errors = dict(per_rank[rank][0])
+        del errors["mesh"]
         assert set(errors) == set(METHODS)
         assert max(errors.values()) < 1e-12, errors
+    for rank in (0, 1, 2):
+        mesh = per_rank[rank][0]["mesh"]
+        assert set(mesh) == set(METHODS) and max(mesh.values()) < 1e-12, mesh
     for _, second_order in per_rank:
         for method, message in second_order.items():
             assert message is not None, f"{method}: double backward did not raise"
