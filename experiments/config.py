@@ -25,8 +25,8 @@ from importlib import resources
 from pathlib import Path
 
 from experiments import backends
+from profiling.losses.registry import DTYPES
 
-DTYPES = ("fp64", "fp32", "bf16", "fp16")
 BACKENDS = ("gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 

@@ -84,7 +84,7 @@ def _step_s(name, world, priced, dim, dtype, hardware) -> float:
 
 def _side(name: str) -> str:
     spec = backends._method(name)
-    if spec.module is not None:
+    if spec.runnable:
         return "ours"
     return spec.describes.split(" ")[0]
 
@@ -99,7 +99,7 @@ def candidates(kinds) -> list[tuple[str, int | None]]:
         spec = backends._method(name)
         if spec.kind not in kinds:
             continue
-        ours_ring = spec.ring and spec.module is not None
+        ours_ring = spec.ring and spec.runnable
         out += [(name, tile) for tile in (TILES if ours_ring else (None,))]
     return out
 

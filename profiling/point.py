@@ -15,7 +15,7 @@ import torch
 
 from profiling.launch import ConfigError, visible_gpus
 from profiling.losses import get_method
-from profiling.losses.registry import TORCH_DTYPES
+from profiling.losses.precision import TORCH_DTYPES
 
 EMULATION_MODES = ("exact", "stand-in")
 EXACT_MAX_WORLD = 16
@@ -25,7 +25,7 @@ FAULTS = ("raise", "oom", "hang")
 
 @dataclass(kw_only=True, slots=True)
 class PointConfig:
-    """One data point. ``python -m profiling point --help`` lists the same fields."""
+    """One data point. ``sigsim point --help`` lists the same fields."""
 
     method: str
     """A registered method (``profiling.losses.METHODS``)."""

@@ -56,11 +56,12 @@ from typing import Any
 
 import numpy as np
 
+from profiling.losses.registry import DTYPES
+
 BUNDLED_DIR = Path(__file__).with_name("hardware")
 CACHE_DIR = Path.home() / ".cache" / "sigsim" / "hardware"
 DEFAULT_PROFILE = "h100-sxm"
 """Used when no hardware is named and this machine has no calibrated profile."""
-DTYPES = ("fp64", "fp32", "bf16", "fp16")
 
 
 class HardwareError(ValueError):

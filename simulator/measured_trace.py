@@ -68,7 +68,7 @@ def _rank_trace(rank, world, method, batch, dim, dtype, options, warmup, seed) -
 
     from profiling import comm
     from profiling.losses import build_loss, get_method
-    from profiling.losses.registry import TORCH_DTYPES
+    from profiling.losses.precision import TORCH_DTYPES
     from profiling.traffic import trace_events
 
     loss = build_loss(method, **options)

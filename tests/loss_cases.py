@@ -25,9 +25,9 @@ import torch.distributed as dist
 
 from profiling import comm
 from profiling.losses import build_loss, get_method, reference_rank_losses
-from profiling.losses.precision import half_matmul
-from profiling.losses.registry import TORCH_DTYPES, Schedule, Shape
-from profiling.losses.sigmoid_ring import second_trip_phase
+from profiling.losses.precision import TORCH_DTYPES, half_matmul
+from profiling.losses.registry import Schedule, Shape
+from profiling.losses.sigmoid_ring_cost import second_trip_phase
 from profiling.memory import AllocatorTracker, LiveTensorTracker
 
 TOLERANCES = {  # (rtol, atol) against an fp64 reference on the same (rounded) inputs

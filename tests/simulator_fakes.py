@@ -10,7 +10,6 @@ import copy
 import json
 
 import numpy as np
-import torch
 
 from profiling.losses.registry import Method, Phase, Schedule, Shape, Transfer
 from simulator.hardware import BUNDLED_DIR, parse_profile
@@ -60,7 +59,7 @@ def make_method(schedule=ring_schedule, memory=ring_memory, name="fake-ring") ->
         name=name,
         kind="sigmoid",
         summary="fake method for simulator tests",
-        module=torch.nn.Identity,
+        loss="torch.nn:Identity",
         schedule=schedule,
         memory_terms=memory,
         ring=True,

@@ -8,7 +8,7 @@ scalars that differ between ranks (per-rank loss weights, ``loss * 0`` on a rank
 rank's loss, its feature gradients and the mean scale and bias gradients against the
 fp64 reference with the tolerances in ``loss_cases``; and each rank's bytes per
 operation equal to the method's documented formula exactly (for the sigmoid rings with
-different upstream scalars: plus the exact second trip, ``sigmoid_ring.second_trip_phase``).
+different upstream scalars: plus the exact second trip, ``sigmoid_ring_cost.second_trip_phase``).
 """
 
 from __future__ import annotations

@@ -17,48 +17,30 @@ on a rank, uneven accumulation): rank ``r``'s feature gradients are ``Î£_q u_q â
 for upstream scalars ``u_q``. Half-precision features and ``torch.autocast`` follow one
 dtype policy (``precision``): features in the half type, block math in fp32, loss in
 fp32. Double backward (``create_graph=True``) is not supported and raises.
+
+Importing this package imports nothing (PEP 562): the names below resolve on first use,
+so ``profiling.losses.registry`` and the ``*_cost`` modules load without torch;
+``build_loss`` and ``reference_loss`` import it.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
 
-# Importing a strategy module registers it; the order here is the order in tables.
-from profiling.losses import (  # noqa: F401
-    sigmoid_allgather,
-    sigmoid_ring,
-    sigmoid_ring_bidir,
-    softmax_allgather,
-    softmax_ring,
-)
-from profiling.losses.reference import reference_loss, reference_rank_losses
-from profiling.losses.registry import Method, Shape, get_method, registered
+_LAZY = {
+    "METHODS": "profiling.losses.methods",
+    "build_loss": "profiling.losses.methods",
+    "get_method": "profiling.losses.methods",
+    "Method": "profiling.losses.registry",
+    "Shape": "profiling.losses.registry",
+    "reference_loss": "profiling.losses.reference",
+    "reference_rank_losses": "profiling.losses.reference",
+}
 
-METHODS: tuple[str, ...] = registered()
-
-
-def build_loss(method: str, *, group=None, **options) -> torch.nn.Module:
-    """The loss module of a registered method, with options checked against its own.
-
-    ``group``: the process group (or 1-D ``DeviceMesh``) the loss spans; None: the
-    default group.
-    """
-    spec = get_method(method)
-    if spec.module is None:
-        raise ValueError(f"{method!r} is a cost description of {spec.describes}, not a loss to run")
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        allowed = ", ".join(spec.options) or "none"
-        raise ValueError(f"method {method!r} has no option {unknown[0]!r}; allowed: {allowed}")
-    return spec.module(group=group, **options)
+__all__ = sorted(_LAZY)
 
 
-__all__ = [
-    "METHODS",
-    "Method",
-    "Shape",
-    "build_loss",
-    "get_method",
-    "reference_loss",
-    "reference_rank_losses",
-]
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -18,13 +18,11 @@ import zlib
 import torch
 
 from profiling.comm import Transport
-from profiling.losses.precision import compute_dtype
+from profiling.losses.costs import RANK_CHECK_BYTES, RANK_CHECK_FIELDS  # noqa: F401
+from profiling.losses.precision import TORCH_DTYPES, compute_dtype
 
-SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+SUPPORTED_DTYPES = tuple(TORCH_DTYPES.values())
 _DTYPE_CODE = {dt: i for i, dt in enumerate(SUPPORTED_DTYPES)}
-RANK_CHECK_FIELDS = ("batch", "dim", "dtype", "device", "grad mode", "loss and options")
-RANK_CHECK_BYTES = len(RANK_CHECK_FIELDS) * 8
-"""Bytes each rank contributes to the cross-rank check (one int64 per field)."""
 
 
 def check_features(image_features, text_features) -> None:

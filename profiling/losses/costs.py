@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from profiling.losses.checks import RANK_CHECK_BYTES
 from profiling.losses.registry import Phase, Shape, Transfer
+
+RANK_CHECK_FIELDS = ("batch", "dim", "dtype", "device", "grad mode", "loss and options")
+"""What every rank's forward sends to all others to check they agree (``checks``)."""
+RANK_CHECK_BYTES = len(RANK_CHECK_FIELDS) * 8
+"""Bytes each rank contributes to the cross-rank check: one int64 per field."""
 
 
 def block_flops(rows, cols, dim):
@@ -68,3 +72,30 @@ def tile_scratch(shape: Shape, rows, cols, *, passes: int = 2):
     if m >= c:
         return full
     return np.maximum(full, rows * cols * (c + m) + np.maximum(rows, cols) * d * m)
+
+
+def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True):
+    """Bytes of the buffers :func:`profiling.losses.ring.ring_pass` holds: (at the last block, at the end).
+
+    ``rounds``: each chain's round count (arrays broadcast), in chain order. A chain of
+    ``R ≥ 1`` rounds ends up holding ``min(R, 2)`` payloads (the one computed on and the
+    one arriving, or the one whose send just completed) and accumulators: its fresh
+    contribution, the one in flight out and the one arriving (3), or 2 when ``R = 1``
+    or without overlap (a completed send frees its buffer at once). All of them exist
+    from the second round on; the one exception is the last chain to compute, if its
+    ring has a single round: its last receive buffer is taken only after its block. The
+    owner's own block and the caller's buffers are not included.
+    """
+    rounds = [np.asarray(r) for r in rounds]
+    p, a = np.asarray(payload_bytes), np.asarray(acc_bytes)
+    full = 0
+    for r in rounds:
+        n_payload = np.minimum(r, 2)
+        n_acc = np.where(r == 0, 0, np.where((r == 1) | (not overlap), 2, 3))
+        full = full + p * n_payload + a * n_acc
+    # the chain that computes last: the longest, the later one on a tie
+    longest = rounds[0]
+    for r in rounds[1:]:
+        longest = np.maximum(longest, r)
+    at_last_block = full - a * (longest == 1)
+    return at_last_block + 0 * p, full + 0 * p

@@ -44,6 +44,12 @@ import os
 
 import torch
 
+from profiling.losses.registry import DTYPES
+
+TORCH_DTYPES: dict[str, torch.dtype] = dict(
+    zip(DTYPES, (torch.float64, torch.float32, torch.bfloat16, torch.float16), strict=True)
+)
+"""The torch dtype of each name in :data:`profiling.losses.registry.DTYPES`."""
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 

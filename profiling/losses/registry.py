@@ -1,9 +1,12 @@
-"""The method registry: one description per loss strategy, read by every consumer.
+"""The method registry and the cost algebra: numpy only, never torch.
 
-A strategy module builds one :class:`Method` and calls :func:`register`. The profiler
-builds the loss by name, the cost model (``simulator``) reads its :class:`Schedule` and
-memory terms, the plots and docs read its name, kind and summary. Adding a method is one
-new module plus one import in ``profiling/losses/__init__.py``.
+Each strategy is a pair of modules: ``profiling/losses/<name>.py``, the loss (torch, the
+math in its docstring), and its sibling ``<name>_cost.py``, which builds one
+:class:`Method` (naming the loss class by import path) and calls :func:`register`.
+``profiling.losses.methods`` imports every sibling, in table order. The profiler builds
+the loss by name, the cost model (``simulator``) reads its :class:`Schedule` and memory
+terms without importing torch, the plots and docs read its name, kind and summary.
+Adding a method is one new pair plus one import in ``profiling/losses/methods.py``.
 
 The cost description is written beside the code it describes, as functions of a
 :class:`Shape` whose fields may be numpy arrays (they broadcast), so a single call
@@ -18,12 +21,12 @@ prices a whole grid:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 Pass = Literal["forward", "backward"]
 
@@ -188,9 +191,11 @@ class Method:
     kind: Literal["sigmoid", "softmax"]
     summary: str
     """One line for tables and plots."""
-    module: type[torch.nn.Module] | None = None
-    """Constructed as ``module(**options)``; None for a cost description of code that is
-    not ours (an incumbent: ``describes`` says which)."""
+    loss: str | None = None
+    """Import path ``"package.module:Class"`` of the runnable loss, constructed as
+    ``Class(group=..., **options)`` (:attr:`module` resolves it, importing torch); None
+    for a cost description of code that is not ours (an incumbent: ``describes`` says
+    which)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Allowed options and their defaults."""
     schedule: Callable[[Shape], Schedule]
@@ -199,6 +204,20 @@ class Method:
     describes: str | None = None
     """Incumbents only: the code this describes (package, version, file, function)."""
 
+    @property
+    def runnable(self) -> bool:
+        """Whether this is one of our losses (not an incumbent's cost description)."""
+        return self.loss is not None
+
+    @property
+    def module(self) -> type | None:
+        """The loss class ``loss`` names (a ``torch.nn.Module``), imported on first use;
+        None for an incumbent."""
+        if self.loss is None:
+            return None
+        path, _, attr = self.loss.partition(":")
+        return getattr(importlib.import_module(path), attr)
+
     def peak_terms(self, shape: Shape) -> dict[str, Any]:
         """The peak memory of one step as named terms: ``memory_terms``, plus, for our
         methods inside ``torch.autocast`` (``shape.input_bytes`` set), the features
@@ -206,7 +225,7 @@ class Method:
         ``b×d`` copies alive through the forward. Incumbents describe autocast in their
         own terms. Every consumer (model, simulator, tests) reads this."""
         terms = self.memory_terms(shape)
-        if self.module is not None and shape.input_bytes is not None:
+        if self.runnable and shape.input_bytes is not None:
             copies = 2 * shape.batch * shape.dim * shape.elem_bytes
             terms = terms | {"autocast copies of x, y": copies}
         return terms
@@ -263,23 +282,22 @@ def get_method(name: str) -> Method:
 
 
 def registered() -> tuple[str, ...]:
-    """Our runnable methods (those with a ``module``), in registration order."""
-    return tuple(name for name, m in _REGISTRY.items() if m.module is not None)
+    """Our runnable methods (those with a ``loss``), in registration order."""
+    return tuple(name for name, m in _REGISTRY.items() if m.runnable)
 
 
 def incumbents() -> tuple[str, ...]:
-    """Registered cost descriptions of other code (``module`` None), in registration order;
+    """Registered cost descriptions of other code (``loss`` None), in registration order;
     ``simulator.incumbents`` registers them."""
-    return tuple(name for name, m in _REGISTRY.items() if m.module is None)
+    return tuple(name for name, m in _REGISTRY.items() if not m.runnable)
 
 
-_DTYPE_BYTES = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
-TORCH_DTYPES = {
-    "fp64": torch.float64,
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
+DTYPE_BYTES = {"fp64": 8, "fp32": 4, "bf16": 2, "fp16": 2}
+"""The one table of feature dtypes: name → bytes per element. Every other dtype list
+(``DTYPES``, ``precision.TORCH_DTYPES``, ``checks.SUPPORTED_DTYPES``, the hardware
+profiles' and the configs' choices) is derived from it."""
+DTYPES: tuple[str, ...] = tuple(DTYPE_BYTES)
+"""The dtype names, widest first."""
 
 
 AUTOCAST_DTYPES = ("fp16", "bf16")
@@ -299,6 +317,16 @@ def wire_dtype(dtype: str, autocast: str | None) -> str:
 
 def dtype_bytes(dtype: str) -> int:
     try:
-        return _DTYPE_BYTES[dtype]
+        return DTYPE_BYTES[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(_DTYPE_BYTES)}") from None
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}") from None
+
+
+def __getattr__(name: str):
+    """``TORCH_DTYPES`` lives on the torch side (``precision``); the old path still
+    resolves, importing torch only when asked for."""
+    if name == "TORCH_DTYPES":
+        from profiling.losses.precision import TORCH_DTYPES
+
+        return TORCH_DTYPES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

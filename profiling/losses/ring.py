@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from profiling.comm import PendingP2P, Transport
@@ -155,30 +154,3 @@ def ring_pass(
             post_accumulator(c, state, i, acc)
     returned = [collect(s) for s in states.values() if s.exchange is not None]
     return home, returned
-
-
-def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True):
-    """Bytes of the buffers :func:`ring_pass` holds: (at the last block, at the end).
-
-    ``rounds``: each chain's round count (arrays broadcast), in chain order. A chain of
-    ``R ≥ 1`` rounds ends up holding ``min(R, 2)`` payloads (the one computed on and the
-    one arriving, or the one whose send just completed) and accumulators: its fresh
-    contribution, the one in flight out and the one arriving (3), or 2 when ``R = 1``
-    or without overlap (a completed send frees its buffer at once). All of them exist
-    from the second round on; the one exception is the last chain to compute, if its
-    ring has a single round: its last receive buffer is taken only after its block. The
-    owner's own block and the caller's buffers are not included.
-    """
-    rounds = [np.asarray(r) for r in rounds]
-    p, a = np.asarray(payload_bytes), np.asarray(acc_bytes)
-    full = 0
-    for r in rounds:
-        n_payload = np.minimum(r, 2)
-        n_acc = np.where(r == 0, 0, np.where((r == 1) | (not overlap), 2, 3))
-        full = full + p * n_payload + a * n_acc
-    # the chain that computes last: the longest, the later one on a tie
-    longest = rounds[0]
-    for r in rounds[1:]:
-        longest = np.maximum(longest, r)
-    at_last_block = full - a * (longest == 1)
-    return at_last_block + 0 * p, full + 0 * p

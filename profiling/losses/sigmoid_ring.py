@@ -49,7 +49,7 @@ Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
                                                 m < c, at least T²·(c+m) + T·d·m: G in m
                                                 and one product, ``costs.tile_scratch``)
 
-(fewer buffers for rings of one or two rounds and without overlap: ``ring.pool_bytes``).
+(fewer buffers for rings of one or two rounds and without overlap: ``costs.pool_bytes``).
 Under autocast the rounded features are transient (the second trip rounds again).
 
 Overlap: the next round's texts are posted before the current block is computed and the
@@ -59,20 +59,11 @@ waits at once, to measure the difference).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from profiling.losses import blocks, ring
 from profiling.losses.base import RingLoss, first_order_only
-from profiling.losses.costs import (
-    block_flops,
-    operand_copies,
-    rank_check_phase,
-    symmetric,
-    tile_scratch,
-)
 from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
-from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 
 def _add_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
@@ -205,128 +196,3 @@ class SigmoidRingLoss(RingLoss):
 
 
 # -- cost description -------------------------------------------------------------------
-
-
-def ring_round_phase(shape: Shape, *, name: str, repeat, chains: int, label: str) -> Phase:
-    """One ring round: ``chains`` blocks computed, each chain moving a payload and a dy."""
-    b, d = shape.batch, shape.dim
-    payload = b * d * shape.elem_bytes
-    acc = b * d * shape.compute_bytes
-    return Phase(
-        name=name,
-        pass_="forward",
-        repeat=repeat,
-        matmul_flops=chains * block_flops(b, b, d),
-        pointwise_elems=chains * b * b,
-        transfers=tuple(
-            symmetric(
-                "p2p", f"{label}.{kind}", chains * size, chains, peer="neighbor", directions=chains
-            )
-            for kind, size in (("payload", payload), ("acc", acc))
-        ),
-        overlapped=shape.overlap,
-    )
-
-
-def home_block_phase(shape: Shape, flops) -> Phase:
-    b = shape.batch
-    return Phase(
-        name="home block", pass_="forward", repeat=1, matmul_flops=flops, pointwise_elems=b * b
-    )
-
-
-def upstream_phase(shape: Shape) -> Phase:
-    """Backward's all-gather of the W upstream scalars (one block-math element each),
-    skipped on one rank."""
-    w = shape.world
-    nbytes = (w - 1) * shape.compute_bytes
-    return Phase(
-        name="upstream scalars",
-        pass_="backward",
-        repeat=1,
-        transfers=(symmetric("all_gather", "upstream", nbytes, w - 1, called_alone=False),),
-    )
-
-
-def second_trip_phase(shape: Shape) -> Phase:
-    """The exact fallback when ranks backpropagate different scalars (not in the
-    schedule, which describes the common case): texts and a dy accumulator travel again,
-    every block recomputed (logits and dy: two matmuls)."""
-    b, d = shape.batch, shape.dim
-    return Phase(
-        name="second trip (different upstream scalars)",
-        pass_="backward",
-        repeat=shape.world - 1,
-        matmul_flops=2 * 2 * b * b * d,
-        pointwise_elems=b * b,
-        transfers=tuple(
-            symmetric("p2p", f"sigmoid.bwd.{kind}", size, 1, peer="neighbor")
-            for kind, size in (
-                ("payload", b * d * shape.elem_bytes),
-                ("acc", b * d * shape.compute_bytes),
-            )
-        ),
-        overlapped=shape.overlap,
-    )
-
-
-def schedule(shape: Shape) -> Schedule:
-    b, d = shape.batch, shape.dim
-    return Schedule(
-        (
-            rank_check_phase(shape),
-            home_block_phase(shape, block_flops(b, b, d)),
-            ring_round_phase(
-                shape, name="ring round", repeat=shape.world - 1, chains=1, label="sigmoid"
-            ),
-            upstream_phase(shape),
-        )
-    )
-
-
-def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
-    """Peak bytes per rank; ``rounds``: rounds per chain (default: one chain of W−1)."""
-    b, d, s, c, m = (
-        shape.batch,
-        shape.dim,
-        shape.elem_bytes,
-        shape.compute_bytes,
-        shape.operand_bytes,
-    )
-    rounds = [shape.world - 1] if rounds is None else rounds
-    grads, payload = b * d * c, b * d * s
-    copies = operand_copies(shape) * b * d * m  # x (and the held texts) upcast
-    half = int(s < c)
-    tile = shape.tile_side
-    at_last_block, pools = ring.pool_bytes(rounds, payload, grads, shape.overlap)
-    computing_a_block = {
-        "dx, home dy": 2 * grads,
-        "ring buffers": at_last_block,
-        "block-math copies": 2 * copies,
-        "tile": tile_scratch(shape, tile, tile),
-    }
-    end_of_ring = {
-        "dx, home dy": 2 * grads,
-        "ring buffers": pools,
-        "block-math copies": copies,
-    }
-    scale_gradient = {  # ⟨x, Dx⟩ needs x in the block-math dtype
-        "dx, home dy": 2 * grads,
-        "block-math copies": copies + int(m < c) * grads,
-    }
-    backward = {"dx, home dy": 2 * grads, "input gradients": 2 * payload + half * grads}
-    return peak_of(computing_a_block, end_of_ring, scale_gradient, backward)
-
-
-register(
-    Method(
-        name="sigmoid-ring",
-        kind="sigmoid",
-        summary="SigLIP, texts round a one-way ring, dy accumulators follow; memory flat in W",
-        module=SigmoidRingLoss,
-        options={"overlap": True, "tile": None, "check_ranks": True},
-        schedule=schedule,
-        memory_terms=memory_terms,
-        ring=True,
-    )
-)

@@ -19,55 +19,11 @@ buffers, five accumulator-sized buffers), still independent of W.
 
 from __future__ import annotations
 
-from profiling.losses import ring, sigmoid_ring
-from profiling.losses.costs import block_flops, rank_check_phase
-from profiling.losses.registry import Method, Schedule, Shape, register
-from profiling.losses.sigmoid_ring import (
-    SigmoidRingLoss,
-    home_block_phase,
-    ring_round_phase,
-    upstream_phase,
-)
+from profiling.losses import ring
+from profiling.losses.sigmoid_ring import SigmoidRingLoss
 
 
 class SigmoidRingBidirLoss(SigmoidRingLoss):
     """SigLIP loss by a ring of texts moving both ways (``chains=ring.both_ways``)."""
 
     chains = staticmethod(ring.both_ways)
-
-
-def schedule(shape: Shape) -> Schedule:
-    b, d, w = shape.batch, shape.dim, shape.world
-    two_way_rounds = (w - 1) // 2
-    one_way_rounds = w // 2 - two_way_rounds  # 1 when W is even: the last round
-    return Schedule(
-        (
-            rank_check_phase(shape),
-            home_block_phase(shape, block_flops(b, b, d)),
-            ring_round_phase(
-                shape, name="two-way round", repeat=two_way_rounds, chains=2, label="sigmoid"
-            ),
-            ring_round_phase(
-                shape, name="one-way round", repeat=one_way_rounds, chains=1, label="sigmoid"
-            ),
-            upstream_phase(shape),
-        )
-    )
-
-
-def memory_terms(shape: Shape):
-    return sigmoid_ring.memory_terms(shape, rounds=[shape.world // 2, (shape.world - 1) // 2])
-
-
-register(
-    Method(
-        name="sigmoid-ring-bidir",
-        kind="sigmoid",
-        summary="SigLIP ring with half the rounds each way; same bytes, half the round trips",
-        module=SigmoidRingBidirLoss,
-        options={"overlap": True, "tile": None, "check_ranks": True},
-        schedule=schedule,
-        memory_terms=memory_terms,
-        ring=True,
-    )
-)

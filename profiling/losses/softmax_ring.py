@@ -47,9 +47,7 @@ import torch
 
 from profiling.losses import blocks, ring
 from profiling.losses.base import RingLoss, first_order_only
-from profiling.losses.costs import operand_copies, rank_check_phase, symmetric, tile_scratch
 from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
-from profiling.losses.registry import Method, Phase, Schedule, Shape, peak_of, register
 
 
 def _logaddexp_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
@@ -166,104 +164,3 @@ class SoftmaxRingLoss(RingLoss):
             self.tile_for(image_features),
             self.overlap,
         )
-
-
-def schedule(shape: Shape) -> Schedule:
-    b, d, w = shape.batch, shape.dim, shape.world
-    s, c = shape.elem_bytes, shape.compute_bytes
-    texts = b * d * s
-
-    def p2p(label, nbytes, messages=1):
-        return symmetric("p2p", label, nbytes, messages, peer="neighbor")
-
-    def block(name, pass_, flops, transfers=(), repeat=1):
-        return Phase(
-            name=name,
-            pass_=pass_,
-            repeat=repeat,
-            matmul_flops=flops,
-            pointwise_elems=b * b,
-            transfers=transfers,
-            overlapped=shape.overlap,
-        )
-
-    logits = 2 * b * b * d
-    return Schedule(
-        (
-            rank_check_phase(shape),
-            block("home block (statistics)", "forward", logits),
-            block(
-                "ring round (statistics)",
-                "forward",
-                logits,
-                repeat=w - 1,
-                transfers=(p2p("softmax.fwd.payload", texts), p2p("softmax.fwd.acc", b * c)),
-            ),
-            block("home block (gradients)", "backward", 3 * logits),
-            block(
-                "ring round (gradients)",
-                "backward",
-                3 * logits,
-                repeat=w - 1,
-                transfers=(
-                    p2p("softmax.bwd.payload", texts + (b + 1) * c, messages=2),
-                    p2p("softmax.bwd.acc", b * d * c),
-                ),
-            ),
-        )
-    )
-
-
-def memory_terms(shape: Shape):
-    b, d, s, c, m = (
-        shape.batch,
-        shape.dim,
-        shape.elem_bytes,
-        shape.compute_bytes,
-        shape.operand_bytes,
-    )
-    rounds = [shape.world - 1]
-    grads, payload, lse = b * d * c, b * d * s, b * c
-    copies = operand_copies(shape) * b * d * m
-    tile = shape.tile_side
-    stats_last_block, _ = ring.pool_bytes(rounds, payload, lse, shape.overlap)
-    at_last_block, pools = ring.pool_bytes(rounds, payload + lse + c, grads, shape.overlap)
-    statistics_pass = {
-        "row and column lse": 2 * lse,
-        "ring buffers": stats_last_block,
-        "block-math copies": 2 * copies,
-        "tile": 2 * tile * tile * c,
-    }
-    gradient_pass_block = {
-        "row and column lse": 2 * lse + (lse + c),
-        "dx, home dy": 2 * grads,
-        "ring buffers": at_last_block,
-        "block-math copies": 2 * copies,
-        "tile": tile_scratch(shape, tile, tile),
-    }
-    gradient_pass_end = {
-        "row and column lse": 2 * lse + (lse + c),
-        "dx, home dy": 2 * grads,
-        "ring buffers": pools,
-        "block-math copies": copies,
-    }
-    scale_gradient = {  # ⟨x, Dx⟩ needs x in the block-math dtype
-        "row and column lse": 2 * lse,
-        "dx, home dy": 2 * grads,
-        "block-math copies": copies + int(m < c) * grads,
-    }
-    return peak_of(statistics_pass, gradient_pass_block, gradient_pass_end, scale_gradient)
-
-
-register(
-    Method(
-        name="softmax-ring",
-        kind="softmax",
-        summary="CLIP by a one-way ring, online log-sum-exp, recomputing backward; flat in W",
-        module=SoftmaxRingLoss,
-        options={"overlap": True, "tile": None, "check_ranks": True},
-        schedule=schedule,
-        memory_terms=memory_terms,
-        ring=True,
-    )
-)

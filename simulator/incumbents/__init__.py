@@ -1,7 +1,7 @@
 """Cost descriptions of the distributed contrastive losses people run today (incumbents).
 
 Each module here registers :class:`~profiling.losses.registry.Method` s with no loss
-module (``module=None``) and a ``describes`` field naming the real code, so that
+module (``loss=None``) and a ``describes`` field naming the real code, so that
 ``simulator.predict``, ``sigsim predict`` / ``maxbatch`` / ``recommend`` price them by
 name like our methods, while ``profiling.losses.METHODS`` (what the profiler and the
 tests run) keeps listing only ours. They live under ``simulator`` rather than beside
