@@ -23,6 +23,9 @@ Peak memory per rank grows with W (``N = W·b``)::
     dx                             b·d·c   (+ b·d·m upcast copy of x where m > s)
     logit block                    2·b·N·c (logits, softplus; with half operands at least
                                             b·N·(c+m) + N·d·m: ``costs.tile_scratch``)
+
+The cost description of this code (its ``Schedule`` and memory terms, the formulas
+above in numpy) and its registration are in the sibling ``sigmoid_allgather_cost``.
 """
 
 from __future__ import annotations

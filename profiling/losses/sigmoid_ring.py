@@ -55,6 +55,9 @@ Under autocast the rounded features are transient (the second trip rounds again)
 Overlap: the next round's texts are posted before the current block is computed and the
 accumulator from round ``i`` is awaited only after block ``i+1`` (``overlap=False``
 waits at once, to measure the difference).
+
+The cost description of this code (its ``Schedule`` and memory terms, the formulas
+above in numpy) and its registration are in the sibling ``sigmoid_ring_cost``.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ one-way ring's too.
 
 Peak memory per rank: the one-way ring's terms with two chains in flight (four payload
 buffers, five accumulator-sized buffers), still independent of W.
+
+The cost description of this code (its ``Schedule`` and memory terms, the formulas
+above in numpy) and its registration are in the sibling ``sigmoid_ring_bidir_cost``.
 """
 
 from __future__ import annotations

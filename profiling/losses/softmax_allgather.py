@@ -27,6 +27,9 @@ Peak memory per rank grows with W (``N = W·b``)::
                                             operands b·N·(c+m) + N·d·m: G in m, a product)
     row statistics                 3·b·c   (row max, row sum and its log: the
                                             log-sum-exp is done in place, no b×N scratch)
+
+The cost description of this code (its ``Schedule`` and memory terms, the formulas
+above in numpy) and its registration are in the sibling ``softmax_allgather_cost``.
 """
 
 from __future__ import annotations

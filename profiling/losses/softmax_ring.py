@@ -39,6 +39,9 @@ x and the held texts where half features meet fp32 operands (``2·b·d·m``, ``m
 two ``T×T`` tiles (``2·T²·c``: the logits, turned into G in place, and the log-sum-exp's
 scratch or G's second term; with half operands at least ``T²·(c+m) + T·d·m``).
 Saved for backward: only the row and column log-sum-exps (``2·b·c``).
+
+The cost description of this code (its ``Schedule`` and memory terms, the formulas
+above in numpy) and its registration are in the sibling ``softmax_ring_cost``.
 """
 
 from __future__ import annotations
