@@ -18,7 +18,11 @@ import zlib
 import torch
 
 from profiling.comm import Transport
-from profiling.losses.costs import RANK_CHECK_BYTES, RANK_CHECK_FIELDS  # noqa: F401
+from profiling.losses.costs import (  # noqa: F401  (RANK_CHECK_BYTES: re-exported)
+    RANK_CHECK_BYTES,
+    RANK_CHECK_FIELDS,
+    RANK_CHECK_LABEL,
+)
 from profiling.losses.precision import TORCH_DTYPES, compute_dtype
 
 SUPPORTED_DTYPES = tuple(TORCH_DTYPES.values())
@@ -97,7 +101,7 @@ def check_ranks(
         dtype=torch.int64,
         device=features.device,
     )
-    every = transport.all_gather(mine.unsqueeze(0), "rank_check").cpu()
+    every = transport.all_gather(mine.unsqueeze(0), RANK_CHECK_LABEL).cpu()
     differ = [
         name for i, name in enumerate(RANK_CHECK_FIELDS) if (every[:, i] != every[0, i]).any()
     ]

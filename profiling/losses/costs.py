@@ -10,6 +10,8 @@ RANK_CHECK_FIELDS = ("batch", "dim", "dtype", "device", "grad mode", "loss and o
 """What every rank's forward sends to all others to check they agree (``checks``)."""
 RANK_CHECK_BYTES = len(RANK_CHECK_FIELDS) * 8
 """Bytes each rank contributes to the cross-rank check: one int64 per field."""
+RANK_CHECK_LABEL = "rank_check"
+"""The label the check's all-gather passes to the transport (key ``all_gather:rank_check``)."""
 
 
 def block_flops(rows, cols, dim):
@@ -46,7 +48,7 @@ def rank_check_phase(shape: Shape) -> Phase:
         transfers=(
             symmetric(
                 "all_gather",
-                "rank_check",
+                RANK_CHECK_LABEL,
                 nbytes,
                 (w - 1) * shape.check_ranks,
                 called_alone=False,
