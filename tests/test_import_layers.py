@@ -42,6 +42,8 @@ METHOD_ORDER = (
 def _modules() -> dict[str, Path]:
     out = {}
     for package in PACKAGES:
+        if not (ROOT / package).is_dir():  # benchmarks/ is being folded into experiments/
+            continue
         for path in sorted((ROOT / package).rglob("*.py")):
             parts = path.relative_to(ROOT).with_suffix("").parts
             if parts[-1] == "__init__":
