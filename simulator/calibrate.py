@@ -1,7 +1,7 @@
 """Calibrate a hardware profile on this machine: measure, fit, write a profile JSON.
 
-Run ``python -m simulator calibrate`` (about a minute on a 2-core CPU box). It measures
-with :mod:`simulator.benchmarks` and fits the forms :mod:`simulator.model` prices with:
+Run ``sigsim calibrate`` (about a minute on a 2-core CPU box). It measures
+with :mod:`simulator.microbench` and fits the forms :mod:`simulator.model` prices with:
 
 * real loss steps (CPU, :mod:`simulator.step_fit`): every registered method at ``W = 1``
   on a calibration set of ``(b, d)`` disjoint from the default validation grid, timed
@@ -50,7 +50,7 @@ from rich.table import Table
 
 from profiling import host_allocator
 from profiling.launch import launch_or_raise
-from simulator import benchmarks, step_fit
+from simulator import microbench, step_fit
 from simulator.calibrated_profile import build_profile
 from simulator.hardware import host_profile_path, load_profile, parse_profile
 from simulator.machine import fingerprint, machine_key
@@ -132,7 +132,7 @@ def fit_comm(rows, cores: int, uses_cores: bool) -> dict[str, dict[str, Any]]:
             ],
             dtype=np.float64,
         )
-        for op in benchmarks.COMM_OPS
+        for op in microbench.COMM_OPS
     }
     fits: dict[str, dict[str, Any]] = {}
 
@@ -196,7 +196,7 @@ def measure_compute(config: CalibrationConfig, device: torch.device, console: Co
     try:
         for dtype in config.dtypes:
             with console.status(f"matmul {dtype} at {len(matmul_shapes)} shapes"):
-                data = np.array(benchmarks.matmul_times(dtype, matmul_shapes, device))
+                data = np.array(microbench.matmul_times(dtype, matmul_shapes, device))
             fit = fit_least_squares(
                 np.column_stack([np.ones(len(data)), data[:, 0]]),
                 data[:, 1],
@@ -205,7 +205,7 @@ def measure_compute(config: CalibrationConfig, device: torch.device, console: Co
             fit["rate"] = 1.0 / fit["s_per_flop"]
             out["matmul"][dtype] = {**fit, "points": len(data)}
             with console.status(f"sigmoid block {dtype} at b = {sides}"):
-                blocks = np.array(benchmarks.block_times(dtype, sides, 8, device))
+                blocks = np.array(microbench.block_times(dtype, sides, 8, device))
             pairs = blocks[:, 0] ** 2
             elementwise = blocks[:, 1] - 6 * pairs * 8 / fit["rate"]
             pw = fit_least_squares(
@@ -230,7 +230,7 @@ def measure_comm(config: CalibrationConfig, backend: str, worlds, console: Conso
     for world in worlds:
         with console.status(f"{backend} process group of {world}: p2p, all-gather, reduce-scatter"):
             results = launch_or_raise(
-                benchmarks.comm_worker,
+                microbench.comm_worker,
                 (list(config.message_bytes), config.warmup, config.repeats),
                 world=world,
                 backend=backend,
@@ -265,7 +265,10 @@ class OtherLoad:
             (time.perf_counter(), _system_busy_s(), _own_busy_s()), self._start, strict=True
         ))  # fmt: skip
         cores = psutil.cpu_count() or 1
-        self.share = max(0.0, (system - own) / (wall * cores)) if wall > 0 else 0.0
+        # the kernel counts CPU time in scheduler ticks: over a short block the share is
+        # coarse, so it is clamped to [0, 1] (calibration's blocks last tens of seconds)
+        share = (system - own) / (wall * cores) if wall > 0 else 0.0
+        self.share = min(1.0, max(0.0, share))
 
 
 def _system_busy_s() -> float:

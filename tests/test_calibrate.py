@@ -3,6 +3,8 @@ synthetic timings, and a tiny real gloo calibration writes a profile that loads 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -119,7 +121,7 @@ def test_quality_names_every_reason_and_other_load_is_a_share():
     )
     assert verdict["verdict"] == "poor" and len(verdict["reasons"]) == 4
     with OtherLoad() as load:
-        sum(range(10**5))
+        time.sleep(0.3)
     assert 0 <= load.share <= 1
 
 
