@@ -1,1 +1,3 @@
-"""Benchmarks beside the profiler: our losses against open_clip's, and the one-GPU check."""
+"""Former home of the peer comparison and the GPU check, now ``sigsim peers`` and
+``sigsim gpu-check`` (:mod:`experiments.peers`, :mod:`experiments.gpu_check`); the modules
+left here only name the new command."""

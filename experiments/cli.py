@@ -1,4 +1,5 @@
-"""The ``sigsim`` command line (also ``python -m experiments``).
+"""The ``sigsim`` command line (also ``python -m experiments``, which torchrun launches:
+``torchrun ... -m experiments point ...``); every verb of the project is here.
 
 ``sigsim run`` with no argument runs the default experiment: calibrate this machine if it
 has no profile, measure every method on gloo CPU processes at W = 1, 2, 4, 8 over a
@@ -14,7 +15,7 @@ import argparse
 import os
 import sys
 
-from experiments import commands
+from experiments import commands, verbs
 from experiments import config as sweep_config
 
 EPILOG = (
@@ -133,9 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=_formatter,
     )
-    calibrate.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
-    calibrate.add_argument("--quick", action="store_true", help="fewer samples")
-    calibrate.set_defaults(handler=commands.cmd_calibrate)
+    verbs.add_calibrate_options(calibrate)
+    calibrate.set_defaults(handler=verbs.cmd_calibrate)
 
     predict = sub.add_parser(
         "predict",
@@ -160,10 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
     _autocast_option(predict)
     _hardware_option(predict, "this machine's calibrated profile, else h100-sxm")
+    predict.add_argument("--json", action="store_true", help="one JSON object per row")
     predict.set_defaults(handler=commands.cmd_predict)
 
     for name, handler, what in (
-        ("validate", commands.cmd_validate, "print predicted vs measured for a run directory"),
         ("plot", commands.cmd_plot, "redraw a run directory's plots from its results"),
         ("report", commands.cmd_report, "rewrite a run directory's validation, plots, report"),
     ):
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _hardware_option(maxbatch, "this machine's calibrated profile, else h100-sxm")
     maxbatch.add_argument("--run", metavar="RUN_DIR", help="overlay this run's measurements")
     maxbatch.add_argument("--out", metavar="DIR", help="write maxbatch.png and .svg here")
+    maxbatch.add_argument("--json", action="store_true", help="one JSON object per row")
     maxbatch.set_defaults(handler=commands.cmd_maxbatch)
     _recommend_parser(sub)
 
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
     trace.add_argument("--out", default="traces", help="folder for measured.json, simulated.json")
     trace.set_defaults(handler=commands.cmd_trace)
+    verbs.add_parsers(sub, epilog=EPILOG, formatter_class=_formatter)
     return parser
 
 
@@ -286,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command_line = " ".join(["sigsim", *argv])
+    args.verb_argv = argv[1:]
     if args.command is None:
         parser.print_help()
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +193,6 @@ def print_summary(summary: list[dict]) -> None:
 # --- model-only and analysis commands -------------------------------------------------
 
 
-def cmd_calibrate(args) -> int:
-    path = backends.calibrate(backend=args.backend, quick=args.quick)
-    console.print(f"[bold green]profile written:[/bold green] {path}")
-    return 0
-
-
 def method_list(spec: str) -> list[str]:
     """``--method``: names, comma-separated; ``all`` stands for ours, ``incumbents`` for
     the cost descriptions of ``simulator.incumbents``; unknown names fail in one line."""
@@ -265,6 +260,14 @@ def cmd_predict(args) -> int:
             )
         }
         for i in range(world.size):
+            if getattr(args, "json", False):
+                point = {"method": method, "world": int(world[i]), "batch": int(batch[i])}
+                point |= {"dim": int(dim[i]), "dtype": args.dtype, "autocast": autocast}
+                point["hardware"] = backends.hardware_label(hardware)
+                for name, value in values.items():
+                    point[name] = bool(value[i]) if name == "fits" else float(value[i])
+                print(json.dumps(point))
+                continue
             table.add_row(
                 method,
                 str(world[i]),
@@ -280,7 +283,8 @@ def cmd_predict(args) -> int:
                 f"{values['step_time_s'][i] * 1e3:.4g}",
                 "yes" if values["fits"][i] else "no",
             )
-    console.print(table)
+    if not getattr(args, "json", False):
+        console.print(table)
     return 0
 
 
@@ -357,11 +361,20 @@ def cmd_maxbatch(args) -> int:
     table = Table(title=title + (f", autocast {options['autocast']}" if options else ""))
     for header in ("method", "W", "source", "b (per rank)", "N = b·W"):
         _column(table, header)
-    for entry in sorted([*predicted, *found], key=lambda e: (e.method, e.world, e.source)):
-        table.add_row(
-            entry.method, str(entry.world), entry.source, str(entry.batch), str(entry.global_batch)
-        )
-    console.print(table)
+    entries = sorted([*predicted, *found], key=lambda e: (e.method, e.world, e.source))
+    if getattr(args, "json", False):
+        for entry in entries:
+            print(json.dumps({"memory_bytes": memory, "other_bytes": other, **asdict(entry)}))
+    else:
+        for entry in entries:
+            table.add_row(
+                entry.method,
+                str(entry.world),
+                entry.source,
+                str(entry.batch),
+                str(entry.global_batch),
+            )
+        console.print(table)
     if args.out:
         for path in plots.save(figure, Path(args.out), "maxbatch"):
             console.print(f"written: {path}")

@@ -10,7 +10,7 @@ API:
   ``out_path`` already holds (``results.resume_state``), run the rest one by one with a
   progress bar, appending each record as soon as the point ends.
 
-Grid file (``python -m profiling grid FILE --out results.jsonl``)::
+Grid file (``sigsim grid FILE --out results.jsonl``)::
 
     [defaults]                # any PointConfig field
     batch = 64

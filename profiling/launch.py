@@ -185,7 +185,7 @@ def _rank_main(rank, world, backend, threads, init_method, pg_timeout_s, fn, arg
     # Leave without the interpreter's teardown once the report is flushed: torch.profiler
     # (kineto) can leave a joinable thread that aborts a normal exit ("terminate called
     # without an active exception", signal 6) after the work is done; the torchrun entry
-    # (profiling.__main__) leaves the same way.
+    # (profiling.verbs) leaves the same way.
     results.close()
     results.join_thread()
     sys.stdout.flush()

@@ -1,6 +1,6 @@
 """One measured data point: step time, communication, bytes and peak memory of one loss.
 
-API (small on purpose; ``profiling.grid`` and the benchmarks build on it):
+API (small on purpose; ``profiling.grid``, the peer comparison and the GPU check build on it):
 
 * :class:`PointConfig`: what to run (method, W, b, d, dtype, device, emulation, ...);
   :func:`validate_point` refuses a config that cannot run, with one line (both live in
@@ -11,7 +11,7 @@ API (small on purpose; ``profiling.grid`` and the benchmarks build on it):
   inside an existing process group (or an emulated one); ``loss`` overrides the
   registered method (any module with the same forward signature, e.g. a peer's loss).
 * :func:`timed_step`: one forward + backward timed on this rank (CUDA events or
-  ``perf_counter``), shared with the open_clip comparison (``benchmarks.peer_worker``).
+  ``perf_counter``), shared with the open_clip comparison (``experiments.peer_worker``).
 * :func:`make_inputs` / :func:`single_step`: seeded inputs of one rank, and one
   forward+backward returning loss, gradients, traffic and live-tensor peak (the
   equivalence probe of ``profiling.emulate``).

@@ -2,8 +2,8 @@
 profile on this machine, and validate predictions against the profiler's measurements.
 
 ``simulator.predict(method, world, batch, dim, dtype="fp32", hardware=None, **options)``
-is the entry point (see :mod:`simulator.model` for the formulas); ``python -m simulator``
-the command line.
+is the entry point (see :mod:`simulator.model` for the formulas); ``sigsim predict | calibrate |
+validate | profiles`` (:mod:`experiments.cli`) the command line.
 """
 
 from simulator.hardware import Hardware, HardwareError, load_profile, resolve_hardware

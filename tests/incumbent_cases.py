@@ -5,7 +5,7 @@ L2-normalised features (fp32, ``requires_grad``), ``logit_scale = exp(log t)`` a
 a bias, all created before measuring, as our records do; then one forward + backward of
 the incumbent's own code (optionally with the forward inside ``torch.autocast("cpu")``)
 under ``profiling.memory.AllocatorTracker`` (exact CPU allocator peak above the level at
-entry: inputs excluded, their gradients included) and ``benchmarks.dist_counter`` (bytes
+entry: inputs excluded, their gradients included) and ``experiments.dist_counter`` (bytes
 ``torch.distributed`` moved, in ``profiling.comm``'s ring convention). The step runs three
 times, each after a barrier and a 50 ms pause, and the smallest peak is kept: gloo's
 all-gather fills a flat ``N×d`` buffer that its work object holds until gloo's worker
@@ -15,7 +15,7 @@ of 3 at one point); the pause lets the previous run's go before measuring.
 
 The real code, unmodified:
 
-* open_clip 3.3 ``loss.py`` loaded alone (``benchmarks.open_clip_peers``): ``ClipLoss`` and
+* open_clip 3.3 ``loss.py`` loaded alone (``experiments.open_clip_peers``): ``ClipLoss`` and
   ``SigLipLoss``;
 * Inf-CL 1.2.1 ``inf_cl/ring.py``: ``cal_ring_loss(x, y, scale=t) + cal_ring_loss(y, x,
   scale=t)``, halved (one call is one direction of CLIP), ``head_dim = d`` (one head: the
@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from benchmarks.dist_counter import count_traffic
-from benchmarks.open_clip_peers import load_open_clip_loss
+from experiments.dist_counter import count_traffic
+from experiments.open_clip_peers import load_open_clip_loss
 from profiling.memory import AllocatorTracker
 
 

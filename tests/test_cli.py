@@ -34,6 +34,11 @@ timeout_s = 120.0
 """
 
 SUBCOMMANDS = ("run", "calibrate", "predict", "validate", "plot", "report", "maxbatch")
+VERBS = (
+    *SUBCOMMANDS, "recommend", "simulate", "trace", "point", "grid", "mark", "peers",
+    "gpu-check", "profiles",
+)  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +116,10 @@ def test_validate_prints_every_point_and_the_summary(tiny_run, capsys):
     out = capsys.readouterr().out
     assert "Predicted vs measured" in out and "Validation" in out
     assert out.count("sigmoid-ring") >= 3 and out.count("softmax-allgather") >= 3
+    assert main(["validate", str(tiny_run), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert {p["method"] for p in payload["points"]} == {"sigmoid-ring", "softmax-allgather"}
+    assert payload["summary"]
 
 
 @pytest.mark.slow
@@ -210,3 +219,72 @@ def test_python_dash_m_experiments_runs_the_cli():
     assert done.returncode == 0
     for name in SUBCOMMANDS:
         assert name in done.stdout
+
+
+def test_every_verb_has_help_and_is_in_the_readme(capsys):
+    choices = {a.dest: a for a in build_parser()._actions}["command"].choices
+    assert set(choices) == set(VERBS)
+    readme = (ROOT / "README.md").read_text()
+    for verb in VERBS:
+        with pytest.raises(SystemExit) as exit_:
+            main([verb, "--help"])
+        assert exit_.value.code == 0, verb
+        assert f"usage: sigsim {verb}" in capsys.readouterr().out, verb
+        assert f"| `sigsim {verb}" in readme, f"{verb} missing from the README's command table"
+
+
+def test_new_verbs_refuse_bad_input_in_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "missing.toml")
+    out = str(tmp_path / "r.jsonl")
+    for argv, message in [
+        (["point", "--method", "sigmoid-ring", "--out", out], "a point needs --world"),
+        (["grid", missing, "--count"], "cannot read grid"),
+        (["mark", "--grid", missing, "--index", "0", "--out", out, "--status", "error",
+          "--message", "m"], "cannot read grid"),
+        (["gpu-check", "--cpu", "--batch", "0", "--out", str(tmp_path / "g")], "batch, dim"),
+        (["peers", "--world", "0", "--out", out], "world must be an integer >= 1"),
+        (["validate", str(tmp_path), out], "one run directory"),
+    ]:  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
+    assert not (tmp_path / "g").exists() and not Path(out).exists()
+
+
+def test_json_on_table_verbs(capsys):
+    assert main(["profiles", "--json"]) == 0
+    assert "h100-sxm" in json.loads(capsys.readouterr().out)
+    argv = ["predict", "--method", "sigmoid-ring", "--world", "2,4", "--batch", "8", "--dim", "4"]
+    assert main([*argv, "--hardware", "h100-sxm", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["world"] for r in rows] == [2, 4] and all(r["bytes_sent"] > 0 for r in rows)
+    argv = ["maxbatch", "--method", "sigmoid-ring", "--worlds", "8", "--hardware", "h100-sxm"]
+    assert main([*argv, "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["method"] == "sigmoid-ring" and row["world"] == 8 and row["batch"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv, new",
+    [
+        (["simulator", "predict", "--method", "sigmoid-ring"], "sigsim predict"),
+        (["simulator", "validate", "results.jsonl"], "sigsim validate"),
+        (["benchmarks.peers", "--world", "4"], "sigsim peers"),
+        (["benchmarks.gpu_check", "--cpu"], "sigsim gpu-check"),
+    ],
+)
+def test_old_entry_points_name_the_new_command(argv, new):
+    done = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and new in done.stderr, done.stderr
+
+
+def test_python_dash_m_profiling_point_is_sigsim_point():
+    done = subprocess.run(
+        [sys.executable, "-m", "profiling", "point", "--method", "sigmoid-ring", "--out", "x"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "refused: a point needs --world (or --grid and --index)"

@@ -1,4 +1,4 @@
-"""benchmarks.gpu_check in its CPU mode: the whole script runs end to end (correctness
+"""``sigsim gpu-check --cpu`` (experiments.gpu_check): the whole script runs end to end (correctness
 PASS for every method, one record per planned point in the grid's schema, log and
 summary written); a budget too short for anything records every point as skipped
 instead of running over; a worker that dies leaves its running point as a failure and
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_check
-from benchmarks.reference_check import RankResult, reference_errors
+from experiments import gpu_check
+from experiments.reference_check import RankResult, reference_errors
 from profiling import results
 from profiling.launch import LaunchOutcome
 from profiling.losses import METHODS
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "benchmarks.gpu_check", "--cpu", "--out", str(out), *extra]
+    command = [sys.executable, "-m", "experiments", "gpu-check", "--cpu", "--out", str(out), *extra]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

@@ -3,7 +3,7 @@ gloo: open_clip 3.3's ``ClipLoss`` / ``SigLipLoss`` and Inf-CL 1.2.1's ``cal_rin
 one process group of 4 ranks for the module (subgroups W = 2..4), fp32, a few (b, d)
 where the ``b×b`` / ``b×N`` terms or the ``d``-wide terms dominate.
 
-Pinned: the bytes ``torch.distributed`` moved (``benchmarks.dist_counter``) equal the
+Pinned: the bytes ``torch.distributed`` moved (``experiments.dist_counter``) equal the
 schedule's exactly, for every incumbent; the allocator peak of one forward + backward
 (inputs excluded) is within 2% of ``memory_terms`` for those whose memory is validated
 (:data:`MEMORY_VALIDATED`). The others' memory is reported, not pinned

@@ -103,12 +103,12 @@ def test_a_killed_rank_is_reported():
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_same_worker_under_torchrun(tmp_path):
-    """``python -m profiling point`` under torchrun: env:// rendezvous, rank 0 writes."""
+    """``torchrun -m experiments point`` (``sigsim point``): env:// rendezvous, rank 0 writes."""
     out = tmp_path / "r.jsonl"
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [
         str(torchrun), "--nproc-per-node", "2", "--master-port", str(find_free_port()),
-        "-m", "profiling", "point", "--method", "sigmoid-ring", "--world", "2",
+        "-m", "experiments", "point", "--method", "sigmoid-ring", "--world", "2",
         "--batch", "8", "--dim", "16", "--steps", "2", "--warmup", "1", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}

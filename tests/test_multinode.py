@@ -147,7 +147,7 @@ def torchrun_command(address: str, head: str, port: int, is_host: bool, out: Pat
         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{head}:{port}",
         "--rdzv-id", f"sigsim-mn-{os.getpid()}", "--rdzv-conf", f"is_host={int(is_host)}",
         "--local-addr", address,
-        "-m", "profiling", "point", "--method", POINT.method, "--world", str(POINT.world),
+        "-m", "experiments", "point", "--method", POINT.method, "--world", str(POINT.world),
         "--batch", str(POINT.batch), "--dim", str(POINT.dim), "--steps", str(POINT.steps),
         "--warmup", str(POINT.warmup), "--out", str(out),
     ]  # fmt: skip

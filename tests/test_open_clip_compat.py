@@ -91,7 +91,7 @@ def _run(module, leaves, kind, output_dict):
 
 def probe(rank: int, world: int) -> dict:
     """Per configuration and dtype on this rank: ``(ours, theirs)`` loss and gradients."""
-    from benchmarks.open_clip_peers import load_open_clip_loss
+    from experiments.open_clip_peers import load_open_clip_loss
 
     theirs_module = load_open_clip_loss()
     results = {}

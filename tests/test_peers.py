@@ -1,4 +1,4 @@
-"""benchmarks.peers: open_clip's SigLIP and CLIP losses agree with ours and with the
+"""experiments.peers: open_clip's SigLIP and CLIP losses agree with ours and with the
 reference once its per-local-batch normalisation is accounted for, its bytes are counted
 in the documented pattern, the benchmark runs end to end at W = 2, and the ratios pick
 the best contender on each side; a missing open-clip-torch gives one line with the pip
@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 
-from benchmarks import open_clip_peers, peers
-from benchmarks.dist_counter import count_traffic
+from experiments import open_clip_peers, peers
+from experiments.dist_counter import count_traffic
 from profiling.launch import launch
 from profiling.losses.checks import RANK_CHECK_BYTES
 from profiling.measure import PointConfig, forward, make_inputs
@@ -132,7 +132,7 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
         assert m["peak_live_bytes"] > 0 and m["step_time_s"]["median"] > 0
         assert m["bytes_sent"] > 0
     siglip = [r for r in records if r["config"]["method"] in SIGLIP]
-    assert {r["measured"]["byte_counter"] for r in siglip} == {"benchmarks.dist_counter"}
+    assert {r["measured"]["byte_counter"] for r in siglip} == {"experiments.dist_counter"}
     assert {r["measured"]["bytes_sent"] for r in siglip} == {2 * 8 * 16 * 4}
     metrics = {(row["ours"], row["metric"]) for row in summary["ratios"]}
     assert ("sigmoid ring", "peak_live_bytes") in metrics

@@ -11,8 +11,8 @@ import math
 import pytest
 from rich.console import Console
 
+from experiments.cli import main
 from simulator import predict
-from simulator.__main__ import main
 from simulator.model import STEP_STATISTIC
 from simulator.validate import message_bucket, validate
 from tests.simulator_fakes import cpu_hardware, profile_dict, rng
@@ -108,7 +108,7 @@ def test_cli_predict_validate_and_errors(tmp_path, capsys):
     assert main(["predict", "--method", "sigmoid-ring", "--world", "1,2,4", "--batch", "64",
                  "--dim", "32", "--hardware", "h100-sxm"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "sigmoid-ring fp32 on h100-sxm" in out and "step ms" in out
+    assert "Model on h100-sxm, fp32" in out and "step (ms)" in out
     assert main(["predict", "--method", "softmax-ring", "--world", "2", "--batch", "8",
                  "--dim", "4", "--hardware", "a100-sxm-80gb", "--json"]) == 0  # fmt: skip
     point = json.loads(capsys.readouterr().out)
@@ -119,6 +119,8 @@ def test_cli_predict_validate_and_errors(tmp_path, capsys):
                  "--summary-json", str(summary_path)]) == 0  # fmt: skip
     assert json.loads(summary_path.read_text())["points_compared"] == 3
     capsys.readouterr()
+    assert main(["validate", str(path), "--hardware", str(hw_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["points_compared"] == 3
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"name": "x"}))
     for argv, message in [

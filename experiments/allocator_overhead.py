@@ -14,7 +14,7 @@ lower quartile of the steps in ms per variant:
 * ``torch.profiler memory``: ``profile(profile_memory=True)`` and the running sum of its
   ``[memory]`` events, the alternative ``profiling.cpu_allocator`` replaced.
 
-Usage: ``python -m benchmarks.allocator_overhead [--steps 40]``; the kept output and the
+Usage: ``python -m experiments.allocator_overhead [--steps 40]``; the kept output and the
 machine it ran on are in ``docs/allocator-peak.md``.
 """
 

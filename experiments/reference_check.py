@@ -1,7 +1,7 @@
 """Compare one rank's loss and gradients with ``profiling.losses.reference_loss``.
 
 The contract of ``profiling.losses`` (which open_clip's losses also meet, see
-``benchmarks.open_clip_peers``): the mean over ranks of the loss equals the reference
+``experiments.open_clip_peers``): the mean over ranks of the loss equals the reference
 loss over the global batch; a rank's feature gradients equal ``W ×`` the reference
 gradients of its rows; the mean over ranks of the ``logit_scale`` / ``logit_bias``
 gradients equals the reference's. The reference runs in fp64 on the CPU over every

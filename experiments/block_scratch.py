@@ -6,7 +6,7 @@ no tiling), of the reductions they use, and of a bf16 matmul, under both tracker
 fp32 block (``b·n·4`` bytes): where the allocator peak passes the live peak, an operator
 keeps scratch the live tracker cannot see.
 
-Usage: ``python -m benchmarks.block_scratch``; the kept output is in
+Usage: ``python -m experiments.block_scratch``; the kept output is in
 ``docs/allocator-peak.md``.
 """
 

@@ -6,7 +6,7 @@ method the number of points, the ``(model − allocator) / allocator`` largest i
 and the largest ``(live − allocator)`` and ``(allocator − live)`` gaps in bytes, as a
 Markdown table. Rank 0's numbers (every rank holds the same).
 
-Usage: ``python -m benchmarks.allocator_table`` (about two minutes on 2 vCPUs); the kept
+Usage: ``python -m experiments.allocator_table`` (about two minutes on 2 vCPUs); the kept
 output is in ``docs/allocator-peak.md``.
 """
 

@@ -1,7 +1,7 @@
 """The rank side of the peer benchmark: every contender on the same inputs, interleaved.
 
 :func:`peers_rank` is the ``fn`` given to ``profiling.launch``; on each rank of a gloo
-(or NCCL) process group it runs, for every contender of ``benchmarks.open_clip_peers``:
+(or NCCL) process group it runs, for every contender of ``experiments.open_clip_peers``:
 
 * inputs: ``profiling.measure.make_inputs`` of a registered method of the same kind
   (same seed, so all sigmoid contenders see identical tensors, all softmax ones too);
@@ -18,7 +18,7 @@
   bytes, check) runs inside ``torch.autocast`` of that dtype, as open_clip's
   ``--precision amp`` runs its loss;
 * bytes: one untimed step counted twice: ``profiling.comm`` for ours,
-  ``benchmarks.dist_counter`` (wrapped ``torch.distributed``) for open_clip's, both in
+  ``experiments.dist_counter`` (wrapped ``torch.distributed``) for open_clip's, both in
   ``profiling.comm``'s ring convention; and, as a cross-check for both, the collectives
   ``torch.profiler`` recorded (``profiling.traffic.profiler_bytes``);
 * check: loss and gradients against ``profiling.losses.reference_loss`` on the global
@@ -35,9 +35,9 @@ import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks import dist_counter
-from benchmarks.open_clip_peers import CONTENDER_NAMES, Contender, contender
-from benchmarks.reference_check import RankResult, reference_errors
+from experiments import dist_counter
+from experiments.open_clip_peers import CONTENDER_NAMES, Contender, contender
+from experiments.reference_check import RankResult, reference_errors
 from profiling import comm, traffic
 from profiling.losses.registry import TORCH_DTYPES
 from profiling.measure import (
@@ -57,7 +57,7 @@ KIND_METHOD = {"sigmoid": "sigmoid-ring", "softmax": "softmax-ring"}
 
 @dataclass(kw_only=True, slots=True)
 class PeerConfig:
-    """One world size of the peer benchmark (``python -m benchmarks.peers --help``)."""
+    """One world size of the peer benchmark (``python -m experiments.peers --help``)."""
 
     world: int
     """W, ranks (gloo processes on CPU; NCCL, one GPU per rank, on CUDA)."""
@@ -127,7 +127,7 @@ def _bytes_step(c: Contender, loss, inputs: StepInputs, world: int) -> dict:
         "comm_ops": {
             k: {n: v for n, v in s.items() if n != "exposed_s"} for k, s in rec.as_dict().items()
         },
-        "byte_counter": "profiling.comm" if c.side == "ours" else "benchmarks.dist_counter",
+        "byte_counter": "profiling.comm" if c.side == "ours" else "experiments.dist_counter",
         "profiler_bytes": theirs or None,
         "profiler_agrees": (len(diffs) == len(unsized)) if theirs else None,
         "profiler_note": "; ".join(diffs) or (None if theirs else "no collectives recorded"),

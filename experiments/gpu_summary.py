@@ -1,4 +1,4 @@
-"""The closing summary of ``benchmarks.gpu_check``: two tables as plain text.
+"""The closing summary of ``experiments.gpu_check``: two tables as plain text.
 
 Read back from the files the check wrote (results and correctness JSON lines), so the
 summary shows exactly what was recorded. Uses rich when it is installed, plain columns

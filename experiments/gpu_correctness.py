@@ -12,14 +12,14 @@
   reference (rank 0's are the device's).
 
 Each result is one dict: method, world, where, max relative error, PASS/FAIL
-(tolerances of ``benchmarks.reference_check``).
+(tolerances of ``experiments.reference_check``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from benchmarks.reference_check import RankResult, reference_errors
+from experiments.reference_check import RankResult, reference_errors
 from profiling import comm
 from profiling.emulate import ThreadTransport, run_exact
 from profiling.losses import build_loss, get_method

@@ -1,0 +1,474 @@
+"""The one-GPU check: every method, NCCL at W = 1 and emulated W up to what memory allows.
+
+Run once on a machine with one GPU, from the repository root, within 8 minutes::
+
+    sigsim gpu-check --out /some/folder                   # default folder: $OUT
+
+and, to try the whole path here on the CPU in about a minute (gloo, tiny sizes)::
+
+    sigsim gpu-check --cpu --out runs/gpu_check_cpu
+
+Three parts, in this order, in one worker process holding a real one-rank process group
+(NCCL on the GPU, gloo with ``--cpu``; started by ``profiling.launch``, which kills it at
+the deadline):
+
+1. **correctness** (``experiments.gpu_correctness``), fp32, small ``b, d``: every method
+   at W = 1 in the process group, and at an emulated small W (rank 0 on the device, its
+   peers as CPU threads), loss and gradients against ``reference_loss``; PASS/FAIL each.
+2. **single rank**: every method × dtype at W = 1 through ``profiling.measure``
+   (CUDA-event times, allocator peak, NVML used memory when NVML is present, live-tensor
+   peak, RSS, torch.profiler byte cross-check).
+3. **targets**: the speed issue's GPU points: every method inside bf16 autocast (fp32
+   features, as open_clip's ``--precision amp``), ``b = 16,384``, ``d = 768``, at W = 1
+   and emulated W = 8, 64 (``--target-batch``, ``--target-worlds``); a method that runs
+   out of memory is a result (``oom``).
+4. **emulated**: every method × dtype (and × ``--autocast``, fp32 features) at each W of
+   ``--worlds`` with stand-in peers (``profiling.emulate``), ascending W, so a point
+   that runs out of memory is recorded as ``oom`` and the larger W still run for the
+   methods that fit.
+
+Single-rank points run every dtype and autocast variant too. After the worker, every
+record is validated against the closest bundled GPU profile (``simulator.validate``:
+bytes, allocator peak, step time; ``gpu_validation.txt``), the model's error table the
+memory and simulator issues ask the GPU for.
+
+Budget: a global deadline ``--budget-s`` after the process started (default 440 s,
+under the 8-minute limit); parts 1, 2 and 3 end at 15%, 40% and 60% of it. A point is started
+only if its estimate (the same method's last wall time, scaled by W) ends before its
+part's deadline; otherwise, and for every point left when the deadline passes, the
+record says so: status ``timeout`` (the schema's status for "not measured in time"),
+``"skipped": true`` and the reason. A point killed at the deadline is ``timeout``.
+
+Output in ``--out`` (default ``$OUT``): ``gpu_results.jsonl`` (one record per point, the
+grid's schema, ``docs/results-schema.md``, plus ``"part"``), ``gpu_correctness.jsonl``,
+``gpu_log.txt``, ``gpu_summary.txt`` (the table printed at the end) and
+``gpu_validation.txt``. Files of an earlier run in the same folder are replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import torch
+
+from experiments import gpu_correctness
+from experiments.gpu_summary import summary_text
+from experiments.verbs import add_gpu_check_arguments
+from profiling import results, traffic
+from profiling.emulate import emulate_point
+from profiling.launch import ConfigError, classify_failure, launch, visible_gpus
+from profiling.losses import METHODS
+from profiling.measure import (
+    DistGroup,
+    PointConfig,
+    measure_point,
+    rank_device,
+    validate_point,
+)
+
+RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION = (
+    "gpu_results.jsonl",
+    "gpu_correctness.jsonl",
+    "gpu_log.txt",
+    "gpu_summary.txt",
+    "gpu_validation.txt",
+)
+WORKER_MARGIN_S = 15.0
+"""The worker stops starting points this long before the deadline (parent's wrap-up)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckPlan:
+    """What the check runs; :meth:`cpu_smoke` is the tiny CPU version."""
+
+    out_dir: str
+    device: str = "cuda"
+    batch: int = 1024
+    """b of the measured points (single rank and emulated)."""
+    dim: int = 768
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    autocast: tuple[str, ...] = ("bf16",)
+    """Autocast dtypes run beside ``dtypes`` (fp32 features inside ``torch.autocast``)."""
+    worlds: tuple[int, ...] = (8, 64, 512, 4096)
+    """Emulated W (stand-in peers), ascending."""
+    target_batch: int = 16384
+    target_dim: int = 768
+    target_worlds: tuple[int, ...] = (1, 8, 64)
+    """The speed issue's GPU points (bf16 autocast): W = 1 real, larger W emulated."""
+    steps: int = 5
+    warmup: int = 2
+    large_world: int = 512
+    """Above this W: 3 timed steps and 1 warm-up (each step is W−1 ring rounds)."""
+    check_world: int = 4
+    check_batch: int = 64
+    check_dim: int = 128
+    budget_s: float = 440.0
+    """Seconds from process start to the global deadline."""
+    started_epoch_s: float = 0.0
+
+    @classmethod
+    def cpu_smoke(cls, out_dir: str, budget_s: float = 240.0) -> CheckPlan:
+        return cls(
+            out_dir=out_dir,
+            device="cpu",
+            batch=16,
+            dim=32,
+            worlds=(2, 8, 64),
+            target_batch=24,
+            target_dim=16,
+            target_worlds=(1, 4),
+            steps=2,
+            warmup=1,
+            large_world=8,
+            check_world=3,
+            check_batch=8,
+            check_dim=16,
+            budget_s=budget_s,
+        )
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device == "cuda" else "gloo"
+
+    @property
+    def deadline(self) -> float:
+        return self.started_epoch_s + self.budget_s
+
+    def part_deadline(self, part: str) -> float:
+        share = {"correctness": 0.15, "single": 0.40, "targets": 0.60, "emulated": 1.0}[part]
+        return min(self.started_epoch_s + share * self.budget_s, self.deadline - WORKER_MARGIN_S)
+
+    def path(self, name: str) -> Path:
+        return Path(self.out_dir) / name
+
+
+def precisions(plan: CheckPlan) -> list[tuple[str, str | None]]:
+    """(feature dtype, autocast dtype) of the measured points: each dtype, then fp32
+    features inside each autocast dtype."""
+    return [(dt, None) for dt in plan.dtypes] + [("fp32", a) for a in plan.autocast]
+
+
+def planned_points(plan: CheckPlan) -> list[tuple[str, PointConfig]]:
+    """Every measured point, in run order: (part, config)."""
+    common = dict(batch=plan.batch, dim=plan.dim, device=plan.device, pg_timeout_s=60.0)
+    points = [
+        (
+            "single",
+            PointConfig(
+                method=m,
+                world=1,
+                dtype=dt,
+                autocast=amp,
+                steps=plan.steps,
+                warmup=plan.warmup,
+                **common,
+            ),
+        )
+        for dt, amp in precisions(plan)
+        for m in METHODS
+    ]
+    for world in plan.target_worlds:
+        for m in METHODS:
+            config = PointConfig(
+                method=m,
+                world=world,
+                batch=plan.target_batch,
+                dim=plan.target_dim,
+                dtype="fp32",
+                autocast="bf16",
+                device=plan.device,
+                emulate=None if world == 1 else "stand-in",
+                steps=3,
+                warmup=1,
+                pg_timeout_s=60.0,
+            )
+            points.append(("targets", config))
+    for world in plan.worlds:
+        large = world > plan.large_world
+        for dt, amp in precisions(plan):
+            for m in METHODS:
+                config = PointConfig(
+                    method=m,
+                    world=world,
+                    dtype=dt,
+                    autocast=amp,
+                    emulate="stand-in",
+                    steps=3 if large else plan.steps,
+                    warmup=1 if large else plan.warmup,
+                    **common,
+                )
+                points.append(("emulated", config))
+    return points
+
+
+class Log:
+    """Lines to stdout and to ``gpu_log.txt``, stamped with seconds since process start."""
+
+    def __init__(self, plan: CheckPlan):
+        self.path, self.start = plan.path(LOG), plan.started_epoch_s
+
+    def __call__(self, message: str) -> None:
+        line = f"[{time.time() - self.start:6.1f} s] {message}"
+        print(line, flush=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+def _free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _skipped(config: PointConfig, part: str, reason: str, env: dict) -> dict:
+    record = results.make_record(config.as_dict(), "timeout", f"skipped: {reason}", None, env)
+    record.update(part=part, skipped=True)
+    return record
+
+
+def _run_correctness(plan: CheckPlan, device, log: Log) -> None:
+    deadline = plan.part_deadline("correctness")
+    for method in METHODS:
+        for world in (1, plan.check_world):
+            config = PointConfig(
+                method=method, world=world, batch=plan.check_batch, dim=plan.check_dim, seed=3
+            )
+            if time.time() > deadline:
+                outcome = {"method": method, "world": world, "passed": None, "skipped": True}
+                log(f"correctness {method} W={world}: SKIPPED (part deadline)")
+            else:
+                try:
+                    check = (
+                        gpu_correctness.check_single_rank
+                        if world == 1
+                        else gpu_correctness.check_emulated
+                    )
+                    outcome = check(config, device)
+                    verdict = "PASS" if outcome["passed"] else "FAIL"
+                    log(
+                        f"correctness {method} W={world} ({outcome['where']}): {verdict} "
+                        f"max rel error {outcome['max_rel_error']:.1e} (tol {outcome['tolerance']:g})"
+                    )
+                except Exception as exc:
+                    outcome = {
+                        "method": method,
+                        "world": world,
+                        "passed": False,
+                        "error": _one_line(exc),
+                    }
+                    log(f"correctness {method} W={world}: FAIL {_one_line(exc)}")
+                    log(traceback.format_exc())
+                    _free(device)
+            with open(plan.path(CORRECTNESS), "a", encoding="utf-8") as f:
+                f.write(json.dumps(outcome) + "\n")
+
+
+def _measure(part: str, config: PointConfig, device) -> dict:
+    if config.emulate is None:
+        return measure_point(config, DistGroup(device), traffic.RecordingTransport(), device)
+    return emulate_point(config, device)
+
+
+def _estimate_s(walls: dict, part: str, config: PointConfig) -> float:
+    """The same method and dtype's last wall time in this part, scaled by W."""
+    last = walls.get((part, config.method, config.dtype, config.autocast))
+    if last is None:
+        return 0.0
+    seconds, world = last
+    return seconds * max(1.0, config.world / world)
+
+
+def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
+    """``profiling.launch`` entry (one rank): the four parts; records go to disk as they end."""
+    tuples = ("dtypes", "autocast", "worlds", "target_worlds")
+    plan = CheckPlan(**{**plan_dict, **{k: tuple(plan_dict[k]) for k in tuples}})
+    log = Log(plan)
+    device = rank_device(
+        PointConfig(method=METHODS[0], world=1, batch=1, dim=1, device=plan.device)
+    )
+    env = results.environment(plan.backend, plan.device)
+    log(f"worker: {env['device_name']}, torch {env['torch']}, {plan.backend} {env['nccl'] or ''}")
+    if device.type == "cuda":
+        try:  # reported, not changed: fp32 points use whatever matmul precision is default
+            tf32 = torch.get_float32_matmul_precision()
+        except Exception as exc:
+            tf32 = f"unknown ({_one_line(exc)})"
+        log(
+            f"NVML used bytes now: {traffic.nvml_used_bytes(device)} (None: no NVML); fp32 matmul precision: {tf32}"
+        )
+    _run_correctness(plan, device, log)
+
+    walls: dict = {}
+    failed_world: dict = {}  # (method, dtype) -> W that ran out of memory
+    for part, config in planned_points(plan):
+        deadline = plan.part_deadline(part)
+        variant = (config.method, config.dtype, config.autocast, config.batch)
+        amp = f" autocast {config.autocast}" if config.autocast else ""
+        label = f"{part} {config.method} W={config.world} b={config.batch} {config.dtype}{amp}"
+        oom_at = failed_world.get(variant)
+        if oom_at is not None and config.world > oom_at:
+            record = results.make_record(
+                config.as_dict(), "oom", f"not run: out of memory already at W={oom_at}", None, env
+            )
+            record["part"] = part
+            results.append_record(plan.path(RESULTS), record)
+            log(f"{label}: oom (skipped, smaller W={oom_at} ran out of memory)")
+            continue
+        estimate = _estimate_s(walls, part, config)
+        if time.time() + estimate > deadline:
+            why = f"estimated {estimate:.0f} s would end after the {part} part's deadline"
+            results.append_record(plan.path(RESULTS), _skipped(config, part, why, env))
+            log(f"{label}: skipped ({why})")
+            continue
+        start = time.time()
+        status, message, measured = "ok", None, None
+        try:
+            validate_point(config)
+            measured = _measure(part, config, device)
+        except ConfigError as exc:
+            status, message = "error", f"refused: {exc}"
+        except Exception as exc:
+            status, message = classify_failure(exc), _one_line(exc)
+            if status != "oom":
+                log(traceback.format_exc())
+        wall = time.time() - start
+        _free(device)
+        if status == "oom":
+            failed_world[variant] = config.world
+        walls[(part, config.method, config.dtype, config.autocast)] = (wall, config.world)
+        record = results.make_record(config.as_dict(), status, message, measured, env, wall_s=wall)
+        record["part"] = part
+        results.append_record(plan.path(RESULTS), record)
+        step = (measured or {}).get("step_time_s") or {}
+        median = f"{step['median'] * 1e3:.2f} ms" if step else ""
+        log(f"{label}: {status} {median} ({wall:.1f} s) {message or ''}")
+    return 0
+
+
+def _fill_missing(plan: CheckPlan, outcome, env: dict, log: Log) -> None:
+    """Points without a record after the worker ended: the first was running, the rest never ran."""
+    done = {r.get("key") for r in results.read_records(plan.path(RESULTS))}
+    missing = [
+        (p, c) for p, c in planned_points(plan) if results.point_key(c.as_dict()) not in done
+    ]
+    for index, (part, config) in enumerate(missing):
+        if index == 0 and outcome.status != "ok":
+            status = outcome.status if outcome.status in results.STATUSES else "error"
+            message = f"worker ended while this point ran: {outcome.message}"
+            record = results.make_record(config.as_dict(), status, message, None, env)
+            record["part"] = part
+        else:
+            record = _skipped(config, part, f"the worker ended ({outcome.status})", env)
+        results.append_record(plan.path(RESULTS), record)
+    if missing:
+        log(
+            f"{len(missing)} planned points had no record; recorded ({outcome.status}: {outcome.message})"
+        )
+
+
+def validation_profile(plan: CheckPlan) -> str:
+    """The bundled profile the records are validated against: the closest GPU's
+    (an H200 or H100: ``h100-sxm``; an A100: ``a100-sxm-80gb``), or this CPU's own."""
+    if plan.device != "cuda":  # the CPU dry run exercises the same path on a GPU profile;
+        return "h100-sxm"  # its memory rows then differ by design (half operands, CUDA tile)
+    name = torch.cuda.get_device_name(0).lower()
+    return "a100-sxm-80gb" if "a100" in name else "h100-sxm"
+
+
+def write_validation(plan: CheckPlan, log: Log) -> None:
+    """``simulator.validate`` over every record, into ``gpu_validation.txt``."""
+    from rich.console import Console
+
+    from simulator.validate import validate
+
+    profile = validation_profile(plan)
+    with open(plan.path(VALIDATION), "w", encoding="utf-8") as handle:
+        console = Console(file=handle, width=160)
+        console.print(f"records of {plan.path(RESULTS)} against the {profile} profile")
+        try:
+            summary = validate([plan.path(RESULTS)], profile, console)
+        except Exception as exc:  # the measurements are kept whatever happens here
+            console.print(f"validation failed: {_one_line(exc)}")
+            log(f"validation failed: {_one_line(exc)}")
+            return
+    log(f"validation: {summary['points_compared']} points against {profile}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sigsim gpu-check", description=__doc__.split("\n")[0])
+    add_gpu_check_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def make_plan(args) -> CheckPlan:
+    out = args.out or "runs/gpu_check"
+    plan = CheckPlan.cpu_smoke(out) if args.cpu else CheckPlan(out_dir=out)
+    for name in ("budget_s", "batch", "dim"):
+        if getattr(args, name) is not None:
+            setattr(plan, name, getattr(args, name))
+    if args.worlds:
+        plan.worlds = tuple(sorted(args.worlds))
+    if args.autocast is not None:
+        plan.autocast = tuple(args.autocast)
+    if args.target_batch is not None:
+        plan.target_batch = args.target_batch
+    if args.target_worlds:
+        plan.target_worlds = tuple(sorted(args.target_worlds))
+    plan.started_epoch_s = psutil.Process().create_time()
+    return plan
+
+
+def main(argv=None) -> int:
+    plan = make_plan(parse_args(argv))
+    if plan.device == "cuda" and visible_gpus() == 0:
+        print("error: no GPU is visible; use --cpu for the tiny CPU run", file=sys.stderr)
+        return 2
+    if min(plan.batch, plan.dim, *plan.worlds) < 1 or plan.budget_s <= WORKER_MARGIN_S:
+        print(
+            "error: batch, dim and worlds must be >= 1 and the budget above 15 s", file=sys.stderr
+        )
+        return 2
+    Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
+    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION):
+        plan.path(name).unlink(missing_ok=True)
+    log = Log(plan)
+    log(f"plan: {json.dumps(asdict(plan))}")
+    log(
+        f"{len(planned_points(plan))} measured points planned; deadline in {plan.deadline - time.time():.0f} s"
+    )
+    outcome = launch(
+        gpu_worker,
+        (asdict(plan),),
+        world=1,
+        backend=plan.backend,
+        timeout_s=max(1.0, plan.deadline - time.time() - 5.0),
+        pg_timeout_s=60.0,
+    )
+    log(f"worker: {outcome.status} after {outcome.wall_s:.0f} s {outcome.message or ''}")
+    _fill_missing(plan, outcome, results.environment(plan.backend, plan.device), log)
+    text = summary_text(plan.path(RESULTS), plan.path(CORRECTNESS))
+    print(text)
+    plan.path(SUMMARY).write_text(text + "\n", encoding="utf-8")
+    write_validation(plan, log)
+    log(f"done; files in {plan.out_dir}")
+    lines = (
+        plan.path(CORRECTNESS).read_text().splitlines() if plan.path(CORRECTNESS).exists() else []
+    )
+    correct = [json.loads(line) for line in lines if line.strip()]
+    return 0 if outcome.status == "ok" and correct and all(c.get("passed") for c in correct) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,339 @@
+"""Our losses against open_clip's, side by side: step time, peak memory, bytes, and ratios.
+
+Run (a few minutes on a 2-core machine)::
+
+    sigsim peers --world 4 8 --batch 512 --dim 512 --out runs/peers.jsonl
+    sigsim peers --world 4 8 --autocast bf16 --out runs/peers-amp.jsonl
+
+For each W, one process group (gloo on CPU; NCCL with ``--device cuda``, one GPU per rank)
+runs every contender of ``experiments.open_clip_peers`` on the same inputs, interleaved
+(``experiments.peer_worker`` describes the method; ``--autocast`` runs both sides inside
+``torch.autocast``, as open_clip's ``--precision amp`` does). Printed per W: a table
+(median step time, allocator and live-tensor peaks, bytes sent per rank, reference
+check) and the ratios ours / best open_clip, with issue 13's targets (:func:`target`):
+
+* sigmoid: the better of ``sigmoid-ring`` and ``sigmoid-ring-bidir`` against the best of
+  open_clip's ``SigLipLoss`` bidir / shift / gather, for each metric separately;
+* softmax: ``softmax-ring`` against ``ClipLoss(local_loss=True, gather_with_grad=True)``.
+
+Results: one JSON line per (W, contender) in the results schema (``docs/results-schema.md``;
+``config.method`` is the contender, ``config.benchmark`` is ``"peers"``), then one line
+per W with ``"type": "peer_ratios"``. Bytes follow ``profiling.comm``'s ring convention for
+both sides. open-clip-torch must be installed (``--no-deps``); without it the benchmark
+prints the pip command and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from experiments.open_clip_peers import (
+    CONTENDER_NAMES,
+    OpenClipMissing,
+    load_open_clip_loss,
+    open_clip_version,
+)
+from experiments.peer_worker import PeerConfig, peers_rank
+from experiments.verbs import add_peers_arguments
+from profiling import results
+from profiling.launch import ConfigError, launch, visible_gpus
+from profiling.losses.registry import TORCH_DTYPES
+
+MiB = 1024**2
+SIGMOID_OURS = ("sigmoid-ring", "sigmoid-ring-bidir")
+SIGMOID_OPEN_CLIP = ("open_clip:siglip-bidir", "open_clip:siglip-shift", "open_clip:siglip-gather")
+TIME_TARGETS = {  # (ours, autocast?) -> largest step-time ratio (issue 13, b = d = 512)
+    ("sigmoid ring", False): 0.85,
+    ("sigmoid ring", True): 0.75,
+    ("softmax-ring", False): 0.67,
+    ("softmax-ring", True): 0.55,
+}
+MEMORY_TARGETS = {4: 0.35, 8: 0.18}
+"""Largest allocator-peak ratio ours / open_clip per W (issue 13)."""
+
+
+def target_of(label_ours: str, metric_name: str, world: int, autocast: bool) -> float | None:
+    """Issue 13's largest ratio ours / open_clip for a metric, or None (no target)."""
+    if metric_name == "step_time_s":
+        return TIME_TARGETS.get((label_ours, autocast))
+    if metric_name == "peak_alloc_bytes":
+        return MEMORY_TARGETS.get(world)
+    return None
+
+
+COMPARISONS = (  # (label ours, contenders, label theirs, contenders)
+    ("sigmoid ring", SIGMOID_OURS, "open_clip SigLIP", SIGMOID_OPEN_CLIP),
+    ("softmax-ring", ("softmax-ring",), "open_clip ClipLoss local", ("open_clip:clip-local",)),
+)
+METRICS = ("step_time_s", "peak_alloc_bytes", "peak_live_bytes", "bytes_sent")
+
+
+def metric(measured: dict, name: str) -> float:
+    value = measured[name]
+    return value["median"] if isinstance(value, dict) else value
+
+
+def _time_views(ours: dict, theirs: dict, name: str) -> dict:
+    """Two noise-robust views of a time ratio: per-repetition pairs, and fastest vs fastest.
+
+    Each repetition runs every contender once, close together in time, so the median of
+    the per-repetition ratios cancels slow phases of a shared machine; min/min compares
+    the least disturbed steps.
+    """
+    a, b = ours.get("step_time_samples_s"), theirs.get("step_time_samples_s")
+    if name != "step_time_s" or not a or not b:
+        return {"paired_median_ratio": None, "min_ratio": None}
+    pairs = [x / y for x, y in zip(a, b, strict=True) if y > 0]
+    return {
+        "paired_median_ratio": statistics.median(pairs) if pairs else None,
+        "min_ratio": min(a) / min(b) if min(b) > 0 else None,
+    }
+
+
+def ratios(measured: dict[str, dict], world: int = 0, autocast: bool = False) -> list[dict]:
+    """Per comparison and metric: best of ours / best of theirs (lower is better)."""
+    rows = []
+    for label_ours, ours, label_theirs, theirs in COMPARISONS:
+        ours = [c for c in ours if c in measured]
+        theirs = [c for c in theirs if c in measured]
+        if not ours or not theirs:
+            continue
+        for name in METRICS:
+            if any(measured[c].get(name) is None for c in (*ours, *theirs)):
+                continue
+            best_ours = min(ours, key=lambda c: metric(measured[c], name))
+            best_theirs = min(theirs, key=lambda c: metric(measured[c], name))
+            a, b = metric(measured[best_ours], name), metric(measured[best_theirs], name)
+            target = target_of(label_ours, name, world, autocast)
+            ratio = a / b if b else None
+            rows.append(
+                {
+                    **_time_views(measured[best_ours], measured[best_theirs], name),
+                    "ours": label_ours,
+                    "theirs": label_theirs,
+                    "metric": name,
+                    "best_ours": best_ours,
+                    "best_theirs": best_theirs,
+                    "ours_value": a,
+                    "theirs_value": b,
+                    "ratio": ratio,
+                    "target_max_ratio": target,
+                    "target_met": None if target is None or ratio is None else ratio <= target,
+                }
+            )
+    return rows
+
+
+def validate(config: PeerConfig) -> None:
+    for name in ("world", "batch", "dim", "steps"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if config.autocast not in (None, "bf16", "fp16"):
+        raise ConfigError(f"autocast must be bf16 or fp16, got {config.autocast!r}")
+    if config.autocast and config.dtype != "fp32":
+        raise ConfigError("autocast runs fp32 features: leave --dtype at fp32")
+    if config.dtype not in TORCH_DTYPES:
+        raise ConfigError(f"unknown dtype {config.dtype!r}; known: {', '.join(TORCH_DTYPES)}")
+    if config.device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {config.device!r}")
+    if config.device == "cuda" and config.world > visible_gpus():
+        raise ConfigError(
+            f"NCCL runs one GPU per rank: W={config.world} exceeds {visible_gpus()} visible GPUs"
+        )
+    unknown = sorted(set(config.contenders) - set(CONTENDER_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown contender {unknown[0]!r}; known: {', '.join(CONTENDER_NAMES)}")
+
+
+def run_world(config: PeerConfig) -> tuple[list[dict], dict]:
+    """Launch one W; (one record per contender, the ratios line)."""
+    backend = "nccl" if config.device == "cuda" else "gloo"
+    env = results.environment(backend, config.device)
+    env["open_clip"] = open_clip_version()
+    outcome = launch(
+        peers_rank,
+        (config.as_dict(),),
+        world=config.world,
+        backend=backend,
+        timeout_s=config.timeout_s,
+        pg_timeout_s=config.pg_timeout_s,
+    )
+    measured_all = outcome.values[0] if outcome.status == "ok" else {}
+    records = []
+    for name in config.contenders:
+        point = {
+            "benchmark": "peers",
+            "method": name,
+            "world": config.world,
+            "batch": config.batch,
+            "dim": config.dim,
+            "dtype": config.dtype,
+            "autocast": config.autocast,
+            "backend": backend,
+            "device": config.device,
+            "emulate": None,
+            "steps": config.steps,
+            "warmup": config.warmup,
+            "seed": config.seed,
+            "contenders": list(config.contenders),
+        }
+        records.append(
+            results.make_record(
+                point,
+                outcome.status,
+                outcome.message,
+                measured_all.get(name),
+                env,
+                wall_s=outcome.wall_s,
+            )
+        )
+    summary = {
+        "schema": results.SCHEMA_VERSION,
+        "type": "peer_ratios",
+        "benchmark": "peers",
+        "world": config.world,
+        "batch": config.batch,
+        "dim": config.dim,
+        "dtype": config.dtype,
+        "autocast": config.autocast,
+        "backend": backend,
+        "status": outcome.status,
+        "ratios": ratios(measured_all, config.world, config.autocast is not None),
+        "byte_convention": "profiling.comm ring convention, per rank, forward + backward",
+        "command": " ".join(["sigsim peers", *config.extra.get("argv", [])]),
+        "env": env,
+    }
+    return records, summary
+
+
+def _fmt(value, scale=1.0, digits=2) -> str:
+    return "—" if value is None else f"{value / scale:,.{digits}f}"
+
+
+def print_world(console: Console, config: PeerConfig, records: list[dict], summary: dict) -> None:
+    title = (
+        f"W={config.world}  b={config.batch}  d={config.dim}  {config.dtype}  "
+        f"{'autocast ' + config.autocast + '  ' if config.autocast else ''}"
+        f"{summary['backend']}  ({summary['env']['device_name']}, {summary['env']['cpu_count']} cores)"
+    )
+    table = Table(title=title, title_justify="left")
+    for header in (
+        "method",
+        "step median (ms)",
+        "step p10–p90 (ms)",
+        "alloc peak (MiB)",
+        "live peak (MiB)",
+        "sent / rank (MiB)",
+        "ref check",
+    ):
+        table.add_column(header, justify="left" if header == "method" else "right")
+    for record in records:
+        m = record["measured"]
+        name = record["config"]["method"]
+        if m is None:
+            table.add_row(name, record["status"], "", "", "", "", record["message"] or "")
+            continue
+        step = m["step_time_s"]
+        check = m.get("check") or {}
+        worst = max(check.get("rel_errors", {}).values(), default=None)
+        verdict = "—" if not check else ("PASS" if check["passed"] else "FAIL")
+        table.add_row(
+            name,
+            _fmt(step["median"], 1e-3),
+            f"{step['p10'] * 1e3:,.1f}–{step['p90'] * 1e3:,.1f}",
+            _fmt(m.get("peak_alloc_bytes"), MiB),
+            _fmt(m["peak_live_bytes"], MiB),
+            _fmt(m["bytes_sent"], MiB, 3),
+            f"{verdict} {worst:.0e}" if worst is not None else verdict,
+        )
+    console.print(table)
+    ratio_table = Table(
+        title=f"W={config.world}: ours / open_clip (lower is better)", title_justify="left"
+    )
+    headers = ("ours (best)", "open_clip (best)", "metric", "ratio", "target")
+    for header in (*headers, "paired median", "min / min"):
+        ratio_table.add_column(header)
+    for row in summary["ratios"]:
+        target = row["target_max_ratio"]
+        verdict = (
+            "" if target is None else f"≤ {target:g}: {'met' if row['target_met'] else 'MISSED'}"
+        )
+        ratio_table.add_row(
+            f"{row['best_ours']}",
+            f"{row['best_theirs']}",
+            row["metric"],
+            _fmt(row["ratio"], 1, 3),
+            verdict,
+            _fmt(row["paired_median_ratio"], 1, 3),
+            _fmt(row["min_ratio"], 1, 3),
+        )
+    console.print(ratio_table)
+    console.print(
+        f"ratio = median ours / median open_clip (the target's definition); step time = max "
+        f"over ranks per step, {config.steps} interleaved repetitions. Bytes: "
+        f"{summary['byte_convention']}. Alloc peak: the allocator's peak above its level "
+        f"before one forward+backward, operator scratch included; live peak: bytes held "
+        f"by tensors the step creates (profiling.memory). Command: {summary['command']}"
+    )
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sigsim peers", description=__doc__.split("\n")[0])
+    add_peers_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    console = Console(width=None if sys.stdout.isatty() else 132)
+    try:
+        load_open_clip_loss()
+    except OpenClipMissing as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configs = [
+        PeerConfig(
+            world=world,
+            batch=args.batch,
+            dim=args.dim,
+            dtype=args.dtype,
+            autocast=args.autocast,
+            device=args.device,
+            steps=args.steps,
+            warmup=args.warmup,
+            seed=args.seed,
+            contenders=tuple(args.contenders or CONTENDER_NAMES),
+            check=not args.no_check,
+            timeout_s=args.timeout_s,
+            extra={"argv": sys.argv[1:] if argv is None else list(argv)},
+        )
+        for world in args.world
+    ]
+    try:
+        for config in configs:
+            validate(config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = False
+    for config in configs:
+        records, summary = run_world(config)
+        for line in [*records, summary]:
+            results.append_record(args.out, line)
+        print_world(console, config, records, summary)
+        failed |= summary["status"] != "ok"
+        failed |= any(
+            not (r["measured"] or {}).get("check", {}).get("passed", True) for r in records
+        )
+    console.print(f"records appended to {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
