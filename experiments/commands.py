@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -377,7 +378,7 @@ def cmd_maxbatch(args) -> int:
         console.print(table)
     if args.out:
         for path in plots.save(figure, Path(args.out), "maxbatch"):
-            console.print(f"written: {path}")
+            print(f"written: {path}", file=sys.stderr if getattr(args, "json", False) else None)
     else:
         plots.plt.close(figure)
     return 0

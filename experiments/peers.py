@@ -26,6 +26,7 @@ prints the pip command and exits.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 
@@ -326,12 +327,16 @@ def main(argv=None) -> int:
         records, summary = run_world(config)
         for line in [*records, summary]:
             results.append_record(args.out, line)
-        print_world(console, config, records, summary)
+        if args.json:  # the lines appended to --out, one JSON object each
+            for line in [*records, summary]:
+                print(json.dumps(line))
+        else:
+            print_world(console, config, records, summary)
         failed |= summary["status"] != "ok"
         failed |= any(
             not (r["measured"] or {}).get("check", {}).get("passed", True) for r in records
         )
-    console.print(f"records appended to {args.out}")
+    (Console(stderr=True) if args.json else console).print(f"records appended to {args.out}")
     return 1 if failed else 0
 
 

@@ -166,6 +166,9 @@ def add_peers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip the reference check")
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="per W")
     parser.add_argument("--out", type=Path, default=Path("runs/peers.jsonl"))
+    parser.add_argument(
+        "--json", action="store_true", help="print the records (JSON lines) instead of tables"
+    )
 
 
 def add_gpu_check_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,17 +2,11 @@
 
 import sys
 
-NEW = {"predict": "predict", "calibrate": "calibrate", "validate": "validate"}
-NEW["profiles"] = "profiles"
-
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    verb = NEW.get(argv[0], argv[0]) if argv else "--help"
-    print(
-        f"python -m simulator is now sigsim: run `sigsim {verb} ...` (sigsim --help lists verbs)",
-        file=sys.stderr,
-    )
+    verb = argv[0] if argv and not argv[0].startswith("-") else "--help"
+    print(f"python -m simulator is now sigsim: run `sigsim {verb} ...`", file=sys.stderr)
     return 2
 
 

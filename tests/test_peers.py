@@ -143,15 +143,17 @@ def test_benchmark_runs_end_to_end(tmp_path, capsys):
 @needs_open_clip
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_autocast_reaches_both_sides(tmp_path):
+def test_autocast_reaches_both_sides(tmp_path, capsys):
     """Under --autocast our texts travel in bf16 (half the payload bytes of fp32): the
-    autocast region reached our losses, not only open_clip's."""
+    autocast region reached our losses, not only open_clip's. With --json stdout holds
+    the lines appended to --out."""
     out = tmp_path / "peers.jsonl"
     argv = ["--world", "2", "--batch", "8", "--dim", "16", "--steps", "1", "--warmup", "1"]
     contenders = ["sigmoid-ring", "open_clip:siglip-shift"]
     assert peers.main([*argv, "--autocast", "bf16", "--contenders", *contenders,
-                       "--out", str(out)]) in (0, 1)  # fmt: skip
+                       "--out", str(out), "--json"]) in (0, 1)  # fmt: skip
     lines = [json.loads(s) for s in out.read_text().splitlines()]
+    assert [json.loads(s) for s in capsys.readouterr().out.splitlines()] == lines
     ours = next(r for r in lines if r.get("config", {}).get("method") == "sigmoid-ring")
     assert ours["config"]["autocast"] == "bf16"
     ops = ours["measured"]["comm_ops"]
