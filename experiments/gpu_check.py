@@ -48,8 +48,10 @@ grid's schema, ``docs/results-schema.md``, plus ``"part"``), ``gpu_correctness.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import os
 import sys
 import time
 import traceback
@@ -431,7 +433,8 @@ def make_plan(args) -> CheckPlan:
 
 
 def main(argv=None) -> int:
-    plan = make_plan(parse_args(argv))
+    args = parse_args(argv)
+    plan = make_plan(args)
     if plan.device == "cuda" and visible_gpus() == 0:
         print("error: no GPU is visible; use --cpu for the tiny CPU run", file=sys.stderr)
         return 2
@@ -443,6 +446,35 @@ def main(argv=None) -> int:
     Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
     for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION):
         plan.path(name).unlink(missing_ok=True)
+    with _stdout_to_stderr(args.json):  # under --json stdout carries only the JSON
+        correct, status = _check(plan)
+    if args.json:  # what the summary tables show, as data
+        records = results.read_records(plan.path(RESULTS))
+        print(
+            json.dumps({"out_dir": str(plan.out_dir), "correctness": correct, "records": records})
+        )
+    return status
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool):
+    """File descriptor 1 points at stderr while active (the worker process inherits it)."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _check(plan: CheckPlan) -> tuple[list[dict], int]:
+    """Run the check into ``plan.out_dir``; the correctness lines and the exit status."""
     log = Log(plan)
     log(f"plan: {json.dumps(asdict(plan))}")
     log(
@@ -467,7 +499,8 @@ def main(argv=None) -> int:
         plan.path(CORRECTNESS).read_text().splitlines() if plan.path(CORRECTNESS).exists() else []
     )
     correct = [json.loads(line) for line in lines if line.strip()]
-    return 0 if outcome.status == "ok" and correct and all(c.get("passed") for c in correct) else 1
+    passed = outcome.status == "ok" and correct and all(c.get("passed") for c in correct)
+    return correct, 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -192,6 +192,11 @@ def add_gpu_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target-worlds", type=int, nargs="+", help="W of the targets part (1 8 64)"
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print correctness and records as one JSON object (log and tables to stderr)",
+    )
 
 
 def add_parsers(sub, **common) -> None:

@@ -76,9 +76,10 @@ def test_short_budget_records_every_point_as_skipped(tmp_path):
     out = tmp_path / "out"
     # 16 s from process start: the correctness share (15%) and the single part (40%) are
     # spent during start-up, and the worker stops starting points 15 s before the end.
-    done = run_script(out, "--worlds", "2", "--budget-s", "16")
+    done = run_script(out, "--worlds", "2", "--budget-s", "16", "--json")
     assert done.returncode == 1  # nothing was checked: not a success
     records = results.read_records(out / gpu_check.RESULTS)
+    assert json.loads(done.stdout)["records"] == records  # --json: stdout is the data
     assert sorted(r["key"] for r in records) == sorted(planned(out, "--worlds", "2"))
     assert all(r["status"] == "timeout" and r["measured"] is None for r in records)
     # On a slow machine the parent may kill the worker first: then the point it was on
