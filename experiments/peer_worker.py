@@ -39,7 +39,7 @@ from experiments import dist_counter
 from experiments.open_clip_peers import CONTENDER_NAMES, Contender, contender
 from experiments.reference_check import RankResult, reference_errors
 from profiling import comm, traffic
-from profiling.losses.registry import TORCH_DTYPES
+from profiling.losses.precision import TORCH_DTYPES
 from profiling.measure import (
     PointConfig,
     StepInputs,

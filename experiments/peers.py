@@ -43,7 +43,7 @@ from experiments.peer_worker import PeerConfig, peers_rank
 from experiments.verbs import add_peers_arguments
 from profiling import results
 from profiling.launch import ConfigError, launch, visible_gpus
-from profiling.losses.registry import TORCH_DTYPES
+from profiling.losses.precision import TORCH_DTYPES
 
 MiB = 1024**2
 SIGMOID_OURS = ("sigmoid-ring", "sigmoid-ring-bidir")

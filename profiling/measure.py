@@ -47,7 +47,7 @@ import torch.distributed as dist
 
 from profiling import comm, cpu_allocator, host_allocator, traffic
 from profiling.losses import build_loss, get_method
-from profiling.losses.registry import TORCH_DTYPES
+from profiling.losses.precision import TORCH_DTYPES
 from profiling.memory import AllocatorTracker, LiveTensorTracker
 from profiling.point import EXACT_MAX_WORLD, PointConfig, parse_fault, validate_point
 

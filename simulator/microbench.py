@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from profiling.comm import TorchDistributedTransport
 from profiling.losses import blocks
-from profiling.losses.registry import TORCH_DTYPES
+from profiling.losses.precision import TORCH_DTYPES
 from profiling.measure import spread
 from simulator.model import STEP_STATISTIC
 
