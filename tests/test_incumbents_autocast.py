@@ -25,6 +25,11 @@ from tests.loss_cases import Case, run_cases
 from tests.spawn import run_world
 
 POINTS = ((24, 16), (64, 8), (8, 128))
+OUR_POINTS = ((48, 32), (64, 16), (16, 128))
+"""Ours at peaks of 30 KiB and more: 1% of them exceeds the ~150 bytes of small gloo
+buffers (the cross-rank check's and the upstream scalars' all-gathers) that a worker
+thread may still hold at the loss's peak; at b = 24, d = 16 (15 KiB) they tipped one CI
+run over 1% (14,748 B measured against 14,592 B)."""
 ONEDNN_POINT = (2, 24, 16)
 
 
@@ -54,7 +59,7 @@ def measured():
         Case(m, w, b, d, dtype="fp32", autocast="bf16")
         for m in METHODS
         for w in (2, 3)
-        for b, d in POINTS
+        for b, d in OUR_POINTS
     ]
     theirs = [
         IncumbentCase("openclip-clip-local", w, b, d, autocast="bf16")
