@@ -15,8 +15,9 @@ one-element tensor; sigmoid methods need ``logit_bias``, softmax methods refuse 
 The contract holds for any per-rank upstream gradient (per-rank loss weights, ``loss * 0``
 on a rank, uneven accumulation): rank ``r``'s feature gradients are ``Σ_q u_q ∂L_q/∂x_r``
 for upstream scalars ``u_q``. Half-precision features and ``torch.autocast`` follow one
-dtype policy (``precision``): features in the half type, block math in fp32, loss in
-fp32. Double backward (``create_graph=True``) is not supported and raises.
+dtype policy (``precision``): features travel in the half type, matmul operands are half
+on CUDA (fp32 on CPU unless ``SIGSIM_HALF_MATMUL=1``), elementwise math, accumulators and
+the loss are fp32. Double backward (``create_graph=True``) is not supported and raises.
 
 Importing this package imports nothing (PEP 562): the names below resolve on first use,
 so ``profiling.losses.registry`` and the ``*_cost`` modules load without torch;
