@@ -39,7 +39,7 @@ def _cases():
     seed = itertools.count(5000)
     cases = [Case(m, w, 32, 32, "fp32", seed=next(seed)) for m in METHODS for w in LADDER]
     for m, w, (b, d), dtype in itertools.product(
-        METHODS, (2, 3, 8), ((16, 64), (48, 16)), ("fp64", "fp32", "bf16")
+        METHODS, (1, 2, 3, 8), ((16, 64), (48, 16)), ("fp64", "fp32", "bf16")
     ):
         cases.append(Case(m, w, b, d, dtype, seed=next(seed)))
     for m in METHODS:

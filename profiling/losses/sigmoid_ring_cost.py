@@ -109,7 +109,6 @@ def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
     rounds = [shape.world - 1] if rounds is None else rounds
     grads, payload = b * d * c, b * d * s
     copies = operand_copies(shape) * b * d * m  # x (and the held texts) upcast
-    half = int(s < c)
     tile = shape.tile_side
     at_last_block, pools = pool_bytes(rounds, payload, grads, shape.overlap)
     computing_a_block = {
@@ -127,7 +126,11 @@ def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
         "dx, home dy": 2 * grads,
         "block-math copies": copies + int(m < c) * grads,
     }
-    backward = {"dx, home dy": 2 * grads, "input gradients": 2 * payload + half * grads}
+    # backward (one common upstream scalar): u·dy replaces dy, u·dx is made beside them,
+    # and both are converted to the caller's dtype when it is not the block-math one
+    caller = shape.input_bytes or s
+    converted = int(caller != c) * 2 * b * d * caller
+    backward = {"dx, home dy": 2 * grads, "input gradients": grads + converted}
     return peak_of(computing_a_block, end_of_ring, scale_gradient, backward)
 
 
