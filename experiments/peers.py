@@ -166,17 +166,20 @@ def run_world(config: PeerConfig) -> tuple[list[dict], dict]:
         pg_timeout_s=config.pg_timeout_s,
     )
     measured_all = outcome.values[0] if outcome.status == "ok" else {}
+    common = {
+        "benchmark": "peers",
+        "world": config.world,
+        "batch": config.batch,
+        "dim": config.dim,
+        "dtype": config.dtype,
+        "autocast": config.autocast,
+        "backend": backend,
+    }
     records = []
     for name in config.contenders:
         point = {
-            "benchmark": "peers",
+            **common,
             "method": name,
-            "world": config.world,
-            "batch": config.batch,
-            "dim": config.dim,
-            "dtype": config.dtype,
-            "autocast": config.autocast,
-            "backend": backend,
             "device": config.device,
             "emulate": None,
             "steps": config.steps,
@@ -197,13 +200,7 @@ def run_world(config: PeerConfig) -> tuple[list[dict], dict]:
     summary = {
         "schema": results.SCHEMA_VERSION,
         "type": "peer_ratios",
-        "benchmark": "peers",
-        "world": config.world,
-        "batch": config.batch,
-        "dim": config.dim,
-        "dtype": config.dtype,
-        "autocast": config.autocast,
-        "backend": backend,
+        **common,
         "status": outcome.status,
         "ratios": ratios(measured_all, config.world, config.autocast is not None),
         "byte_convention": "profiling.comm ring convention, per rank, forward + backward",
