@@ -36,7 +36,6 @@ record's ``host_allocator`` says what was set).
 from __future__ import annotations
 
 import math
-import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -239,9 +238,34 @@ def _timed_steps(config, group, transport, loss_module, inputs, device):
     return per_step, rec
 
 
-def _memory_views(loss_module, inputs, device, own_device: bool) -> dict:
+def reset_rss_peak() -> bool:
+    """Restart this process's resident-set high-water mark (``VmHWM``) from its resident
+    set now (``/proc/self/clear_refs``, "5"), so that a worker serving many points reports
+    each point's own peak; False where the kernel offers no such reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _rss_peak_bytes() -> int | None:
+    """``VmHWM`` of ``/proc/self/status`` in bytes (None where unreadable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _memory_views(loss_module, inputs, device, own_device: bool, rss_reset: bool) -> dict:
     """Peak memory of one untimed step: the allocator's and the live tensors' (both
-    trackers around the same forward + backward), then NVML and RSS after it."""
+    trackers around the same forward + backward), then NVML and RSS after it; the RSS
+    peak is the process's since ``rss_reset`` (None if it could not be reset)."""
     for leaf in inputs.leaves:  # last step's gradients go before the starting level
         leaf.grad = None
     with (
@@ -259,7 +283,7 @@ def _memory_views(loss_module, inputs, device, own_device: bool) -> dict:
         "nvml_used_bytes": traffic.nvml_used_bytes(device) if cuda else None,
         "loss": float(value.detach()),
         "rss_bytes": psutil.Process().memory_info().rss,
-        "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_peak_bytes": _rss_peak_bytes() if rss_reset else None,
     }
 
 
@@ -268,6 +292,7 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
 
     ``real_comm`` False (emulation): no byte cross-check, no replay, no overlap.
     """
+    rss_reset = reset_rss_peak()  # the RSS peak is this point's, whatever ran before
     loss_module = loss if loss is not None else build_loss(config.method, **config.loss_options())
     inputs = make_inputs(config, group.rank, device)
     # Thread ranks (exact emulation) share the process's allocator: no allocator view.
@@ -279,7 +304,7 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
             forward(loss_module, inputs).backward()
         _inject(config.fault, group.rank, device)
         per_step, rec = _timed_steps(config, group, transport, loss_module, inputs, device)
-        memory = _memory_views(loss_module, inputs, device, own_device)
+        memory = _memory_views(loss_module, inputs, device, own_device, rss_reset)
         if config.profile and real_comm:
             cross = traffic.cross_check(
                 lambda: forward(loss_module, inputs).backward(), transport, rec, group, device
