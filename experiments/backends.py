@@ -4,8 +4,9 @@ Everything the command line, plots and report need from the rest of the project 
 through these functions, so a renamed function elsewhere is fixed here only:
 
 * methods: :func:`method_names`, :func:`method_summary`, :func:`is_ring`, :func:`method_kind`;
-* measuring: :class:`Point` (one grid point) and :func:`run_points` (the profiler's grid
-  runner: append-only JSON lines, resume, fault records), :func:`load_records`;
+* measuring: :func:`run_points` (the profiler's grid runner over
+  :class:`profiling.point.PointConfig` s: append-only JSON lines, resume, fault records),
+  :func:`load_records`;
 * the model: :func:`predict`, :func:`hardware_names`, :func:`calibrate`,
   :func:`local_profile`, :func:`validate`.
 """
@@ -15,30 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Point:
-    """One data point of a sweep (the ``config`` of a result record, less run settings)."""
-
-    method: str
-    world: int
-    """W, ranks."""
-    batch: int
-    """b, examples per rank."""
-    dim: int
-    """d, embedding width in elements."""
-    dtype: str = "fp32"
-    overlap: bool = True
-    tile: int | None = None
-    """Ring block side in examples; None means b."""
-    emulated: bool = False
-    """True: one process plays rank 0 of a W-rank world."""
-
-    @property
-    def global_batch(self) -> int:
-        return self.world * self.batch
+if TYPE_CHECKING:
+    from profiling.point import PointConfig
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -92,84 +73,21 @@ def is_ring(name: str) -> bool:
 # --- measuring -----------------------------------------------------------------------
 
 
-EMULATION = "stand-in"
-"""How emulated points run: rank 0 alone, its peers' messages filled with stand-in data."""
-
-
-def point_config(
-    point: Point,
-    *,
-    steps: int,
-    warmup: int,
-    device: str,
-    timeout_s: float,
-    seed: int,
-    cross_check: bool,
-):
-    """The profiler's config of one point (``profiling.measure.PointConfig``)."""
-    from profiling.point import PointConfig
-
-    ring = is_ring(point.method)
-    return PointConfig(
-        method=point.method,
-        world=point.world,
-        batch=point.batch,
-        dim=point.dim,
-        dtype=point.dtype,
-        device=device,
-        emulate=EMULATION if point.emulated else None,
-        overlap=point.overlap if ring else None,
-        tile=point.tile if ring else None,
-        steps=steps,
-        warmup=warmup,
-        seed=seed,
-        profile=cross_check,
-        timeout_s=timeout_s,
-    )
-
-
-def run_points(
-    points: Sequence[Point],
-    results_path: Path,
-    *,
-    steps: int,
-    warmup: int,
-    device: str,
-    timeout_s: float,
-    seed: int,
-    cross_check: bool = True,
-) -> dict[str, int]:
+def run_points(points: Sequence[PointConfig], results_path: Path) -> dict[str, int]:
     """Run every point into ``results_path`` (JSON lines), each in its own process group,
     with the profiler's progress bar; points already there are skipped. Returns the count
     of records per status written now, plus ``skipped``."""
     from profiling import grid
 
-    configs = [
-        point_config(
-            p,
-            steps=steps,
-            warmup=warmup,
-            device=device,
-            timeout_s=timeout_s,
-            seed=seed,
-            cross_check=cross_check,
-        )
-        for p in points
-    ]
-    summary = grid.run_grid(configs, results_path, progress=True)
+    summary = grid.run_grid(list(points), results_path, progress=True)
     return {**dict(summary.statuses), "skipped": summary.skipped}
 
 
 def load_records(results_path: Path) -> list[dict]:
-    """Every record of a results file, in the order written (schema: docs/results-schema.md),
-    each config carrying ``emulated`` (bool) whatever the profiler named it."""
+    """Every record of a results file, in the order written (schema: docs/results-schema.md)."""
     from profiling import results
 
-    records = results.read_records(results_path)
-    for record in records:
-        config = record.get("config", {})
-        config.setdefault("emulated", bool(config.get("emulate")))
-    return records
+    return results.read_records(results_path)
 
 
 # --- the model -----------------------------------------------------------------------
@@ -283,7 +201,7 @@ def compare(records: Sequence[dict], hardware) -> tuple[list[Comparison], list[d
     records = latest(list(records))
     comparisons, summary = [], []
     for emulated in (False, True):
-        mine = [r for r in records if bool(r.get("config", {}).get("emulated")) == emulated]
+        mine = [r for r in records if bool(r.get("config", {}).get("emulate")) == emulated]
         if not mine:
             continue
         rows = validation.compare(mine, hardware)["rows"]

@@ -81,16 +81,7 @@ def measure(run: rundir.RunDir, config: sweep_config.SweepConfig) -> dict[str, i
     """Run the config's grid (real, then emulated ranks) into the run's results file."""
     points = config.grid() + config.emulated_grid()
     console.print(f"[bold]measuring {len(points)} points[/bold] (one process group each)")
-    counts = backends.run_points(
-        points,
-        run.results,
-        steps=config.steps,
-        warmup=config.warmup,
-        device=config.device,
-        timeout_s=config.timeout_s,
-        seed=config.seed,
-        cross_check=config.cross_check,
-    )
+    counts = backends.run_points(points, run.results)
     console.print("measured: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return counts
 

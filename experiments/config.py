@@ -1,223 +1,183 @@
-"""Sweep configs: the grid one ``sigsim run`` measures, as typed data loaded from TOML.
+"""Sweep configs: what one ``sigsim run`` measures and analyses, loaded from TOML.
 
-A config file is flat TOML; every key is a field of :class:`SweepConfig` (its docstring
-says what the key means and its unit). Lists are the grid axes; the grid is their
-product, minus the points a method does not use (overlap and tile only vary for ring
-methods). Example::
+A sweep is a grid file (``profiling.point``: a ``[point]`` table whose lists are the axes,
+optional ``[[points]]``) plus an optional ``[run]`` table of what only ``sigsim run``
+uses (:class:`SweepConfig`'s fields)::
 
-    name = "smoke"
-    methods = ["sigmoid-ring", "softmax-allgather"]
-    worlds = [1, 2]
-    batches = [8, 16]
-    dims = [16]
+    [run]
+    description = "Smoke test."
+    emulated_world = [16]     # also measure rank 0 of these W, one process each
 
-Anything wrong with a file raises :class:`ConfigError` whose message is one line naming
-the key and the allowed values; the command line prints it and exits with status 2.
+    [point]
+    method = ["sigmoid-ring", "softmax-allgather"]   # omitted: every method
+    world = [1, 2]
+    batch = [8, 16]
+    dim = 16
+
+Every point the profiler measures is a :class:`profiling.point.PointConfig`. Anything
+wrong with a file raises :class:`ConfigError` (``profiling.point``'s, the one class) whose
+message is one line naming the key; the older flat dialect (``worlds = [...]`` at the
+top) is refused with the key that replaced it. The command line prints it and exits 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
-import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from experiments import backends
 from profiling.losses.registry import DTYPES
+from profiling.point import (
+    OLD_KEYS,
+    ConfigError,
+    PointConfig,
+    old_key_message,
+    points_from_spec,
+)
 
-BACKENDS = ("gloo", "nccl")
-DEVICES = ("cpu", "cuda")
+__all__ = ["DTYPES", "ConfigError", "SweepConfig", "from_dict", "load", "resolve", "shipped"]
+
+EMULATION = "stand-in"
+"""How emulated points run: rank 0 alone, its peers' messages filled with stand-in data."""
+TABLES = ("run", "point", "points")
 
 
-class ConfigError(ValueError):
-    """A sweep config that cannot run; the message is one line naming the key."""
-
-
-@dataclass(kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SweepConfig:
-    """One sweep: the product of the list-valued fields, each point run ``steps`` times."""
+    """One sweep: the points of its ``[point]`` table, and the ``[run]`` settings."""
 
     name: str = "sweep"
     """Short name; the run directory is ``runs/<timestamp>-<name>``."""
     description: str = ""
     """One sentence on what the sweep shows (printed in the report)."""
-    methods: tuple[str, ...] = ()
-    """Registered loss methods to run; empty (the default) means every registered method."""
-    worlds: tuple[int, ...] = (1, 2, 4)
-    """World sizes W (ranks, one process each)."""
-    batches: tuple[int, ...] = (64,)
-    """Local batches b (examples per rank); the global batch is N = b·W."""
-    dims: tuple[int, ...] = (64,)
-    """Embedding widths d (elements)."""
-    dtypes: tuple[str, ...] = ("fp32",)
-    """Feature dtypes: fp64, fp32, bf16, fp16."""
-    overlap: tuple[bool, ...] = (True,)
-    """Ring methods: overlap each exchange with the previous block's compute (on / off)."""
-    tiles: tuple[int, ...] = (0,)
-    """Ring methods: largest block side computed at once, in examples; 0 means b (no tiling)."""
-    steps: int = 5
-    """Timed steps per point (forward + backward), after the warm-up."""
-    warmup: int = 2
-    """Untimed steps per point before timing starts."""
-    backend: str = "gloo"
-    """torch.distributed backend: gloo (CPU processes) or nccl (one GPU per rank)."""
-    device: str = "cpu"
-    """Device the ranks compute on: cpu or cuda."""
-    cross_check: bool = True
-    """Also count bytes with torch.profiler and replay the traffic alone (gives overlap %);
-    costs a few seconds per point."""
-    timeout_s: float = 120.0
-    """Seconds before a point that hangs is recorded as a timeout and the grid goes on."""
     max_global_batch: int = 0
     """Skip real-process points whose global batch N = b·W exceeds this (examples); 0 means
     no limit. Emulated points are not limited (one process holds one rank's memory)."""
-    emulated_worlds: tuple[int, ...] = ()
-    """World sizes measured by one process emulating rank 0 (per-rank memory at large W)."""
+    emulated_world: tuple[int, ...] = ()
+    """World sizes measured by one process emulating rank 0 (per-rank memory at large W):
+    every method × these W × the ``[point]`` batches, at the first value of its other axes."""
     hardware: str = ""
     """Hardware profile the model predicts with; empty means this machine's calibrated one."""
-    seed: int = 0
-    """Seed for the random features of every point."""
+    points: tuple[PointConfig, ...] = ()
+    """Every point of the ``[point]`` / ``[[points]]`` tables, in run order (before
+    ``max_global_batch``)."""
+    point: dict = dataclasses.field(default_factory=dict)
+    """The ``[point]`` table as written (the emulated points are built from it)."""
+
+    @property
+    def first(self) -> PointConfig:
+        return self.points[0]
+
+    @property
+    def device(self) -> str:
+        return self.first.device
+
+    @property
+    def backend(self) -> str:
+        return self.first.backend
 
     def resolved_methods(self) -> tuple[str, ...]:
-        return self.methods or backends.method_names()
+        """The methods measured, in run order."""
+        return tuple(dict.fromkeys(p.method for p in self.points))
 
-    def grid(self) -> list[backends.Point]:
-        """Every point of the sweep, in run order (small worlds and batches first)."""
-        points = []
-        tiles = tuple(t or None for t in self.tiles)
-        for world in sorted(self.worlds):
-            for batch in sorted(self.batches):
-                if self.max_global_batch and batch * world > self.max_global_batch:
-                    continue
-                for dim in self.dims:
-                    for dtype in self.dtypes:
-                        for method in self.resolved_methods():
-                            ring = backends.is_ring(method)
-                            for overlap in self.overlap if ring else (True,):
-                                for tile in tiles if ring else (None,):
-                                    points.append(
-                                        backends.Point(
-                                            method=method,
-                                            world=world,
-                                            batch=batch,
-                                            dim=dim,
-                                            dtype=dtype,
-                                            overlap=overlap,
-                                            tile=tile,
-                                        )
-                                    )
-        return points
+    def grid(self) -> list[PointConfig]:
+        """Every real-process point, in run order (small worlds and batches first)."""
+        limit = self.max_global_batch
+        return [p for p in self.points if not limit or p.global_batch <= limit]
 
-    def emulated_grid(self) -> list[backends.Point]:
-        """Emulated-rank points: every method × emulated W × local batch (first dim, dtype).
-
-        ``max_global_batch`` does not apply: one process holds one rank's memory."""
-        return [
-            backends.Point(
-                method=method,
-                world=world,
-                batch=batch,
-                dim=self.dims[0],
-                dtype=self.dtypes[0],
-                emulated=True,
-            )
-            for world in sorted(self.emulated_worlds)
-            for batch in sorted(self.batches)
-            for method in self.resolved_methods()
-        ]
+    def emulated_grid(self) -> list[PointConfig]:
+        """Emulated-rank points: every method × emulated W × batch, the other axes at their
+        first value. ``max_global_batch`` does not apply: one process holds one rank's
+        memory."""
+        if not self.emulated_world:
+            return []
+        first = {k: v[0] if isinstance(v, list) else v for k, v in self.point.items()}
+        table = first | {
+            "world": list(self.emulated_world),
+            "batch": sorted({p.batch for p in self.points}),
+            "method": list(self.resolved_methods()),
+            "emulate": EMULATION,
+        }
+        return points_from_spec({"point": table}, "[run] emulated_world")
 
     def to_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The run settings and the ``[point]`` table, flat (what the report quotes)."""
+        first = self.first
+        return {
+            "name": self.name,
+            "description": self.description,
+            "max_global_batch": self.max_global_batch,
+            "emulated_world": list(self.emulated_world),
+            "hardware": self.hardware,
+            **self.point,
+            "method": list(self.resolved_methods()),
+            "device": first.device,
+            "backend": first.backend,
+            "steps": first.steps,
+            "warmup": first.warmup,
+            "seed": first.seed,
+        }
 
 
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
+_RUN_FIELDS = {
+    f.name: f for f in dataclasses.fields(SweepConfig) if f.name not in ("points", "point")
+}
 
 
-_HINTS = typing.get_type_hints(SweepConfig)
-_FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
-
-
-_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-_PLURALS = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
-
-
-def _type_name(hint) -> str:
-    if typing.get_origin(hint) is tuple:
-        return "a list of " + _PLURALS[typing.get_args(hint)[0]]
-    return _NAMES[hint]
-
-
-def _check_scalar(key: str, value, hint, expected: str):
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-    return value
-
-
-def _coerce(key: str, value):
-    hint = _HINTS[key]
-    expected = _type_name(hint)
-    if typing.get_origin(hint) is tuple:
-        item = typing.get_args(hint)[0]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-        return tuple(_check_scalar(key, v, item, expected) for v in value)
-    return _check_scalar(key, value, hint, expected)
-
-
-def _check_choices(key: str, values, allowed) -> None:
-    for v in values:
-        if v not in allowed:
-            raise ConfigError(f"{key}: unknown value {v!r}; allowed: {', '.join(allowed)}")
-
-
-def _check_positive(key: str, values, minimum: int = 1) -> None:
-    for v in values:
-        if v < minimum:
-            raise ConfigError(f"{key}: {v!r} is below the minimum {minimum}")
+def _run_value(key: str, value):
+    if key in ("name", "description", "hardware"):
+        if not isinstance(value, str):
+            raise ConfigError(f"[run] {key}: expected a string, got {value!r}")
+        return value
+    if key == "max_global_batch":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"[run] {key}: expected an integer >= 0 (0: no limit), got {value!r}")
+        return value
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ConfigError(f"[run] {key}: expected integers >= 1, got {value!r}")
+    return tuple(sorted(values))
 
 
 def from_dict(data: dict) -> SweepConfig:
-    """Build and validate a config; raises :class:`ConfigError` with one line on any problem."""
-    unknown = [k for k in data if k not in _FIELDS]
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}; allowed keys: {', '.join(_FIELDS)}")
-    values = {key: _coerce(key, value) for key, value in data.items()}
-    config = SweepConfig(**values)
-    for axis in ("worlds", "batches", "dims", "dtypes", "overlap", "tiles"):
-        if not getattr(config, axis):
-            raise ConfigError(f"{axis}: empty list, so the grid is empty; give at least one value")
-    if "methods" in data and not config.methods:
-        raise ConfigError(
-            "methods: empty list, so the grid is empty; omit the key to run every method "
-            f"({', '.join(backends.method_names())})"
-        )
-    _check_choices("methods", config.methods, backends.method_names())
-    _check_choices("dtypes", config.dtypes, DTYPES)
-    _check_choices("backend", (config.backend,), BACKENDS)
-    _check_choices("device", (config.device,), DEVICES)
-    _check_positive("worlds", config.worlds)
-    _check_positive("batches", config.batches)
-    _check_positive("dims", config.dims)
-    _check_positive("tiles", config.tiles, minimum=0)
-    _check_positive("emulated_worlds", config.emulated_worlds)
-    _check_positive("steps", (config.steps,))
-    _check_positive("warmup", (config.warmup,), minimum=0)
-    _check_positive("max_global_batch", (config.max_global_batch,), minimum=0)
-    if config.timeout_s <= 0:
-        raise ConfigError(f"timeout_s: must be above 0 seconds, got {config.timeout_s!r}")
-    if config.backend == "nccl" and config.device != "cuda":
-        raise ConfigError("backend: nccl needs device = 'cuda'; allowed for cpu: gloo")
+    """Build and check a config from parsed TOML; one-line :class:`ConfigError` on any problem."""
+    for key in data:
+        if key in OLD_KEYS:
+            raise ConfigError(old_key_message(key))
+        if key in TABLES:
+            continue
+        if key in _RUN_FIELDS:
+            raise ConfigError(f"{key!r} at the top is the old spelling: write it under [run]")
+        if key in PointConfig.__dataclass_fields__:
+            raise ConfigError(f"{key!r} at the top is the old spelling: write it under [point]")
+        raise ConfigError(f"unknown table or key {key!r}; allowed tables: [run], [point]")
+    run = data.get("run", {})
+    for key in run:
+        if key in OLD_KEYS:
+            raise ConfigError(f"[run] {old_key_message(key)}")
+        if key not in _RUN_FIELDS:
+            if key in PointConfig.__dataclass_fields__:
+                raise ConfigError(f"[run] {key!r} is a point field: write it under [point]")
+            raise ConfigError(f"[run] unknown key {key!r}; known: {', '.join(_RUN_FIELDS)}")
+    values = {key: _run_value(key, value) for key, value in run.items()}
+    points = tuple(points_from_spec(data, "sweep"))
+    config = SweepConfig(**values, points=points, point=dict(data.get("point", {})))
+    if len({(p.device, p.backend) for p in points}) > 1:
+        raise ConfigError("[point] device: one device per sweep (the model is calibrated for one)")
     if config.hardware:
-        _check_choices("hardware", (config.hardware,), backends.hardware_names())
+        from experiments import backends
+
+        allowed = backends.hardware_names()
+        if config.hardware not in allowed:
+            raise ConfigError(
+                f"[run] hardware: unknown value {config.hardware!r}; allowed: {', '.join(allowed)}"
+            )
     if not config.grid():
         raise ConfigError(
-            f"max_global_batch: {config.max_global_batch} excludes every point, so the grid "
-            "is empty; raise it or set it to 0 (no limit)"
+            f"[run] max_global_batch: {config.max_global_batch} excludes every point, so the "
+            "grid is empty; raise it or set it to 0 (no limit)"
         )
     return config
 
@@ -225,14 +185,18 @@ def from_dict(data: dict) -> SweepConfig:
 def load(path: str | Path, *, name: str | None = None) -> SweepConfig:
     """Load a config file, or a shipped config by name (``"default"``, ``"smoke"``).
 
-    ``name`` is used when the file sets none (default: the file's stem)."""
+    ``name`` is used when the file's ``[run]`` sets none (default: the file's stem)."""
     path = resolve(path)
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path.name}: not valid TOML: {error}") from None
-    data.setdefault("name", name or path.stem)
+    run = data.get("run")
+    if isinstance(run, dict):
+        run.setdefault("name", name or path.stem)
+    elif run is None:
+        data = {"run": {"name": name or path.stem}, **data}
     try:
         return from_dict(data)
     except ConfigError as error:

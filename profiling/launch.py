@@ -51,6 +51,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from profiling import host_allocator
+from profiling.point import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -70,10 +71,6 @@ __all__ = [
 FAILURE_GRACE_S = 3.0
 """After the first rank fails, how long the parent waits for the others' reports."""
 _SECONDARY = ("closed by peer", "connection reset", "broken pipe", "connection refused")
-
-
-class ConfigError(ValueError):
-    """A configuration refused before launch; the message is one line naming the problem."""
 
 
 @dataclass(slots=True)

@@ -21,15 +21,18 @@ from simulator import hardware
 
 TINY = """\
 # Two methods, W = 1 and 2, one shape, plus emulated W = 4: the smallest useful sweep.
+[run]
 name = "tiny"
-methods = ["sigmoid-ring", "softmax-allgather"]
-worlds = [1, 2]
-batches = [8]
-dims = [16]
+emulated_world = [4]
+
+[point]
+method = ["sigmoid-ring", "softmax-allgather"]
+world = [1, 2]
+batch = 8
+dim = 16
 steps = 2
 warmup = 1
-emulated_worlds = [4]
-cross_check = false
+profile = false
 timeout_s = 120.0
 """
 

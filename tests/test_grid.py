@@ -22,31 +22,60 @@ def write_grid(path, body: str):
     return load_grid(path)
 
 
-def test_load_grid_sweep_and_points(tmp_path):
+def test_load_grid_point_table_and_points(tmp_path):
     points = write_grid(
         tmp_path / "g.toml",
         """
-[defaults]
+[point]
+method = ["sigmoid-ring", "softmax-allgather"]
+world = [4, 2]
 batch = 8
 dim = 16
-[sweep]
-method = ["sigmoid-ring", "softmax-ring"]
-world = [2, 4]
-[[points]]
-method = "sigmoid-allgather"
-world = 3
+overlap = false
 """,
     )
-    assert [(p.method, p.world) for p in points] == [
-        ("sigmoid-ring", 2),
-        ("sigmoid-ring", 4),
-        ("softmax-ring", 2),
-        ("softmax-ring", 4),
-        ("sigmoid-allgather", 3),
+    assert [(p.method, p.world, p.overlap) for p in points] == [
+        ("sigmoid-ring", 2, False),
+        ("softmax-allgather", 2, None),  # overlap only varies for the methods that take it
+        ("sigmoid-ring", 4, False),
+        ("softmax-allgather", 4, None),
     ]
     assert all(p.batch == 8 and p.dim == 16 for p in points)
-    with pytest.raises(ConfigError, match="unknown point field 'batchsize'"):
-        write_grid(tmp_path / "bad.toml", '[[points]]\nmethod = "x"\nbatchsize = 3\n')
+    extra = write_grid(
+        tmp_path / "e.toml",
+        "[point]\nbatch = 8\ndim = 16\n"
+        "[[points]]\nmethod = 'sigmoid-ring'\nworld = [2, 3]\n"
+        "[[points]]\nmethod = 'softmax-ring'\nworld = 4\ntile = 'b'\n",
+    )
+    assert [(p.method, p.world, p.batch, p.tile) for p in extra] == [
+        ("sigmoid-ring", 2, 8, None),
+        ("sigmoid-ring", 3, 8, None),
+        ("softmax-ring", 4, 8, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[point]\nmethod = 'sigmoid-ring'\nworld = 2\nbatchsize = 3\n", "unknown key 'batchsize'"),
+        (
+            "[defaults]\nbatch = 8\n",
+            r"\[defaults\] is the old spelling: write its keys under \[point\]",
+        ),
+        (
+            "[sweep]\nworld = [2]\n",
+            r"\[sweep\] is the old spelling: write its lists under \[point\]",
+        ),
+        ("[point]\nworlds = [2]\n", "'worlds' is the old spelling: write world"),
+        ("[points]\nworld = 2\n", "write \\[\\[points\\]\\]"),
+        ("[grid]\n", "unknown table 'grid'"),
+        ("", "no points"),
+    ],
+)
+def test_bad_grid_file_one_line(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        write_grid(tmp_path / "bad.toml", body)
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +104,7 @@ def test_refused_gpu_world_and_missing_dtype(monkeypatch):
             point.validate_point(
                 PointConfig(method="sigmoid-ring", world=2, device="cuda", **SMALL)
             )
-    monkeypatch.setattr(point, "_dtype_works", lambda dtype, device: dtype != torch.bfloat16)
+    monkeypatch.setattr(point, "_dtype_works", lambda name, device: name != "bf16")
     with pytest.raises(ConfigError, match="dtype bf16 is not supported on cpu"):
         point.validate_point(PointConfig(method="sigmoid-ring", world=2, dtype="bf16", **SMALL))
 
