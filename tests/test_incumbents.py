@@ -32,6 +32,7 @@ MEMORY_VALIDATED = (
     "openclip-siglip-bidir",
     "openclip-siglip-shift",
     "openclip-siglip-gather",
+    "openclip-siglip-reduce",
 ) + (("infcl-ring",) if HAVE_INF_CL else ())
 RUNNABLE = (
     "openclip-clip-local",

@@ -42,16 +42,17 @@ validated), per rank per step (``·s`` on every ``d``-wide and logit term):
   reduce-scatter (NCCL) backward, ``(W−1)·b·d·s``.
 * ``openclip-siglip-reduce``: ``W`` all-reduces of ``b·d·s`` (``text·(rank == i)``) with
   grad, each ``2(W−1)/W·b·d·s`` forward and again backward (exact); blocks and forward
-  memory as gather, and a backward moment ``(2W+4)bd + 3W·b²`` seen on rank 0 at
-  ``W`` = 2 and 4; at ``W = 3`` rank 0 frees earlier and peaks up to 10% lower: memory
-  **not validated** (an upper bound there).
+  memory as gather. ``torch.distributed.nn.all_reduce`` clones its input and reduces the
+  clone in place (forward and backward alike, on every backend), so no collective
+  buffer outlives its block: the backward peaks in the last block's logit matmul
+  backward, with every other block's saved tensors still alive, its ``b×b`` logit
+  gradient and the two ``b×d`` gradients it forms: ``(2W+3)bd + (3W+1)b²``, the same on
+  every rank (allocator peaks on gloo, W = 2..4).
 
-Validated on gloo (``tests/test_incumbents.py``): bytes of all six exactly; memory of
-clip-local, siglip-bidir, -shift, -gather within 2% (0.2% seen). On gloo and NCCL the
-bytes are equal in the
-ring convention; only the all-gather's backward memory differs (``Shape.device``: "cuda"
-means NCCL). Not modelled: gloo's all-gather fills a flat ``N×d`` buffer that its worker
-thread may hold well after the call returns on a busy host (then up to ``+N·d·s`` at
+Validated on gloo (``tests/test_incumbents.py``): bytes of all six exactly; memory of all
+six within 2% (0.2% seen). On gloo and NCCL the bytes are equal in the ring convention;
+only the all-gather's backward memory differs (``Shape.device``: "cuda" means NCCL).
+Not modelled: gloo's all-gather fills a flat ``N×d`` buffer that its worker thread may hold well after the call returns on a busy host (then up to ``+N·d·s`` at
 the peak; the test keeps the smallest of three runs).
 """
 
@@ -245,7 +246,8 @@ def _siglip_memory(impl: str):
         ]
         if impl == "reduce":
             moments.append(
-                {"t·x, texts, their gradients": (2 * w + 4) * bd, "b×b per block": 3 * w * bb}
+                {"t·x and texts per block, the first dx, dtext": (2 * w + 3) * bd}
+                | {"b×b per block but the first, its logit gradient": (3 * w + 1) * bb}
             )
         elif shape.device != "cuda":
             moments.append(
