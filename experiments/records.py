@@ -1,15 +1,20 @@
 """Result records (docs/results-schema.md) flattened into rows the plots and report read.
 
-The profiler writes one JSON line per data point, ok or not; a resumed grid may have
-written a point twice, and the last record of a key wins. :func:`rows` turns the
-successful ones into :class:`Row` s with units in their names; :func:`failures` lists
-the others so that the report shows them instead of hiding them.
+The records come from the one reader, ``profiling.results`` (:func:`read_records`,
+:func:`latest`: a resumed grid may have written a point twice, and the last record of a
+key wins). :func:`rows` turns the successful ones into :class:`Row` s, a flat view with
+units in their names; :func:`failures` lists the others so that the report shows them
+instead of hiding them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from profiling.results import latest, read_records
+
+__all__ = ["Row", "failures", "labels", "latest", "read_records", "row_of", "rows"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -24,6 +29,7 @@ class Row:
     overlap: bool
     tile: int | None
     emulated: bool
+    """True when one process played rank 0 (``config.emulate`` set)."""
     step_time_s: float
     step_time_p10_s: float
     step_time_p90_s: float
@@ -57,15 +63,6 @@ class Row:
         return " ".join(parts)
 
 
-def latest(records: list[dict]) -> list[dict]:
-    """One record per key (the last written), in first-seen order."""
-    by_key: dict[str, dict] = {}
-    for record in records:
-        key = record.get("key") or repr(sorted(record.get("config", {}).items()))
-        by_key[key] = record
-    return list(by_key.values())
-
-
 def _median(stats) -> float:
     if isinstance(stats, dict):
         return float(stats.get("median", math.nan))
@@ -91,7 +88,7 @@ def row_of(record: dict) -> Row:
         # None: the method's default (on for rings; all-gathers have no such option).
         overlap=config.get("overlap") is not False,
         tile=config.get("tile"),
-        emulated=bool(config.get("emulated") or config.get("emulate")),
+        emulated=bool(config.get("emulate")),
         step_time_s=_median(step),
         step_time_p10_s=_stat(step, "p10"),
         step_time_p90_s=_stat(step, "p90"),

@@ -1,5 +1,10 @@
 """Result records: append-only JSON lines, one per data point (``docs/results-schema.md``).
 
+The one place that writes and reads them. The schema's field names are defined here
+once (:data:`RECORD_FIELDS`, :data:`CONFIG_FIELDS` from :class:`profiling.point.PointConfig`,
+:data:`ENV_FIELDS`, :data:`TOPOLOGY_FIELDS`, :data:`MEASURED_FIELDS`); a test checks
+``docs/results-schema.md`` against them.
+
 * :func:`point_key`: a stable hash of the fields that define a measurement (not its
   timeouts), used to skip finished points when a grid is run again;
 * :func:`environment`: where it ran (host, versions, device, cores), without creating a
@@ -8,7 +13,10 @@
   which ring hops and communication operations crossed a node boundary;
 * :func:`make_record` / :func:`append_record`: one record, written as one line, flushed
   and fsynced before the next point starts, so a crash loses at most the point running;
-* :func:`read_records` / :func:`resume_state`: what a rerun skips. Finished means a
+* :func:`read_records` (one file or several, in the order written) and :func:`latest`
+  (the last record of each key: a resumed grid may write a point twice): what the
+  simulator's validation, the plots and the report read;
+* :func:`resume_state`: what a rerun skips. Finished means a
   record with status ``ok``, ``oom`` or ``error`` (errors are deterministic here: a rerun
   would fail the same way; ``retry_errors`` reruns them), or ``MAX_TIMEOUT_ATTEMPTS``
   timeouts (a timeout may be a busy machine, so it is retried once, the record of the
@@ -24,14 +32,90 @@ import os
 import platform
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
-import torch
+from profiling.point import POINT_FIELDS
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "error", "timeout")
 MAX_TIMEOUT_ATTEMPTS = 2
 _NOT_IN_KEY = ("timeout_s", "pg_timeout_s")
+
+RECORD_FIELDS = (
+    "schema",
+    "key",
+    "status",
+    "message",
+    "attempt",
+    "wall_s",
+    "config",
+    "env",
+    "topology",
+    "measured",
+)
+"""A record's top-level fields, in the order written."""
+CONFIG_FIELDS = (*POINT_FIELDS, "backend")
+"""``config``: the point's :class:`profiling.point.PointConfig` (``as_dict``)."""
+ENV_FIELDS = (
+    "host",
+    "time_utc",
+    "torch",
+    "python",
+    "backend",
+    "nccl",
+    "cuda",
+    "device_name",
+    "cpu_count",
+    "gpu_count",
+    "launcher",
+)
+"""``env``: where the point ran (:func:`environment`)."""
+TOPOLOGY_FIELDS = (
+    "nodes",
+    "ranks_per_node",
+    "node_of_rank",
+    "node_hosts",
+    "ring_hops_crossing",
+    "ops_crossing",
+)
+"""``topology``: where the ranks ran (:func:`topology`)."""
+MEASURED_FIELDS = (
+    "loss",
+    "step_time_s",
+    "forward_time_s",
+    "backward_time_s",
+    "comm_exposed_s",
+    "bytes_sent",
+    "bytes_received",
+    "messages",
+    "comm_ops",
+    "profiler_bytes",
+    "profiler_agrees",
+    "profiler_note",
+    "comm_replay",
+    "comm_time_s",
+    "algbw_GBps",
+    "busbw_GBps",
+    "overlap_pct",
+    "overlap_note",
+    "peak_alloc_bytes",
+    "peak_reserved_bytes",
+    "peak_live_bytes",
+    "peak_cuda_allocated_bytes",
+    "nvml_used_bytes",
+    "rss_bytes",
+    "rss_peak_bytes",
+    "torch_threads",
+    "host_allocator",
+    "ranks_agree",
+    "rank_values",
+    "peer_values",
+    "loss_note",
+    "timing_note",
+)
+"""``measured`` (``profiling.measure``): what a measured point may hold; null when the
+point did not finish."""
 
 
 def point_key(config: dict) -> str:
@@ -57,6 +141,9 @@ def _gpu_names() -> list[str]:
 
 
 def environment(backend: str, device: str, launcher: str = "spawn") -> dict:
+    """The ``env`` of a record (:data:`ENV_FIELDS`), read in the parent: no CUDA context."""
+    import torch
+
     nccl = None
     if backend == "nccl" and torch.cuda.is_available():
         version = torch.cuda.nccl.version()
@@ -144,18 +231,9 @@ def make_record(
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     if topology is None:
         topology = _default_topology(config, measured, env)
-    return {
-        "schema": SCHEMA_VERSION,
-        "key": point_key(config),
-        "status": status,
-        "message": message,
-        "attempt": attempt,
-        "wall_s": wall_s,
-        "config": config,
-        "env": env,
-        "topology": topology,
-        "measured": measured,
-    }
+    values = (SCHEMA_VERSION, point_key(config), status, message, attempt, wall_s)
+    values += (config, env, topology, measured)
+    return dict(zip(RECORD_FIELDS, values, strict=True))
 
 
 def append_record(path: str | os.PathLike, record: dict) -> None:
@@ -173,13 +251,29 @@ def append_record(path: str | os.PathLike, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """Every complete record; a torn last line (a crash mid-write) is skipped with a note."""
-    if not Path(path).exists():
-        return []
+def read_records(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], *, must_exist: bool = False
+) -> list[dict]:
+    """Every complete record of one file or several, in the order written.
+
+    A line that does not parse (a crash mid-write tears the last line; a resumed grid
+    then starts a fresh one) is skipped with a note on stderr. A missing file reads as
+    no records (a grid not started yet), or raises ``ValueError`` with ``must_exist``.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = list(f)
+        except FileNotFoundError:
+            if must_exist:
+                raise ValueError(f"cannot read results {path}: no such file") from None
+            continue
+        except OSError as err:
+            raise ValueError(f"cannot read results {path}: {err.strerror}") from None
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -187,6 +281,15 @@ def read_records(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError:
                 print(f"{path}:{number}: skipping an unreadable line", file=sys.stderr)
     return records
+
+
+def latest(records: list[dict]) -> list[dict]:
+    """One record per key (the last written), in first-seen order."""
+    by_key: dict[str, dict] = {}
+    for record in records:
+        key = record.get("key") or repr(sorted(record.get("config", {}).items()))
+        by_key[key] = record
+    return list(by_key.values())
 
 
 def resume_state(records: list[dict], *, retry_errors: bool = False):

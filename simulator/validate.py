@@ -1,8 +1,9 @@
 """Validation: the model's predictions against the profiler's measurements.
 
-Reads result records (JSON lines, ``docs/results-schema.md``; the last record of a key
-wins, as a resumed grid may write a point twice), predicts every ``status == "ok"``
-point on one hardware profile, and prints predicted / measured / delta % for
+Reads result records (JSON lines, ``docs/results-schema.md``, through the one reader
+``profiling.results``; the last record of a key wins, as a resumed grid may write a
+point twice), predicts every ``status == "ok"`` point on one hardware profile, and
+prints predicted / measured / delta % for
 
 * ``bytes sent``: ``measured.bytes_sent`` vs ``Prediction.bytes_sent`` (should be exact);
 * ``peak memory``: ``measured.peak_alloc_bytes`` (the allocator's peak, every allocation
@@ -23,7 +24,6 @@ the mean and the max of ``|delta|``. :func:`validate` returns it as plain data.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,34 +32,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from profiling.results import latest, read_records
 from simulator.hardware import Hardware, resolve_hardware
 from simulator.model import OPTIONS, STEP_STATISTIC, predict
 
 QUANTITIES = ("bytes sent", "peak memory", "step time", "step time (median)")
 _EXACT_FLOOR_PCT = 1e-6
 _MESSAGE_BUCKETS = ((4 * 2**10, "< 4 KiB"), (64 * 2**10, "4-64 KiB"), (2**20, "64 KiB-1 MiB"))
-
-
-def read_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every record of the files, the last one of each key kept, in first-seen order."""
-    by_key: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        path = Path(path)
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as err:
-            raise ValueError(f"cannot read results {path}: {err.strerror}") from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number} is not a JSON record: {err.msg}") from None
-            key = record.get("key") or f"{path}:{number}"
-            by_key.pop(key, None)
-            by_key[key] = record
-    return list(by_key.values())
 
 
 def message_bucket(bytes_sent: float, messages: float) -> str:
@@ -125,7 +104,7 @@ def compare(records: list[dict[str, Any]], hardware: Hardware) -> dict[str, Any]
             ("bytes sent", p.bytes_sent.item(), measured.get("bytes_sent")),
             ("peak memory", p.peak_memory_bytes.item(), measured.get("peak_alloc_bytes")),
         ]
-        if not (config.get("emulated") or config.get("emulate")):  # emulated ranks: no time
+        if not config.get("emulate"):  # emulated ranks: no time
             steps = measured.get("step_time_s") or {}
             pairs.append(("step time", p.step_time_s.item(), steps.get(STEP_STATISTIC)))
             pairs.append(("step time (median)", p.step_time_s.item(), steps.get("median")))
@@ -187,7 +166,7 @@ def validate(
     """Print the per-point table and the summary; return the summary as plain data."""
     console = console or Console()
     hw = resolve_hardware(hardware)
-    records = read_records(paths)
+    records = latest(read_records(paths, must_exist=True))
     result = compare(records, hw)
     rows = result["rows"]
     if show_points:

@@ -125,6 +125,9 @@ def test_faults_are_recorded_and_resume_skips_done(tmp_path):
     summary = run_grid(grid, out, progress=False)
     records = results.read_records(out)
     assert [r["status"] for r in records] == ["ok", "error", "oom", "timeout", "ok"]
+    for record in (records[0], records[4]):  # every field a measured point holds is named
+        assert set(record["measured"]) <= set(results.MEASURED_FIELDS)
+        assert tuple(record) == results.RECORD_FIELDS
     assert summary.statuses == {"ok": 2, "error": 1, "oom": 1, "timeout": 1}
     assert records[1]["message"] == "rank 1: RuntimeError: injected fault: rank 1 raised"
     assert records[2]["message"].startswith("rank 0: RuntimeError:")

@@ -50,7 +50,7 @@ def synthetic_records(
                                 "batch": batch,
                                 "dim": dim,
                                 "dtype": "fp32",
-                                "emulated": emulated,
+                                "emulate": "stand-in" if emulated else None,
                                 "overlap": overlap,
                                 "tile": None,
                             },

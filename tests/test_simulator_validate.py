@@ -30,7 +30,7 @@ def _synthetic(tmp_path, factors):
     lines, expected = [], {}
     for i, (world, batch, dim) in enumerate([(2, 64, 32), (2, 256, 128), (4, 64, 32)]):
         config = {"method": "sigmoid-ring", "world": world, "batch": batch, "dim": dim,
-                  "dtype": "fp32", "backend": "gloo", "emulated": False, "overlap": True,
+                  "dtype": "fp32", "backend": "gloo", "emulate": None, "overlap": True,
                   "tile": None}  # fmt: skip
         p = predict("sigmoid-ring", world, batch, dim, "fp32", hw, overlap=True, tile=None)
         f = factors[i]
