@@ -67,6 +67,11 @@ class OpStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     exposed_s: float = 0.0
+    call_s: list[float] = field(default_factory=list)
+    """Each call's own seconds, in call order: a collective's call from entry to return
+    (waiting for the slowest peer included), a p2p exchange's ``wait()`` (the host time
+    it blocked; an exchange never waited on adds nothing). Python floats appended while
+    a recorder is open: no tensor memory."""
 
 
 @dataclass(slots=True)
@@ -91,13 +96,35 @@ class CommRecord:
     def exposed_s(self) -> float:
         return sum(s.exposed_s for s in self.ops.values())
 
-    def add(self, key: str, *, messages: int, sent: int, received: int, exposed_s: float) -> None:
+    def add(
+        self,
+        key: str,
+        *,
+        messages: int,
+        sent: int,
+        received: int,
+        exposed_s: float,
+        timed: bool = True,
+    ) -> None:
+        """Count one call; ``timed`` False (a p2p post) leaves its time to :meth:`waited`."""
         stats = self.ops.setdefault(key, OpStats())
         stats.calls += 1
         stats.messages += messages
         stats.bytes_sent += sent
         stats.bytes_received += received
         stats.exposed_s += exposed_s
+        if timed:
+            stats.call_s.append(exposed_s)
+
+    def waited(self, key: str, seconds: float) -> None:
+        """Charge one p2p exchange's wait."""
+        stats = self.ops.setdefault(key, OpStats())
+        stats.exposed_s += seconds
+        stats.call_s.append(seconds)
+
+    def call_seconds(self) -> dict[str, list[float]]:
+        """Per ``op:label``, each call's own seconds (:attr:`OpStats.call_s`)."""
+        return {key: list(s.call_s) for key, s in sorted(self.ops.items())}
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         """Plain-data view, for JSON records."""
@@ -209,6 +236,7 @@ class Transport:
             sent=sum(_nbytes(t) for t, _ in sends),
             received=sum(_nbytes(b) for b, _ in recvs),
             exposed_s=0.0,
+            timed=False,
         )
         works = self._post_p2p(sends, recvs, p2p_tag(label)) if (sends or recvs) else []
         return PendingP2P(self, key, works, [b for b, _ in recvs])
@@ -222,7 +250,7 @@ class Transport:
     def _charge_wait(self, key: str, seconds: float) -> None:
         with self._lock:
             for rec in self._recorders:
-                rec.ops.setdefault(key, OpStats()).exposed_s += seconds
+                rec.waited(key, seconds)
 
     # -- to implement --------------------------------------------------------------------
     def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:

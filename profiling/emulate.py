@@ -270,6 +270,7 @@ class _StandInReceive:
 _EXACT_NULLS = (
     "step_time_s", "forward_time_s", "backward_time_s", "comm_exposed_s", "rss_bytes",
     "rss_peak_bytes", "peak_cuda_allocated_bytes", "nvml_used_bytes", "overlap_pct",
+    "step_samples_s", "compute_samples_s", "comm_calls_s",
 )  # fmt: skip
 
 

@@ -226,16 +226,36 @@ def timed_step(loss: torch.nn.Module, inputs: StepInputs, device) -> tuple[float
 
 
 def _timed_steps(config, group, transport, loss_module, inputs, device):
-    per_step, bytes_seen = [], set()
+    """Per step the cross-rank maxima ``[fwd, bwd, total, exposed]``, the last step's
+    recorder, and this rank's per-step samples (:func:`_per_call`)."""
+    per_step, bytes_seen, compute, calls = [], set(), [], {}
     for _ in range(config.steps):
         group.barrier()
         with comm.record(transport) as rec:
             fwd, bwd, total = timed_step(loss_module, inputs, device)
         bytes_seen.add((rec.bytes_sent, rec.bytes_received, rec.messages))
+        compute.append(total - rec.exposed_s)  # plain floats: nothing the allocator sees
+        for key, seconds in rec.call_seconds().items():
+            calls.setdefault(key, []).append(seconds)
         per_step.append(group.reduce([fwd, bwd, total, rec.exposed_s], "max"))
     if len(bytes_seen) != 1:
         raise RuntimeError(f"traffic differed between timed steps: {sorted(bytes_seen)}")
-    return per_step, rec
+    return per_step, rec, _per_call(per_step, compute, calls)
+
+
+def _per_call(per_step, compute, calls) -> dict:
+    """The record's sample fields (``docs/results-schema.md``), microseconds rounded to
+    0.1 us: the step times (max over ranks), this rank's host time outside communication
+    per step, and per ``op:label`` this rank's per-call seconds of every timed step."""
+
+    def r(values):
+        return [round(v, 7) for v in values]
+
+    return {
+        "step_samples_s": r(row[2] for row in per_step),
+        "compute_samples_s": r(compute),
+        "comm_calls_s": {key: [r(step) for step in steps] for key, steps in calls.items()},
+    }
 
 
 def reset_rss_peak() -> bool:
@@ -303,7 +323,7 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
         for _ in range(config.warmup):
             forward(loss_module, inputs).backward()
         _inject(config.fault, group.rank, device)
-        per_step, rec = _timed_steps(config, group, transport, loss_module, inputs, device)
+        per_step, rec, samples = _timed_steps(config, group, transport, loss_module, inputs, device)
         memory = _memory_views(loss_module, inputs, device, own_device, rss_reset)
         if config.profile and real_comm:
             cross = traffic.cross_check(
@@ -326,6 +346,7 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
         "bytes_received": rec.bytes_received,
         "messages": rec.messages,
         "comm_ops": rec.as_dict(),
+        **samples,
         **cross,
         **memory,
         "torch_threads": torch.get_num_threads(),

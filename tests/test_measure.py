@@ -148,3 +148,23 @@ def test_ranks_agree_exact_bytes_and_peak_within_slack():
     assert _ranks_agree([[100, 100, 2, 5000], [100, 100, 2, 5000 + PEAK_SLACK_BYTES]])
     assert not _ranks_agree([[100, 100, 2, 5000], [100, 100, 2, 5001 + PEAK_SLACK_BYTES]])
     assert not _ranks_agree([[100, 100, 2, 5000], [101, 100, 2, 5000]])
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_per_step_and_per_call_samples(measured):
+    """The record's samples: one step time per timed step (their spread is the record's),
+    this rank's compute below its step, and every call's own seconds per op:label."""
+    for index, config in enumerate(CASES):
+        rank0 = measured[0][index][0]
+        steps = rank0["step_samples_s"]
+        assert len(steps) == config.steps and len(rank0["compute_samples_s"]) == config.steps
+        assert spread(steps)["median"] == pytest.approx(rank0["step_time_s"]["median"], abs=1e-6)
+        assert all(0 < c <= s + 1e-6 for c, s in zip(rank0["compute_samples_s"], steps, strict=True))
+        assert set(rank0["comm_calls_s"]) == set(rank0["comm_ops"])
+        for key, per_step in rank0["comm_calls_s"].items():
+            assert len(per_step) == config.steps, key
+            calls = rank0["comm_ops"][key]["calls"]
+            # a collective is timed per call; p2p exchanges per wait (one per post here)
+            assert all(len(step) == calls for step in per_step), key
+            assert all(t >= 0 for step in per_step for t in step), key
