@@ -20,7 +20,11 @@ with :mod:`simulator.microbench` and fits the forms :mod:`simulator.model` price
   when above 1 on a CPU backend), so oversubscribed points fit the same form
   the model uses to predict them;
 * p2p one way: ``t / g = α + n·β``; both ways at once (``n`` each way):
-  ``t / g = α + n·β / e`` gives the duplex efficiency ``e``.
+  ``t / g = α + n·β / e`` gives the duplex efficiency ``e``;
+* jitter per event kind (:mod:`simulator.jitter_fit`): ``p2p`` and ``collective`` from
+  the microbenchmark's per-call timings over their lower quartile (the base the fits
+  above read), ``compute`` from the real loss steps' spread through the simulator; the
+  profile's ``jitter`` section, which :func:`simulator.simulate` draws by default.
 
 Fits are least squares weighted by ``1/t`` (relative error), with no negative term;
 R² (on ``t / g``) is printed and written into each number's source string. With one GPU
@@ -31,6 +35,7 @@ in every copied source.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -50,8 +55,8 @@ from rich.table import Table
 
 from profiling import host_allocator
 from profiling.launch import launch_or_raise
-from simulator import microbench, step_fit
-from simulator.calibrated_profile import build_profile
+from simulator import jitter_fit, microbench, step_fit
+from simulator.calibrated_profile import build_profile, jitter_section
 from simulator.hardware import host_profile_path, load_profile, parse_profile
 from simulator.machine import fingerprint, machine_key
 
@@ -226,12 +231,13 @@ def measure_compute(config: CalibrationConfig, device: torch.device, console: Co
 
 
 def measure_comm(config: CalibrationConfig, backend: str, worlds, console: Console):
+    """``[(op, world, bytes_per_rank, seconds, [per-call seconds])]`` over the worlds."""
     rows = []
     for world in worlds:
         with console.status(f"{backend} process group of {world}: p2p, all-gather, reduce-scatter"):
             results = launch_or_raise(
                 microbench.comm_worker,
-                (list(config.message_bytes), config.warmup, config.repeats),
+                (list(config.message_bytes), config.warmup, config.repeats, True),
                 world=world,
                 backend=backend,
                 threads=config.threads or 1,
@@ -361,11 +367,14 @@ def _measure_and_fit(config: CalibrationConfig, console: Console):
             quick=config.quick, cores=cores, timeout_s=config.timeout_s, console=console
         )
     worlds = [w for w in config.worlds if w >= 2 and (not cuda or w <= gpus)]
-    comm_fits = None
+    comm_fits, comm_jitter = None, {}
     if worlds:
-        rows = measure_comm(config, backend, worlds, console)
-        comm_fits = fit_comm(rows, cores, uses_cores=not cuda)
+        timed = measure_comm(config, backend, worlds, console)
+        comm_fits = fit_comm([row[:4] for row in timed], cores, uses_cores=not cuda)
         _print_comm(console, comm_fits)
+        comm_jitter = jitter_fit.fit_comm_jitter(
+            [(op, w, n, calls) for op, w, n, _, calls in timed], cores
+        )
     else:
         console.print(
             "no communication fit: W=1 (one GPU); the network is copied from a "
@@ -386,16 +395,48 @@ def _measure_and_fit(config: CalibrationConfig, console: Console):
             f"max {busy['max_rel_err']:.3f} ({busy['dropped']} dropped)"
         )
         profile = build_profile(config, device, backend, compute, comm_fits, cores, stamp, busy)
+    jitter = _fit_jitter(profile, compute, comm_jitter, console)
+    if jitter:
+        profile["jitter"] = jitter_section(jitter, stamp)
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
     accelerator = torch.cuda.get_device_name(device) if cuda else None
     fits = {
         "compute": compute,
         "comm": comm_fits,
+        "jitter": {
+            kind: fit | {"jitter": dataclasses.asdict(fit["jitter"])}
+            for kind, fit in jitter.items()
+        },
         "seconds": seconds,
         "backend": backend,
         "accelerator": accelerator,
     }
     return profile, fits, busy
+
+
+def _fit_jitter(profile: dict, compute: dict, comm_jitter: dict, console: Console) -> dict:
+    """Per event kind the fitted jitter (:mod:`simulator.jitter_fit`); the compute fit
+    needs real loss steps (CPU), the communication fit two or more ranks."""
+    fits = dict(comm_jitter)
+    steps = compute.get("steps")
+    if steps is not None:
+        hardware = parse_profile(profile, "the profile being calibrated")
+        busy = steps.get("busy")
+        world, samples = (busy["ranks"], busy["samples"]) if busy else (1, None)
+        fits["compute"] = jitter_fit.fit_compute_jitter(
+            steps["configs"],
+            samples or steps["one_thread_samples"],
+            hardware,
+            world,
+            {kind: f["jitter"] for kind, f in fits.items()},
+        )
+    for kind, fit in sorted(fits.items()):
+        j = fit["jitter"]
+        console.print(
+            f"  jitter {kind}: {j.distribution} median x{j.median:.3f}, sigma {j.sigma:.3f} "
+            f"({fit['samples']} samples, log error {fit['log_err']:.3f})"
+        )
+    return fits
 
 
 def _print_comm(console: Console, fits: dict[str, dict[str, Any]]) -> None:

@@ -214,3 +214,29 @@ def _compute_section(compute: dict[str, Any], stamp: str) -> dict[str, Any]:
     section["parallel_efficiency"] = _num(1.0, single)
     section["thread_overhead_growth"] = _num(0.0, single)
     return section
+
+
+def jitter_section(fits: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any]:
+    """The profile's ``jitter`` section from :mod:`simulator.jitter_fit`'s fits."""
+    section = {}
+    for kind, fit in sorted(fits.items()):
+        j = fit["jitter"]
+        if kind == "compute":
+            how = (
+                f"per-event compute jitter fitted through the simulator to {fit['samples']} "
+                f"timed steps of {fit['points']} calibration points at W={fit['world']} "
+                f"(pooled t/q25, median and p90 log error {fit['log_err']:.3f})"
+            )
+        else:
+            how = (
+                f"{fit['samples']} per-call timings of {fit['cases']} microbenchmark cases "
+                f"at W={','.join(map(str, fit['worlds']))}, t/q25 pooled, fitted by median "
+                f"and p90 (log error {fit['log_err']:.3f} over p10..p90)"
+            )
+        source = f"{stamp}; {how}; simulator.jitter_fit"
+        section[kind] = {
+            "distribution": j.distribution,
+            "median": _num(j.median, source),
+            "sigma": _num(j.sigma, source),
+        }
+    return section

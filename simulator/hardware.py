@@ -36,6 +36,11 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
         oversubscribed_wait_us   extra latency per α when ranks outnumber cores
         sync_us     (optional, absent: 0) exposed cost per collective call and per p2p
                     exchange waited on at W ≥ 2 (a sleeping rank woken by its peer)
+    jitter (optional, absent: none): per event kind (compute, p2p, collective) the
+        multiplier distribution calibration fitted (``simulator.jitter_fit``):
+        ``{"distribution": "lognormal" | "exponential", "median": <num>, "sigma": <num>}``,
+        median and sigma as ``{value, source}``; ``simulator.simulate`` draws it when
+        its caller gives no jitter
     memory_reserve (optional, absent: zeros): device memory outside the loss's peak
         context_GiB              CUDA context, cuBLAS workspace, NCCL at W = 1, inputs
         nccl_peer_buffers_GiB    NCCL's buffers for its peers, from W = 2 on
@@ -57,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from profiling.losses.registry import DTYPES
+from simulator.variability import KINDS, Jitter
 
 BUNDLED_DIR = Path(__file__).with_name("hardware")
 CACHE_DIR = Path.home() / ".cache" / "sigsim" / "hardware"
@@ -175,6 +181,8 @@ class Hardware:
     busy the machine was); None for datasheet profiles."""
     machine: dict | None = None
     """The fingerprint of the machine it was calibrated on (``_machine``)."""
+    jitter: dict[str, Jitter] = field(default_factory=dict)
+    """Event kind → the jitter calibration fitted (empty: none fitted, datasheets)."""
 
     @property
     def poor(self) -> bool:
@@ -355,7 +363,11 @@ def _level(raw: dict) -> NetworkLevel:
 def parse_profile(data: Any, where: str) -> Hardware:
     """Validate parsed JSON against the schema and convert units; ``where`` names the file."""
     reader = _Reader(where)
+    jitter_raw = data.get("jitter") if isinstance(data, dict) else None
+    if isinstance(data, dict) and "jitter" in data:
+        data = {k: v for k, v in data.items() if k != "jitter"}
     raw = reader.section(data, SCHEMA, "")
+    jitter = _jitter(jitter_raw, reader)
     for key in ("memory_GiB", "cores", "threads_per_rank"):
         if raw[key] is not None:
             reader.positive(raw[key], key)
@@ -419,7 +431,31 @@ def parse_profile(data: Any, where: str) -> Hardware:
         sources=reader.sources,
         quality=data.get("_quality"),
         machine=data.get("_machine"),
+        jitter=jitter,
     )
+
+
+def _jitter(data: Any, reader: _Reader) -> dict[str, Jitter]:
+    """The optional ``jitter`` section (module docstring) as :class:`Jitter` per kind."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        reader.fail("'jitter' must map event kinds to distributions")
+    out = {}
+    for kind, spec in data.items():
+        path = f"jitter.{kind}"
+        if kind not in KINDS:
+            reader.fail(f"unknown jitter kind {path!r} (known: {', '.join(KINDS)})")
+        if not isinstance(spec, dict) or set(spec) != {"distribution", "median", "sigma"}:
+            reader.fail(f"{path!r} must hold 'distribution', 'median' and 'sigma'")
+        distribution = reader.leaf(spec["distribution"], STR, f"{path}.distribution")
+        median = reader.leaf(spec["median"], NUM, f"{path}.median")
+        sigma = reader.leaf(spec["sigma"], NUM, f"{path}.sigma")
+        try:
+            out[kind] = Jitter(distribution=distribution, median=median, sigma=sigma)
+        except ValueError as err:
+            reader.fail(f"{path!r}: {err}")
+    return out
 
 
 def load_profile(path: str | Path) -> Hardware:

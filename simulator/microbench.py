@@ -120,8 +120,11 @@ def _comm_ops(transport, elems, world, nxt, prv, gen, device) -> dict[str, Calla
     }
 
 
-def comm_worker(rank: int, world: int, sizes: Sequence[int], warmup: int, repeats: int):
-    """Rank 0 returns ``[(op, world, bytes_per_rank, seconds)]``; other ranks None."""
+def comm_worker(
+    rank: int, world: int, sizes: Sequence[int], warmup: int, repeats: int, per_call: bool = False
+):
+    """Rank 0 returns ``[(op, world, bytes_per_rank, seconds)]`` (``per_call``: with the
+    repetitions' seconds, max over ranks, as a fifth item); other ranks None."""
     transport = TorchDistributedTransport()
     device = (
         torch.device("cuda", torch.cuda.current_device())
@@ -153,5 +156,6 @@ def comm_worker(rank: int, world: int, sizes: Sequence[int], warmup: int, repeat
     rows = []
     for index, (op, nbytes) in enumerate(cases):
         per_iteration = [max(r[index][i] for r in gathered) for i in range(repeats)]
-        rows.append((op, world, nbytes, step_statistic(per_iteration)))
+        row = (op, world, nbytes, step_statistic(per_iteration))
+        rows.append((*row, per_iteration) if per_call else row)
     return rows

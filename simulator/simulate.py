@@ -99,7 +99,9 @@ def simulate(
     """Simulate ``steps`` steps of ``method`` at one point ``(world, batch, dim)``.
 
     ``jitter``: a :class:`Jitter` for every event kind, or kind → Jitter (kinds:
-    compute, p2p, collective); ``stragglers``: rank → compute slowdown; ``slow_node``:
+    compute, p2p, collective), None the profile's fitted one (``Hardware.jitter``,
+    calibration; none on datasheet profiles), ``{}`` none; ``stragglers``: rank →
+    compute slowdown; ``slow_node``:
     (node, slowdown); ``slow_link``: (rank, slowdown of its link to rank + 1);
     ``options``: those of :func:`simulator.predict` (``overlap``, ``tile``, ...).
     """
@@ -110,6 +112,8 @@ def simulate(
         raise ValueError(f"steps must be a whole number ≥ 1, got {steps!r}")
     spec = resolve_method(method)
     hw = resolve_hardware(hardware)
+    if jitter is None:  # the profile's fitted jitter (none on datasheet profiles)
+        jitter = hw.jitter
     if isinstance(jitter, Jitter):
         jitter = dict.fromkeys(("compute", "p2p", "collective"), jitter)
     variability = Variability(

@@ -28,6 +28,9 @@ Calibration set (:data:`CALIBRATION_BATCHES`, :data:`CALIBRATION_DIMS`, every re
 method, ``W = 1`` and ``W = min(2, cores)``): none of it is in the default experiment's validation grid
 (``experiments/configs/default.toml``: ``b ∈ {32, 128, 512}``, ``d = 64``), so the
 validation table measures prediction, not the fit.
+
+Every point's timed steps (``measured.step_samples_s``) are kept beside its statistic:
+the compute jitter fit (:mod:`simulator.jitter_fit`) reads their spread.
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ def step_points(methods, batches, dims, dtype: str) -> list[StepPoint]:
 
 def step_worker(rank: int, world: int, points: list[dict], steps: int, warmup: int):
     """Inside a process group: the profiler's step time of every point (the model's
-    statistic over ``steps`` timed steps); rank 0 returns the seconds in order, others None."""
+    statistic over ``steps`` timed steps) and its timed steps' samples; rank 0 returns
+    ``[(seconds, samples)]`` in order, others None."""
     from profiling import traffic
     from profiling.measure import DistGroup, PointConfig, measure_point
     from simulator.model import STEP_STATISTIC
@@ -114,7 +118,7 @@ def step_worker(rank: int, world: int, points: list[dict], steps: int, warmup: i
             **point, world=world, steps=steps, warmup=warmup, profile=False, device="cpu"
         )
         measured = measure_point(config, group, transport, device)
-        out.append(measured["step_time_s"][STEP_STATISTIC])
+        out.append((measured["step_time_s"][STEP_STATISTIC], measured["step_samples_s"]))
     return out if rank == 0 else None
 
 
@@ -277,7 +281,7 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
         rows = launch_or_raise(
             step_worker, (configs, STEPS_ONE_RANK, 2), world=1, threads=1, timeout_s=timeout_s
         )[0]
-    one = fit_one_thread(points, rows)
+    one = fit_one_thread(points, [row[0] for row in rows])
     console.print(
         f"  real steps (W=1, 1 thread): per step {one['step_overhead_s'] * 1e6:.0f} us, per "
         f"phase {one['phase_overhead_s'] * 1e6:.1f} us, per collective call "
@@ -286,7 +290,12 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
         f"{one['median_rel_err']:.3f}, max {one['max_rel_err']:.3f} over {one['points']} "
         f"points ({one['dropped']} dropped)"
     )
-    out: dict[str, Any] = {"one_thread": one, "points": len(points), "configs": configs}
+    out: dict[str, Any] = {
+        "one_thread": one,
+        "points": len(points),
+        "configs": configs,
+        "one_thread_samples": [row[1] for row in rows],
+    }
     ranks = min(2, cores)
     if ranks >= 2:
         per_launch = []
@@ -304,6 +313,7 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
                         timeout_s=timeout_s,
                     )[0]
                 )
-        seconds = np.median(np.array(per_launch), axis=0)
-        out["busy"] = {"ranks": ranks, "seconds": [float(t) for t in seconds]}
+        seconds = np.median(np.array([[row[0] for row in rows] for rows in per_launch]), axis=0)
+        samples = [[t for rows in per_launch for t in rows[i][1]] for i in range(len(points))]
+        out["busy"] = {"ranks": ranks, "seconds": [float(t) for t in seconds], "samples": samples}
     return out

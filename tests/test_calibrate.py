@@ -91,6 +91,10 @@ def test_tiny_calibration_writes_a_usable_profile(tmp_path):
         assert profile.compute.busy_rank_slowdown >= 0 and profile.intra_node.sync_s >= 0
     for op in ("all_gather", "reduce_scatter", "p2p"):
         assert np.isfinite(fits["comm"][op]["r2"])
+    # jitter fitted per kind from per-call timings and real steps, with its sources
+    assert set(profile.jitter) == {"compute", "p2p", "collective"}
+    assert all(j.median > 0 and j.sigma >= 0 for j in profile.jitter.values())
+    assert "simulator.jitter_fit" in profile.sources["jitter.p2p.sigma"]
     p = predict(make_method(), [1, 2, 4], 256, 128, hardware=profile)
     assert np.all(p.step_time_s > 0) and np.all(np.isfinite(p.step_time_s))
 
