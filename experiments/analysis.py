@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from experiments import backends, plots, plots_scale
+from experiments import backends, noise_floor, plots, plots_scale
 from experiments.maxbatch import measured_max_batch, predicted_max_batch
 from experiments.records import rows
 from experiments.report import write_report
@@ -46,7 +46,7 @@ def validate(run: RunDir, hardware) -> tuple[list[backends.Comparison], list[dic
     return comparisons, summary
 
 
-STAGES = 9
+STAGES = 10
 """Upper bound on the calls :func:`analyse` makes to its ``step`` callback."""
 
 
@@ -81,6 +81,9 @@ def write_plots(
         save(plots.memory_vs_world(emulated, hardware), "memory_emulated")
     if comparisons:
         save(plots.predicted_vs_measured(comparisons), "predicted_vs_measured")
+    distributions = plots.step_distributions(records, hardware)
+    if distributions is not None:
+        save(distributions, "step_distributions")
     config = run.config()
     cluster = backends.hardware_for(CLUSTER_HARDWARE)
     figure = plots_scale.cluster_scale(
@@ -149,9 +152,12 @@ def analyse(run: RunDir, hardware, step: Callable[[str], None] = _nothing) -> Pa
 def rewrite_report(run: RunDir, hardware, comparisons=None, summary=None) -> Path:
     """The report alone, over the plots already in the run directory (e.g. to add the
     final wall times once everything else is written)."""
+    from simulator.validate import jitter_line
+
     if comparisons is None or summary is None:
         comparisons, summary = backends.compare(backends.load_records(run.results), hardware)
     order = ["memory", "memory_emulated", "bytes", "step_time", "predicted_vs_measured"]
+    order += ["step_distributions"]
     order += ["cluster_scale", "maxbatch"]
     files = [run.path / f"{stem}.png" for stem in order if (run.path / f"{stem}.png").is_file()]
     return write_report(
@@ -164,4 +170,6 @@ def rewrite_report(run: RunDir, hardware, comparisons=None, summary=None) -> Pat
         hardware_line=backends.hardware_summary(hardware),
         plot_files=files,
         profile_warning=backends.profile_warning(hardware),
+        noise=noise_floor.load(run.path),
+        jitter_line=jitter_line(hardware),
     )

@@ -178,6 +178,8 @@ def validate(records: Sequence[dict], hardware) -> tuple[list[dict], dict]:
 _QUANTITY_NAMES = {
     "step time": "step_time_s",
     "step time (median)": "step_time_median_s",
+    "simulated median": "step_time_median_simulated_s",
+    "simulated p90": "step_time_p90_simulated_s",
     "peak memory": "peak_memory_bytes",
     "bytes sent": "bytes_sent",
 }

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from experiments import commands, verbs
+from experiments import commands, noise_floor, verbs
 from experiments import config as sweep_config
 
 EPILOG = (
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", default="traces", help="folder for measured.json, simulated.json")
     trace.set_defaults(handler=commands.cmd_trace)
     verbs.add_parsers(sub, epilog=EPILOG, formatter_class=_formatter)
+    noise_floor.add_parser(sub, epilog=EPILOG, formatter_class=_formatter)
     return parser
 
 

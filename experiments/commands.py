@@ -301,6 +301,13 @@ def cmd_validate(args) -> int:
     console.print(table)
     console.print("* more ranks than CPU cores (oversubscribed)")
     print_summary(summary)
+    from experiments import noise_floor
+    from experiments.report import regime_rows
+    from simulator.validate import jitter_line, regime_table
+
+    rows = regime_rows(comparisons, noise_floor.load(run.path))
+    console.print(regime_table(rows, "step time by regime: geomean |delta %|"))
+    console.print(jitter_line(hardware))
     console.print(f"written: {run.path / rundir.VALIDATION}")
     return 0
 

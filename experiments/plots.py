@@ -362,3 +362,65 @@ def predicted_vs_measured(comparisons: Sequence[backends.Comparison]) -> Figure:
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle("Model vs measurement")
     return fig
+
+
+def step_distributions(records: Sequence[dict], hardware, steps: int = 150) -> Figure | None:
+    """Measured step-time samples (``measured.step_samples_s``) beside the event
+    simulator's (:func:`simulator.validate.simulate_record`: ``steps`` steps, the profile's
+    fitted jitter) at every real-rank point: one panel per local batch (rows) and W
+    (columns), per method a filled box (measured) and a hatched one (simulated); boxes
+    span p25-p75, whiskers p10-p90, the line is the median. None when no record has
+    samples (records written before 2026-11-29)."""
+    from simulator.validate import simulate_record
+
+    mine = [
+        r
+        for r in records
+        if r.get("status") == "ok"
+        and not r["config"].get("emulate")
+        and (r.get("measured") or {}).get("step_samples_s")
+    ]
+    if not mine:
+        return None
+    batches = sorted({r["config"]["batch"] for r in mine})
+    worlds = sorted({r["config"]["world"] for r in mine})
+    methods = list(dict.fromkeys(sorted(r["config"]["method"] for r in mine)))
+    fig, axes = plt.subplots(
+        len(batches), len(worlds), figsize=(2.6 * len(worlds) + 2.4, 2.5 * len(batches)),
+        layout="constrained", squeeze=False, sharey="row",
+    )  # fmt: skip
+    box = {"whis": (10, 90), "showfliers": False, "widths": 0.35, "patch_artist": True}
+    for r in mine:
+        c = r["config"]
+        ax = axes[batches.index(c["batch"]), worlds.index(c["world"])]
+        x = methods.index(c["method"])
+        measured = np.asarray(r["measured"]["step_samples_s"]) * 1e3
+        simulated = simulate_record(r, hardware, steps).step_time_s * 1e3
+        colour = color_of(c["method"])
+        for offset, data, hatch, alpha in (
+            (-0.2, measured, None, 0.7),
+            (0.2, simulated, "///", 0.25),
+        ):
+            parts = ax.boxplot([data], positions=[x + offset], **box)
+            for patch in parts["boxes"]:
+                patch.set(facecolor=colour, alpha=alpha, hatch=hatch, edgecolor=colour)
+            for key in ("medians", "whiskers", "caps"):
+                for line in parts[key]:
+                    line.set(color="black" if key == "medians" else colour, linewidth=1)
+    for i, b in enumerate(batches):
+        for j, w in enumerate(worlds):
+            ax = axes[i, j]
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(methods)), [""] * len(methods))
+            ax.set_title(f"W = {w}, b = {b}", fontsize=9)
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+        axes[i, 0].set_ylabel("step time (ms)")
+    handles = [Patch(color=color_of(m), label=m) for m in methods]
+    handles += [Patch(facecolor="grey", alpha=0.7, label="measured"),
+                Patch(facecolor="grey", alpha=0.25, hatch="///", label="simulated")]  # fmt: skip
+    axes[0, -1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(
+        f"Step time per step, measured vs simulated ({backends.hardware_label(hardware)}); "
+        "box p25-p75, whiskers p10-p90"
+    )
+    return fig

@@ -8,6 +8,7 @@ its result records, the model comparisons and the plot files already written), s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,9 @@ CAPTIONS = {
     "(pale), hatched: ring overlap off; black ticks: the model's step time.",
     "predicted_vs_measured": "The model against every measured point, y = x with a ±10% "
     "band; hollow markers: emulated ranks.",
+    "step_distributions": "Every timed step's time, measured (filled boxes) and "
+    "simulated by the event simulator with the profile's fitted jitter (hatched), per "
+    "method, W and local batch: box p25-p75, whiskers p10-p90, line the median.",
     "cluster_scale": "The model alone at cluster scale (H100 SXM profile): per-rank memory "
     "(× where a method stops fitting), step time, and communication the overlap "
     "does not hide (dashed: ring overlap off).",
@@ -131,8 +135,77 @@ def summary_table(summary: Sequence[dict]) -> list[str]:
     return _table(header, body)
 
 
+def _geomean_abs(errors: Sequence[float]) -> float | None:
+    if not errors:
+        return None
+    return math.exp(sum(math.log(max(abs(e), 1e-6)) for e in errors) / len(errors))
+
+
+def regime_rows(comparisons: Sequence[backends.Comparison], noise: dict | None = None):
+    """Per regime (real ranks within the cores, oversubscribed): points, geomean |error| %
+    of the closed form's median, the simulated median and p90 (``simulator.validate``),
+    issue 11's targets and the noise floor (``experiments.noise_floor``) where given."""
+    from simulator.validate import REGIMES, TARGETS_PCT
+
+    out = []
+    for regime in REGIMES:
+        mine = [
+            c for c in comparisons if not c.emulated and c.oversubscribed == (regime != REGIMES[0])
+        ]
+
+        def err(quantity, mine=mine):
+            return _geomean_abs([c.error_pct for c in mine if c.quantity == quantity])
+
+        floor = (noise or {}).get(regime) or {}
+        out.append(
+            {
+                "regime": regime,
+                "points": sum(c.quantity == "step_time_median_simulated_s" for c in mine),
+                "closed_form_median_pct": err("step_time_median_s"),
+                "simulated_median_pct": err("step_time_median_simulated_s"),
+                "simulated_p90_pct": err("step_time_p90_simulated_s"),
+                "target_median_pct": TARGETS_PCT["simulated median"][regime],
+                "target_p90_pct": TARGETS_PCT["simulated p90"][regime],
+                "noise_median_pct": floor.get("median_pct"),
+                "noise_p90_pct": floor.get("p90_pct"),
+            }
+        )
+    return out
+
+
+def regime_table(rows: Sequence[dict]) -> list[str]:
+    """:func:`regime_rows` as Markdown."""
+
+    def pct(value):
+        return "–" if value is None else f"{value:.1f}"
+
+    header = [
+        "regime",
+        "points",
+        "closed form, median (%)",
+        "simulated median (%) [target]",
+        "simulated p90 (%) [target]",
+        "noise floor median (%)",
+        "noise floor p90 (%)",
+    ]
+    body = [
+        [
+            r["regime"],
+            r["points"],
+            pct(r["closed_form_median_pct"]),
+            f"{pct(r['simulated_median_pct'])} [≤ {r['target_median_pct']:g}]",
+            f"{pct(r['simulated_p90_pct'])} [≤ {r['target_p90_pct']:g}]",
+            pct(r["noise_median_pct"]),
+            pct(r["noise_p90_pct"]),
+        ]
+        for r in rows
+    ]
+    return _table(header, body)
+
+
 def comparison_table(comparisons: Sequence[backends.Comparison]) -> list[str]:
     units = {"step_time_s": ("ms", 1e3), "step_time_median_s": ("ms", 1e3)}
+    units["step_time_median_simulated_s"] = units["step_time_p90_simulated_s"] = ("ms", 1e3)
     units["peak_memory_bytes"] = ("MiB", 1 / MiB)
     units["bytes_sent"] = ("MiB", 1 / MiB)
     header = ["method", "W", "b", "d", "quantity", "predicted", "measured", "unit", "delta (%)"]
@@ -200,9 +273,13 @@ def write_report(
     hardware_line: str,
     plot_files: Sequence[Path],
     profile_warning: str | None = None,
+    noise: dict | None = None,
+    jitter_line: str | None = None,
 ) -> Path:
     """Write ``run_dir/report.md`` and return its path; ``profile_warning`` (a profile
-    marked poor by its calibration) opens it."""
+    marked poor by its calibration) opens it; ``noise`` (``experiments.noise_floor``'s
+    summary) goes beside the validation by regime, ``jitter_line`` says what jitter the
+    simulated rows drew."""
     real, emulated = rows(records, emulated=False), rows(records, emulated=True)
     lines = [f"# sigsim run: {config['name']}", ""]
     if profile_warning:
@@ -245,6 +322,18 @@ def write_report(
     lines += ["## Validation: model vs measurement", ""]
     if comparisons:
         lines += [f"Model profile: {hardware_line}.", "", *summary_table(summary)]
+        lines += [
+            "### Step time by regime: closed form and event simulator",
+            "",
+            "Geomean |error| of the closed form against the measured median step, and of "
+            "the event simulator's median and p90 step (`simulator.simulate`, 150 steps, "
+            "the profile's fitted jitter) against the measured median and p90; targets "
+            "from issue 11; the noise floor is how far the same points move between "
+            "launches (`sigsim noise-floor`), an error below it is as good as this machine "
+            "can show." + (f" {jitter_line}." if jitter_line else ""),
+            "",
+            *regime_table(regime_rows(comparisons, noise)),
+        ]
         lines += ["<details><summary>Every point</summary>", "", *comparison_table(comparisons)]
         lines += ["</details>", ""]
     else:

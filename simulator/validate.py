@@ -13,13 +13,19 @@ prints predicted / measured / delta % for
   timed steps, what the model predicts: ``simulator.model``) vs ``Prediction.step_time_s``;
 * ``step time (median)``: ``measured.step_time_s.median`` vs the same prediction, so that
   what the host's scheduler adds above the floor stays in view (neither step time for
-  emulated ranks, whose times do not describe a real group).
+  emulated ranks, whose times do not describe a real group);
+* ``simulated median`` and ``simulated p90``: the event simulator's median and p90 step
+  (:func:`simulator.simulate`, :data:`SIMULATED_STEPS` steps, seed 0, the profile's
+  fitted jitter, ``Hardware.jitter``) vs ``measured.step_time_s.median`` and ``.p90``.
 
 ``delta % = 100 · (predicted − measured) / measured``. The summary gives, per quantity
 and per regime (world size; message size, ``bytes_sent / messages`` bucketed; ranks
 within or beyond the profile's cores), the number of points, the geometric mean of
 ``|delta|`` (exact matches counted as 1e-6 % so that one exact point does not zero it),
-the mean and the max of ``|delta|``. :func:`validate` returns it as plain data.
+the mean and the max of ``|delta|``. :func:`validate` returns it as plain data, and
+prints :func:`by_regime`: per regime (ranks within the cores, oversubscribed) the closed
+form's median error beside the simulator's median and p90 errors, issue 11's targets,
+and a noise floor (:mod:`simulator.noise_floor`) when one is given.
 """
 
 from __future__ import annotations
@@ -35,8 +41,24 @@ from rich.table import Table
 from profiling.results import latest, read_records
 from simulator.hardware import Hardware, resolve_hardware
 from simulator.model import OPTIONS, STEP_STATISTIC, predict
+from simulator.simulate import simulate
 
-QUANTITIES = ("bytes sent", "peak memory", "step time", "step time (median)")
+QUANTITIES = (
+    "bytes sent",
+    "peak memory",
+    "step time",
+    "step time (median)",
+    "simulated median",
+    "simulated p90",
+)
+SIMULATED_STEPS = 150
+"""Simulated steps per point (the measured points time 40)."""
+REGIMES = ("ranks <= cores", "oversubscribed")
+TARGETS_PCT = {
+    "simulated median": {"ranks <= cores": 10.0, "oversubscribed": 15.0},
+    "simulated p90": {"ranks <= cores": 15.0, "oversubscribed": 20.0},
+}
+"""Issue 11's targets: geomean |error| of the simulated median and p90 step, by regime."""
 _EXACT_FLOOR_PCT = 1e-6
 _MESSAGE_BUCKETS = ((4 * 2**10, "< 4 KiB"), (64 * 2**10, "4-64 KiB"), (2**20, "64 KiB-1 MiB"))
 
@@ -70,8 +92,28 @@ def _stats(deltas: list[float]) -> dict[str, float]:
     }
 
 
-def compare(records: list[dict[str, Any]], hardware: Hardware) -> dict[str, Any]:
-    """Rows (one per point and quantity) and the skipped records, without printing."""
+def simulate_record(record: dict[str, Any], hardware: Hardware, steps: int = SIMULATED_STEPS):
+    """The event simulator at a record's point (its options; seed 0; the profile's jitter)."""
+    config = record["config"]
+    options = {k: config[k] for k in OPTIONS if config.get(k) is not None}
+    return simulate(
+        config["method"],
+        config["world"],
+        config["batch"],
+        config["dim"],
+        config.get("dtype", "fp32"),
+        hardware,
+        steps=steps,
+        seed=0,
+        **options,
+    )
+
+
+def compare(
+    records: list[dict[str, Any]], hardware: Hardware, *, simulated_steps: int = SIMULATED_STEPS
+) -> dict[str, Any]:
+    """Rows (one per point and quantity) and the skipped records, without printing;
+    ``simulated_steps`` 0 leaves the simulator out."""
     rows: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
     for record in records:
@@ -108,6 +150,10 @@ def compare(records: list[dict[str, Any]], hardware: Hardware) -> dict[str, Any]
             steps = measured.get("step_time_s") or {}
             pairs.append(("step time", p.step_time_s.item(), steps.get(STEP_STATISTIC)))
             pairs.append(("step time (median)", p.step_time_s.item(), steps.get("median")))
+            if simulated_steps and steps.get("median") is not None:
+                sim = simulate_record(record, hardware, simulated_steps)
+                pairs.append(("simulated median", sim.median_s, steps.get("median")))
+                pairs.append(("simulated p90", sim.p90_s, steps.get("p90")))
         for quantity, predicted, value in pairs:
             if value is None:
                 continue
@@ -150,8 +196,70 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def by_regime(summary: dict[str, Any], noise: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per regime: geomean |error| % of the closed form's median, the simulated median
+    and p90, their targets, and the noise floor's median and p90 (None where absent)."""
+
+    def geomean(quantity, regime, key="geomean_abs_err_pct"):
+        stats = summary.get(quantity, {}).get("by_oversubscription", {}).get(regime)
+        return stats[key] if stats else None
+
+    out = []
+    for regime in REGIMES:
+        floor = (noise or {}).get(regime) or {}
+        out.append(
+            {
+                "regime": regime,
+                "points": geomean("simulated median", regime, "points") or 0,
+                "closed_form_median_pct": geomean("step time (median)", regime),
+                "simulated_median_pct": geomean("simulated median", regime),
+                "simulated_p90_pct": geomean("simulated p90", regime),
+                "target_median_pct": TARGETS_PCT["simulated median"][regime],
+                "target_p90_pct": TARGETS_PCT["simulated p90"][regime],
+                "noise_median_pct": floor.get("median_pct"),
+                "noise_p90_pct": floor.get("p90_pct"),
+            }
+        )
+    return out
+
+
+def regime_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """:func:`by_regime`'s rows as a table."""
+    table = Table(title=title)
+    heads = ("regime", "points", "closed form median", "sim median (target)", "sim p90 (target)",
+             "noise floor median", "noise floor p90")  # fmt: skip
+    for col in heads:
+        table.add_column(col, justify="left" if col == "regime" else "right")
+
+    def pct(value):
+        return "-" if value is None else f"{value:.1f}"
+
+    for r in rows:
+        table.add_row(
+            r["regime"],
+            str(r["points"]),
+            pct(r["closed_form_median_pct"]),
+            f"{pct(r['simulated_median_pct'])} (<= {r['target_median_pct']:g})",
+            f"{pct(r['simulated_p90_pct'])} (<= {r['target_p90_pct']:g})",
+            pct(r["noise_median_pct"]),
+            pct(r["noise_p90_pct"]),
+        )
+    return table
+
+
+def jitter_line(hardware: Hardware) -> str:
+    """What jitter the simulated rows drew."""
+    if not hardware.jitter:
+        return f"simulated without jitter: {hardware.name} has no fitted jitter"
+    parts = [
+        f"{kind} {j.distribution} median x{j.median:.3g} sigma {j.sigma:.3g}"
+        for kind, j in sorted(hardware.jitter.items())
+    ]
+    return f"simulated with {hardware.name}'s fitted jitter: " + "; ".join(parts)
+
+
 def _fmt(quantity: str, value: float) -> str:
-    if quantity.startswith("step time"):
+    if quantity.startswith(("step time", "simulated")):
         return f"{value * 1e3:.3f} ms"
     return f"{value / 2**20:.4f} MiB" if value >= 2**20 else f"{value:,.0f} B"
 
@@ -162,8 +270,10 @@ def validate(
     console: Console | None = None,
     *,
     show_points: bool = True,
+    noise: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Print the per-point table and the summary; return the summary as plain data."""
+    """Print the per-point table, the summary and the table by regime (beside ``noise``,
+    :func:`simulator.noise_floor.floor`'s result, when given); return them as plain data."""
     console = console or Console()
     hw = resolve_hardware(hardware)
     records = latest(read_records(paths, must_exist=True))
@@ -201,7 +311,11 @@ def validate(
         parts = ", ".join(f"{n} {status}" for status, n in sorted(result["skipped"].items()))
         console.print(f"not compared (status not ok): {parts}")
     ok = sum(1 for r in records if r.get("status") == "ok")
+    regimes = by_regime(summary, noise)
+    console.print(regime_table(regimes, "step time by regime: geomean |delta %|"))
+    console.print(jitter_line(hw))
     return {
+        "by_regime": regimes,
         "hardware": hw.name,
         "records": len(records),
         "points_compared": ok,

@@ -39,7 +39,7 @@ timeout_s = 120.0
 SUBCOMMANDS = ("run", "calibrate", "predict", "validate", "plot", "report", "maxbatch")
 VERBS = (
     *SUBCOMMANDS, "recommend", "simulate", "trace", "point", "grid", "mark", "peers",
-    "gpu-check", "profiles",
+    "gpu-check", "profiles", "noise-floor",
 )  # fmt: skip
 ROOT = Path(__file__).resolve().parents[1]
 

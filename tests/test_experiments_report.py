@@ -78,6 +78,8 @@ def test_report_lists_failures_units_and_validation(hardware, tmp_path):
         "peak_memory_bytes",
         "step_time_s",
         "step_time_median_s",
+        "step_time_median_simulated_s",
+        "step_time_p90_simulated_s",
     }
     bytes_all = next(r for r in summary_rows if r["quantity"] == "bytes_sent")
     assert bytes_all["max_error_pct"] == 0
