@@ -57,7 +57,8 @@ KIND_METHOD = {"sigmoid": "sigmoid-ring", "softmax": "softmax-ring"}
 
 @dataclass(kw_only=True, slots=True)
 class PeerConfig:
-    """One world size of the peer benchmark (``python -m experiments.peers --help``)."""
+    """One world size of the peer benchmark (``sigsim peers --help``): a point's fields
+    (:meth:`point` gives them as a :class:`PointConfig`) for several contenders at once."""
 
     world: int
     """W, ranks (gloo processes on CPU; NCCL, one GPU per rank, on CUDA)."""
@@ -82,6 +83,10 @@ class PeerConfig:
     """Free-form notes carried into the records (e.g. the command line)."""
 
     def point(self, kind: str) -> PointConfig:
+        """The point fields as a :class:`PointConfig` of ``kind``'s registered method: the
+        inputs every contender of that kind shares (``make_inputs``), and what
+        ``experiments.peers.validate`` checks. ``autocast`` stays out: the benchmark enters
+        it around every contender's step itself, the same way for both sides."""
         return PointConfig(
             method=KIND_METHOD[kind],
             world=self.world,
@@ -89,7 +94,11 @@ class PeerConfig:
             dim=self.dim,
             dtype=self.dtype,
             device=self.device,
+            steps=self.steps,
+            warmup=self.warmup,
             seed=self.seed,
+            timeout_s=self.timeout_s,
+            pg_timeout_s=self.pg_timeout_s,
         )
 
     def as_dict(self) -> dict:

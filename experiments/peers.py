@@ -26,6 +26,7 @@ prints the pip command and exits.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -42,8 +43,8 @@ from experiments.open_clip_peers import (
 from experiments.peer_worker import PeerConfig, peers_rank
 from experiments.verbs import add_peers_arguments
 from profiling import results
-from profiling.launch import ConfigError, launch, visible_gpus
-from profiling.losses.precision import TORCH_DTYPES
+from profiling.launch import launch
+from profiling.point import ConfigError, validate_point
 
 MiB = 1024**2
 SIGMOID_OURS = ("sigmoid-ring", "sigmoid-ring-bidir")
@@ -131,22 +132,10 @@ def ratios(measured: dict[str, dict], world: int = 0, autocast: bool = False) ->
 
 
 def validate(config: PeerConfig) -> None:
-    for name in ("world", "batch", "dim", "steps"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    if config.autocast not in (None, "bf16", "fp16"):
-        raise ConfigError(f"autocast must be bf16 or fp16, got {config.autocast!r}")
-    if config.autocast and config.dtype != "fp32":
-        raise ConfigError("autocast runs fp32 features: leave --dtype at fp32")
-    if config.dtype not in TORCH_DTYPES:
-        raise ConfigError(f"unknown dtype {config.dtype!r}; known: {', '.join(TORCH_DTYPES)}")
-    if config.device not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda, got {config.device!r}")
-    if config.device == "cuda" and config.world > visible_gpus():
-        raise ConfigError(
-            f"NCCL runs one GPU per rank: W={config.world} exceeds {visible_gpus()} visible GPUs"
-        )
+    """Raise :class:`ConfigError` (one line) if the comparison cannot run here: its point
+    fields as :func:`profiling.point.validate_point` checks any point (W, b, d, steps,
+    dtype and autocast on this device, W against the visible GPUs), then the contenders."""
+    validate_point(dataclasses.replace(config.point("sigmoid"), autocast=config.autocast))
     unknown = sorted(set(config.contenders) - set(CONTENDER_NAMES))
     if unknown:
         raise ConfigError(f"unknown contender {unknown[0]!r}; known: {', '.join(CONTENDER_NAMES)}")
