@@ -12,6 +12,7 @@ transfers per ring pass; ``tests/test_simulate.py`` pins it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +20,25 @@ import numpy as np
 
 from profiling.losses.registry import Method
 from simulator import program as step_program
-from simulator.events import Engine, Slice
+from simulator.events import Engine, RingPass, Slice
 from simulator.hardware import Hardware, resolve_hardware
 from simulator.model import OPTIONS, predict, resolve_method
 from simulator.variability import Jitter, Variability
+
+EXACT_RANK_ROUNDS = 2 * 10**8
+"""Up to this many rank-rounds (``W·rounds·steps``) :func:`simulate` runs every ring round
+(about 4 s at 20 ns per rank-round on the 2-vCPU Xeon VM, docs/simulator.md)."""
+
+COARSE_RANK_ROUNDS = 2 * 10**8
+"""Beyond :data:`EXACT_RANK_ROUNDS`, ring rounds merge until ``W·(rounds/g)·steps`` engine
+rank-rounds are at most this many (docs/simulator.md, "At scale")."""
+
+CHUNK_RANK_STEPS = 2**16
+"""Coarse runs simulate ``CHUNK_RANK_STEPS // W`` steps at a time (arrays of 512 KiB)."""
+
+MAX_COARSE_FRACTION = 32
+"""The automatic ``coarse`` stays at most ``W/32``: the largest ratio whose error
+docs/simulator.md ("At scale") measures."""
 
 MAX_TRACE_SLICES = 2_000_000
 """Refuse a timeline with more rank-events than this (a trace nobody could open)."""
@@ -47,6 +63,9 @@ class Simulation:
     """The closed form's step time at the same point (:func:`simulator.predict`)."""
     timeline: tuple[Slice, ...] | None
     """Step 0, every rank, when asked for (``trace=True``)."""
+    coarse: int = 1
+    """Ring rounds per engine round: 1 exact, ``g > 1`` the coarse rounds of
+    :mod:`simulator.events` (an approximation, docs/simulator.md "At scale")."""
 
     @property
     def median_s(self) -> float:
@@ -76,6 +95,7 @@ class Simulation:
             "p90_s": self.p90_s,
             "max_s": float(s.max()),
             "predicted_s": self.predicted_s,
+            "coarse": self.coarse,
         }
 
 
@@ -94,6 +114,7 @@ def simulate(
     slow_node: tuple[int, float] | None = None,
     slow_link: tuple[int, float] | None = None,
     trace: bool = False,
+    coarse: int | None = None,
     **options,
 ) -> Simulation:
     """Simulate ``steps`` steps of ``method`` at one point ``(world, batch, dim)``.
@@ -103,13 +124,22 @@ def simulate(
     calibration; none on datasheet profiles), ``{}`` none; ``stragglers``: rank →
     compute slowdown; ``slow_node``:
     (node, slowdown); ``slow_link``: (rank, slowdown of its link to rank + 1);
-    ``options``: those of :func:`simulator.predict` (``overlap``, ``tile``, ...).
+    ``coarse``: ring rounds merged into one engine round (1: exact; None: 1 while the
+    rings' rank-rounds ``W·rounds·steps`` stay within :data:`EXACT_RANK_ROUNDS`, else
+    the smallest ``g`` that brings ``W·(rounds/g)·steps`` within
+    :data:`COARSE_RANK_ROUNDS`, at most ``W /`` :data:`MAX_COARSE_FRACTION`,
+    :func:`coarse_for`); ``options``: those of
+    :func:`simulator.predict` (``overlap``, ``tile``, ...).
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r}; known options: {', '.join(OPTIONS)}")
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
         raise ValueError(f"steps must be a whole number ≥ 1, got {steps!r}")
+    if coarse is not None and (
+        isinstance(coarse, bool) or not isinstance(coarse, int | np.integer) or coarse < 1
+    ):
+        raise ValueError(f"coarse must be a whole number ≥ 1 or None, got {coarse!r}")
     spec = resolve_method(method)
     hw = resolve_hardware(hardware)
     if jitter is None:  # the profile's fitted jitter (none on datasheet profiles)
@@ -125,8 +155,22 @@ def simulate(
     prog = step_program.build(spec, world, batch, dim, dtype, hw, **options)
     if trace:
         _check_trace_size(prog)
-    engine = Engine(prog.machine, variability, int(steps), seed, record=trace)
-    samples = engine.run(prog.segments)
+        if coarse not in (None, 1):
+            raise ValueError("a trace needs the exact engine: coarse must be 1 or None")
+        coarse = 1
+    if coarse is None:
+        coarse = coarse_for(prog, int(steps))
+    if coarse == 1:
+        engine = Engine(prog.machine, variability, int(steps), seed, record=trace)
+        samples = engine.run(prog.segments)
+    else:  # steps in chunks that stay in cache, drawing jitter from pools they share
+        rng, pools = np.random.default_rng(seed), {}
+        chunk = max(1, CHUNK_RANK_STEPS // prog.machine.world)
+        samples = np.concatenate([
+            Engine(prog.machine, variability, min(chunk, steps - first), rng, record=False,
+                   coarse=coarse, pools=pools).run(prog.segments)
+            for first in range(0, int(steps), chunk)
+        ])  # fmt: skip
     closed = predict(spec, world, batch, dim, dtype, hw, **options)
     return Simulation(
         method=spec.name,
@@ -141,7 +185,22 @@ def simulate(
         step_time_s=samples,
         predicted_s=float(closed.step_time_s),
         timeline=tuple(engine.slices) if trace else None,
+        coarse=int(coarse),
     )
+
+
+def ring_rounds(prog: step_program.Program) -> int:
+    """Engine rounds of one rank's step at ``coarse = 1``: every ring pass's rounds."""
+    return sum(sum(p.rounds for p in s.parts) for s in prog.segments if isinstance(s, RingPass))
+
+
+def coarse_for(prog: step_program.Program, steps: int) -> int:
+    """The ``coarse`` that :func:`simulate` picks (its docstring)."""
+    rounds, world = ring_rounds(prog), prog.machine.world
+    if world * rounds * steps <= EXACT_RANK_ROUNDS:
+        return 1
+    units = max(1, COARSE_RANK_ROUNDS // (world * steps))
+    return max(1, min(math.ceil(rounds / units), world // MAX_COARSE_FRACTION))
 
 
 def _check_trace_size(prog: step_program.Program) -> None:

@@ -78,6 +78,24 @@ class Jitter:
         tail += 1.0
         return tail * (self.median / (1.0 + self.sigma * math.log(2)))
 
+    def draw_mean(self, rng: np.random.Generator, shape, n: int) -> np.ndarray | float:
+        """Multipliers each standing for the mean of ``n`` independent draws (the engine's
+        coarse rounds, :mod:`simulator.events`). ``exponential``: exact, the tail's mean
+        is Gamma(n, σ/n); ``lognormal``: the lognormal with the mean's exact mean and
+        variance (Fenton–Wilkinson): ``s² = ln(1 + (e^{σ²} − 1)/n)``, log-mean
+        ``ln(median) + σ²/2 − s²/2``; ``n = 1`` is :meth:`draw`."""
+        if n == 1 or self.constant:
+            return self.draw(rng, shape)
+        if self.distribution == "lognormal":
+            s2 = math.log1p(math.expm1(self.sigma**2) / n)
+            z = rng.standard_normal(shape)
+            z *= math.sqrt(s2)
+            z += math.log(self.median) + (self.sigma**2 - s2) / 2
+            return np.exp(z, out=z)
+        tail = rng.gamma(n, self.sigma / n, shape)
+        tail += 1.0
+        return tail * (self.median / (1.0 + self.sigma * math.log(2)))
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Variability:
