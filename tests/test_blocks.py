@@ -27,9 +27,11 @@ def test_default_tile_is_one_rule_for_the_losses_and_the_model():
     for device, smallest in SMALLEST_DEFAULT_TILE.items():
         assert default_tile(smallest // 2, 8, device) == smallest // 2  # small b: one block
         assert default_tile(4 * smallest, 8, device) == smallest
-        assert default_tile(4 * smallest, smallest, device) == 4 * smallest  # 4·d, capped by b
         assert Shape.of(2, 4 * smallest, 8, device=device).tile_side == smallest
+    assert default_tile(4 * 4096, 4096, "cuda") == 4 * 4096  # 4·d on CUDA, capped by b
+    assert default_tile(4 * 4096, 4096, "cpu") == 256  # fixed on CPU, whatever d
+    assert default_tile(512, 512, "cpu") == 256  # the peers point is cut in four tiles
     loss = build_loss("sigmoid-ring")
     features = torch.zeros(3000, 16)
-    assert loss.tile_for(features) == default_tile(3000, 16, "cpu") == 1024
+    assert loss.tile_for(features) == default_tile(3000, 16, "cpu") == 256
     assert build_loss("softmax-ring", tile=7).tile_for(features) == 7

@@ -67,17 +67,18 @@ def _tiles(x, y, tile, diag):
             yield slice(i0, i1), slice(j0, j1), k
 
 
-def sigmoid_block(x, y, t, bias, *, diag, tile, dx, dy, sums) -> None:
+def sigmoid_block(x, y, t, bias, *, diag, tile, dx, dy, sums, g_scale=None) -> None:
     """Add the sigmoid loss of ``x`` vs ``y`` to ``sums[0]``; ``Dx``, ``Dy`` into ``dx``, ``dy``.
 
     ``sums`` is a 2-vector (loss, dβ), dβ filled when ``dx`` is given; ``dx`` and ``dy``
     None skip the gradient work; ``dx`` None with ``dy`` given computes the text
-    gradient alone (the exact second trip of the sigmoid rings' backward).
+    gradient alone (the exact second trip of the sigmoid rings' backward), where
+    ``g_scale`` (a 0-d tensor) multiplies ``G`` before it is accumulated.
     """
     for rows, cols, k in _tiles(x, y, tile, diag):
         tile_dx = dx[rows] if dx is not None else None
         tile_dy = dy[cols] if dy is not None else None
-        _sigmoid_tile(x[rows], y[cols], t, bias, k, tile_dx, tile_dy, sums)
+        _sigmoid_tile(x[rows], y[cols], t, bias, k, tile_dx, tile_dy, sums, g_scale)
 
 
 def _logits(x, y, t):
@@ -100,7 +101,7 @@ def _accumulate(dx, dy, g, x, y) -> None:
         dy.add_(gm.T @ x)
 
 
-def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums) -> None:
+def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums, g_scale) -> None:
     # One function per tile: its scratch (logits, softplus; G in the operand dtype and a
     # product for half operands) is freed on return.
     logits = _logits(x, y, t).add_(bias)
@@ -115,6 +116,8 @@ def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums) -> None:
         g.diagonal(k).sub_(1)
     if dx is not None:
         sums[1] += g.sum()
+    elif g_scale is not None:
+        g.mul_(g_scale)
     _accumulate(dx, dy, g, x, y)
 
 

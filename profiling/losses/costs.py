@@ -81,20 +81,19 @@ def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True):
 
     ``rounds``: each chain's round count (arrays broadcast), in chain order. A chain of
     ``R ≥ 1`` rounds ends up holding ``min(R, 2)`` payloads (the one computed on and the
-    one arriving, or the one whose send just completed) and accumulators: its fresh
-    contribution, the one in flight out and the one arriving (3), or 2 when ``R = 1``
-    or without overlap (a completed send frees its buffer at once). All of them exist
-    from the second round on; the one exception is the last chain to compute, if its
-    ring has a single round: its last receive buffer is taken only after its block. The
-    owner's own block and the caller's buffers are not included.
+    one arriving, or the one whose send just completed) and two accumulators (the one
+    computed into and sent, the one the next arrives in), with or without overlap (a
+    visit adds into the accumulator it has just received). Both exist from the first
+    round's exchange on; the one exception is the last chain to compute, if its ring has
+    a single round: its receive buffer is taken only after its block. The owner's own
+    block and the caller's buffers are not included. ``overlap`` changes no buffer count
+    (kept for the callers that pass it).
     """
     rounds = [np.asarray(r) for r in rounds]
     p, a = np.asarray(payload_bytes), np.asarray(acc_bytes)
     full = 0
     for r in rounds:
-        n_payload = np.minimum(r, 2)
-        n_acc = np.where(r == 0, 0, np.where((r == 1) | (not overlap), 2, 3))
-        full = full + p * n_payload + a * n_acc
+        full = full + p * np.minimum(r, 2) + a * np.where(r == 0, 0, 2)
     # the chain that computes last: the longest, the later one on a tie
     longest = rounds[0]
     for r in rounds[1:]:

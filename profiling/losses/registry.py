@@ -248,18 +248,24 @@ def peak_of(*moments: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-SMALLEST_DEFAULT_TILE = {"cpu": 1024, "cuda": 4096}
+SMALLEST_DEFAULT_TILE = {"cpu": 256, "cuda": 4096}
 """Per device type, the side below which the default never cuts a block: large enough
-that a tile's matmuls run at full rate (on the 2-core development CPU a 512-block cut
-into 256-tiles ran no faster, into 128-tiles 12% slower; ``docs/speed.md``)."""
+that a tile's matmuls run at full rate (on the 2-core development CPU, at d = 512, a
+512-block cut into 256-tiles ran within 2% or faster in fp32 and with bf16 operands,
+into 128-tiles 9–87% slower than 256; ``docs/speed.md``)."""
+TILE_PER_DIM = {"cpu": 0, "cuda": 4}
+"""Per device type, how far the default tile grows with ``d`` (``k·d``): on CUDA the tile
+keeps ``T ≥ 4·d``, so the tile scratch (``2·T²·c``) stays within a few times the
+``b×d`` buffers the ring holds anyway; on CPU a fixed 256 bounds it at ``0.5 MiB`` (fp32)
+at no cost in time."""
 
 
 def default_tile(batch, dim, device: str = "cpu"):
-    """The ring methods' tile when none is given: ``b``, unless ``b`` exceeds both the
-    device's :data:`SMALLEST_DEFAULT_TILE` and ``4·d``; then ``max(that, 4·d)``, so that
-    the tile scratch (``2·T²·c``) stays within a few times the ``b×d`` buffers the ring
-    holds anyway instead of growing as ``b²``."""
-    return np.minimum(batch, np.maximum(SMALLEST_DEFAULT_TILE[device], 4 * np.asarray(dim)))
+    """The ring methods' tile when none is given: ``min(b, max(S, k·d))`` with ``S`` the
+    device's :data:`SMALLEST_DEFAULT_TILE` and ``k`` its :data:`TILE_PER_DIM` (CPU:
+    ``min(b, 256)``; CUDA: ``b``, unless ``b`` exceeds both 4096 and ``4·d``)."""
+    wide = TILE_PER_DIM[device] * np.asarray(dim)
+    return np.minimum(batch, np.maximum(SMALLEST_DEFAULT_TILE[device], wide))
 
 
 _REGISTRY: dict[str, Method] = {}

@@ -3,10 +3,12 @@
 Each rank owns a *payload* (its text embeddings, plus whatever per-text data the pass
 needs). The payloads travel round the ring along one or more :class:`Chain` s; at every
 stop the visiting rank computes one block against its own images (``visit``). A visit
-may return a *contribution* to a per-payload accumulator (the text gradients, or the
-running column log-sum-exp); the accumulator follows its payload one round behind, each
-rank merging its own contribution into it (``combine``), and after the payload's last
-stop it is sent straight home. The owner's own block (the positives) stays at home.
+may add a *contribution* to a per-payload accumulator (the text gradients, or the
+running column log-sum-exp); the accumulator follows its payload one round behind and,
+after the payload's last stop, is sent straight home. The visiting rank adds its
+contribution into the accumulator it has just received (``visit(..., fresh=False)``),
+or into a fresh one on the payload's first stop (``fresh=True``). The owner's own block
+(the positives) stays at home.
 
 One pass over a chain of ``R`` rounds, per rank:
 
@@ -15,13 +17,17 @@ One pass over a chain of ``R`` rounds, per rank:
   back; on a one-way ring of ``W−1`` rounds that is the next rank too).
 
 Overlap (``overlap=True``): round ``i+1``'s payload exchange is posted before round
-``i``'s block is computed, and round ``i``'s accumulator is only waited for after round
-``i+1``'s block, so both kinds of traffic hide behind compute. With ``overlap=False``
-every exchange is waited for as soon as it is posted.
+``i``'s block is computed, so the payload traffic hides behind compute. The accumulator
+of round ``i`` is waited for before round ``i``'s block (the block adds into it): its
+transfer, posted by the previous rank after its block ``i−1``, is exposed. Hiding it
+too would need a third accumulator-sized buffer (the contribution computed apart while
+one accumulator arrives and the previous one leaves); the ring spends one exposed
+accumulator transfer per round to save it. With ``overlap=False`` every exchange is
+waited for as soon as it is posted.
 
 Memory per chain, independent of W: two payloads (the one being computed and sent, the
-one arriving) and up to three accumulator-sized buffers (one in flight out, one in
-flight in, the fresh contribution).
+one arriving) and two accumulator-sized buffers (the one computed into, then sent; the
+one the next accumulator arrives in).
 """
 
 from __future__ import annotations
@@ -53,8 +59,7 @@ def both_ways(world: int) -> tuple[Chain, ...]:
     return tuple(c for c in chains if c.rounds > 0)
 
 
-Visit = Callable[[Sequence[torch.Tensor], int, torch.Tensor | None], None]
-Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Visit = Callable[[Sequence[torch.Tensor], int, torch.Tensor | None, bool], None]
 
 
 class _ChainState:
@@ -75,7 +80,6 @@ def ring_pass(
     payload: Sequence[torch.Tensor],
     chains: Sequence[Chain],
     visit: Visit,
-    combine: Combine,
     *,
     new_accumulator: Callable[[], torch.Tensor] | None,
     overlap: bool,
@@ -83,11 +87,12 @@ def ring_pass(
 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """Run one pass; return the home contribution and each chain's returned accumulator.
 
-    ``visit(payload, owner_rank, out)`` is called once for this rank's own payload
-    (first) and once per round and chain for the payload held then; it initialises and
-    fills ``out``, its contribution to that payload's accumulator (a buffer from
-    ``new_accumulator()``, reused across rounds), or gets None when the pass has no
-    accumulator (``new_accumulator=None``).
+    ``visit(payload, owner_rank, out, fresh)`` is called once for this rank's own payload
+    (first) and once per round and chain for the payload held then; it adds its
+    contribution into ``out``, that payload's accumulator, which it first initialises
+    when ``fresh`` (a buffer from ``new_accumulator()``, reused across rounds) and which
+    otherwise holds what the payload's earlier stops accumulated; ``out`` is None when
+    the pass has no accumulator (``new_accumulator=None``).
     """
     rank, world = transport.rank, transport.world_size
     states = {c: _ChainState() for c in chains}
@@ -128,7 +133,7 @@ def ring_pass(
     for chain, state in states.items():
         post_payload(chain, state, payload)
     home = new_accumulator() if new_accumulator is not None else None
-    visit(payload, rank, home)
+    visit(payload, rank, home, True)
     for i in range(1, max((c.rounds for c in chains), default=0) + 1):
         active = [c for c in chains if c.rounds >= i]
         for c in active:
@@ -142,15 +147,11 @@ def ring_pass(
             state = states[c]
             owner = (rank - c.direction * i) % world
             if new_accumulator is None:
-                visit(state.held, owner, None)
+                visit(state.held, owner, None, True)
                 continue
-            contribution = take(state)
-            visit(state.held, owner, contribution)
-            if i > 1:
-                acc = combine(collect(state), contribution)
-                state.free.append(contribution)
-            else:
-                acc = contribution
+            fresh = i == 1
+            acc = take(state) if fresh else collect(state)
+            visit(state.held, owner, acc, fresh)
             post_accumulator(c, state, i, acc)
     returned = [collect(s) for s in states.values() if s.exchange is not None]
     return home, returned

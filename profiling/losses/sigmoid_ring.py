@@ -42,19 +42,21 @@ Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
 
     dx, home dy                    2·b·d·c
     ring buffers                   2·b·d·s     (payloads: held + arriving)
-                                 + 3·b·d·c     (accumulators: out, in, fresh contribution)
+                                 + 2·b·d·c     (accumulators: computed into and sent,
+                                                arriving)
     block-math copies              2·b·d·m     (x and the held texts upcast: only where
                                                 half features meet fp32 operands, m > s)
     tile                           2·T²·c      (logits, softplus; with half operands
                                                 m < c, at least T²·(c+m) + T·d·m: G in m
                                                 and one product, ``costs.tile_scratch``)
 
-(fewer buffers for rings of one or two rounds and without overlap: ``costs.pool_bytes``).
+(fewer buffers for rings of one or two rounds: ``costs.pool_bytes``).
 Under autocast the rounded features are transient (the second trip rounds again).
 
-Overlap: the next round's texts are posted before the current block is computed and the
-accumulator from round ``i`` is awaited only after block ``i+1`` (``overlap=False``
-waits at once, to measure the difference).
+Overlap: the next round's texts are posted before the current block is computed; the
+block adds into the dy accumulator just received, so that accumulator's transfer is
+waited for and exposed (a third b×d buffer would hide it: ``ring``). ``overlap=False``
+waits for every exchange at once, to measure the difference.
 
 The cost description of this code (its ``Schedule`` and memory terms, the formulas
 above in numpy) and its registration are in the sibling ``sigmoid_ring_cost``.
@@ -67,10 +69,6 @@ import torch
 from profiling.losses import blocks, ring
 from profiling.losses.base import RingLoss, first_order_only
 from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
-
-
-def _add_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
-    return received.add_(contribution)
 
 
 class _SigmoidRingFunction(torch.autograd.Function):
@@ -86,8 +84,8 @@ class _SigmoidRingFunction(torch.autograd.Function):
         sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss, dβ
         dx = torch.zeros(x.shape, dtype=cdt, device=x.device) if want_grad else None
 
-        def visit(payload, owner, dy):
-            if dy is not None:
+        def visit(payload, owner, dy, fresh):
+            if dy is not None and fresh:
                 dy.zero_()
             diag = 0 if owner == transport.rank else None
             texts = payload[0].to(mdt)
@@ -100,7 +98,6 @@ class _SigmoidRingFunction(torch.autograd.Function):
             [y],
             chains,
             visit,
-            _add_,
             new_accumulator=(lambda: torch.empty_like(dx)) if want_grad else None,
             overlap=overlap,
             label="sigmoid",
@@ -153,19 +150,20 @@ def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, til
     coef = grad_loss * t / x.shape[0]
     unused = torch.zeros(2, dtype=cdt, device=x.device)
 
-    def visit(payload, owner, dy):
-        dy.zero_()
+    def visit(payload, owner, dy, fresh):
+        if fresh:
+            dy.zero_()
         diag = 0 if owner == transport.rank else None
         texts = payload[0].to(mdt)
-        blocks.sigmoid_block(xm, texts, t, beta, diag=diag, tile=tile, dx=None, dy=dy, sums=unused)
-        dy.mul_(coef)
+        blocks.sigmoid_block(
+            xm, texts, t, beta, diag=diag, tile=tile, dx=None, dy=dy, sums=unused, g_scale=coef
+        )
 
     dy, returned = ring.ring_pass(
         transport,
         [y],
         chains,
         visit,
-        _add_,
         new_accumulator=lambda: torch.empty(x.shape, dtype=cdt, device=x.device),
         overlap=overlap,
         label="sigmoid.bwd",

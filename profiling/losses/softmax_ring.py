@@ -34,9 +34,10 @@ sent and received alike, against ``4(W−1)·b·d`` elements for the all-gather 
 
 Peak memory per rank, independent of W; ``T = min(tile, b)``: the image gradient and
 the home text gradient (``2·b·d·c``), two payloads in flight (``2·b·d·s`` plus their
-column statistics), three text-gradient buffers in flight (``3·b·d·c``), upcast copies of
-x and the held texts where half features meet fp32 operands (``2·b·d·m``, ``m > s``) and
-two ``T×T`` tiles (``2·T²·c``: the logits, turned into G in place, and the log-sum-exp's
+column statistics), two text-gradient buffers (``2·b·d·c``: the one received, computed
+into and sent on, and the one the next arrives in; ``ring``), upcast copies of x and the
+held texts where half features meet fp32 operands (``2·b·d·m``, ``m > s``) and two
+``T×T`` tiles (``2·T²·c``: the logits, turned into G in place, and the log-sum-exp's
 scratch or G's second term; with half operands at least ``T²·(c+m) + T·d·m``).
 Saved for backward: only the row and column log-sum-exps (``2·b·c``).
 
@@ -70,8 +71,9 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         row_lse = torch.full((b,), -torch.inf, dtype=cdt, device=x.device)
         positives = torch.zeros(1, dtype=cdt, device=x.device)  # Σ S_ii, from the home block
 
-        def visit(payload, owner, col_lse):
-            col_lse.fill_(-torch.inf)
+        def visit(payload, owner, col_lse, fresh):
+            if fresh:
+                col_lse.fill_(-torch.inf)
             blocks.softmax_stats(
                 xm,
                 payload[0].to(mdt),
@@ -88,7 +90,6 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             [y],
             ring.one_way(transport.world_size),
             visit,
-            _logaddexp_,
             new_accumulator=lambda: torch.empty_like(row_lse),
             overlap=overlap,
             label="softmax.fwd",
@@ -114,9 +115,10 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         coef = grad_loss.to(cdt) / (2 * b)
         dx = torch.zeros(x.shape, dtype=cdt, device=x.device)
 
-        def visit(payload, owner, dy):
+        def visit(payload, owner, dy, fresh):
             texts, stats = payload[0].to(mdt), payload[1]
-            dy.zero_()
+            if fresh:
+                dy.zero_()
             blocks.softmax_grad(
                 xm,
                 texts,
@@ -137,7 +139,6 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             [y, stats],
             ring.one_way(transport.world_size),
             visit,
-            lambda received, contribution: received.add_(contribution),
             new_accumulator=lambda: torch.empty_like(dx),
             overlap=overlap,
             label="softmax.bwd",
