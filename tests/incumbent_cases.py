@@ -3,8 +3,9 @@
 For every case, on each rank of a subgroup of ``W`` ranks of one process group: seeded
 L2-normalised features (fp32, ``requires_grad``), ``logit_scale = exp(log t)`` and (SigLIP)
 a bias, all created before measuring, as our records do; then one forward + backward of
-the incumbent's own code (optionally with the forward inside ``torch.autocast("cpu")``)
-under ``profiling.memory.AllocatorTracker`` (exact CPU allocator peak above the level at
+the incumbent's own code (optionally with the forward inside ``torch.autocast("cpu")``,
+optionally with oneDNN off: :attr:`IncumbentCase.onednn`) under
+``profiling.memory.AllocatorTracker`` (exact CPU allocator peak above the level at
 entry: inputs excluded, their gradients included) and ``experiments.dist_counter`` (bytes
 ``torch.distributed`` moved, in ``profiling.comm``'s ring convention). The step runs three
 times, each after a barrier and a 50 ms pause, and the smallest peak is kept: gloo's
@@ -55,6 +56,10 @@ class IncumbentCase:
     dim: int
     autocast: str | None = None
     """Run the forward inside ``torch.autocast("cpu", dtype=...)`` (fp32 features)."""
+    onednn: bool = True
+    """False: run the step with ``torch.backends.mkldnn`` off, so that a bf16 matmul takes
+    torch's own GEMM, which allocates nothing beyond its output, instead of oneDNN's,
+    whose per-call scratch (packed operands, layout-dependent) no cost formula holds."""
     seed: int = 0
 
 
@@ -135,7 +140,8 @@ def measure_case(case: IncumbentCase, rank: int, group) -> dict:
         x.grad = y.grad = log_t.grad = bias.grad = None
         dist.barrier(group=group)
         time.sleep(0.05)  # gloo's worker threads let go of the last collective's buffers
-        with on_group(group), count_traffic() as rec, AllocatorTracker("cpu") as allocator:
+        onednn = torch.backends.mkldnn.flags(enabled=case.onednn)
+        with on_group(group), onednn, count_traffic() as rec, AllocatorTracker("cpu") as allocator:
             t = log_t.exp()
             with autocast:
                 value = loss_fn(x, y, t, bias)

@@ -42,6 +42,18 @@ buffers are alive at once grows with ``W`` until ``W = 4`` and then stays (read 
 allocator traces at W = 2..6). Within 1% of the allocator on gloo
 (``tests/test_incumbents.py``; W = 5, 6 checked once by hand); the traffic is exact.
 ``infcl-inf`` keeps the same ``b×d`` terms and drops the ``b²`` ones.
+
+Inside ``torch.autocast`` (dtype ``h``; ``Shape.of(..., autocast=...)``): the rings still
+move the fp32 ``k`` and ``dk`` (``.float()`` comes first; traffic unchanged). The
+forward's einsums (on CPU's and CUDA's lower-precision lists) give ``h`` blocks; ``exp``,
+``sum`` and ``log`` are on CUDA's fp32 list, not on CPU's, so on CPU the log-sum-exps come
+out in ``h`` (three of the five row vectors: ``(5·4 − 3(4 − h))·b`` there). The numerator
+einsum saves ``h`` copies of ``t·q`` and ``k[labels]`` (``2·b·d·h``, the ``b·d·4`` its fp32
+``k[labels]`` took without autocast, for ``h`` = 2). ``RingProb.backward`` runs outside
+autocast (``backward()`` is called after the ``with`` block), so it is the fp32 one: the
+peak, which is in that backward, keeps its ``b×d`` and ``b×b`` terms. Validated on CPU
+bf16 autocast within 1% (``tests/test_incumbents_autocast.py``, oneDNN off); ``infcl-inf``
+under autocast is derived the same way (its Triton kernels take the fp32 ``q``, ``k``).
 """
 
 from __future__ import annotations
@@ -107,13 +119,13 @@ def _schedule(shape: Shape) -> Schedule:
 
 def _memory(blocks: bool):
     def memory_terms(shape: Shape):
-        if shape.input_bytes is not None:
-            raise ValueError("Inf-CL: autocast is not described (its einsums would run in it)")
-        b, d, w = shape.batch, shape.dim, shape.world
+        b, d, w, h = shape.batch, shape.dim, shape.world, shape.elem_bytes
         bd, bb = b * d * FP32, b * b * FP32
         late = 1 * (w >= 3)  # from the third rank on, a k and a dk are in flight at once
         full = 1 * (w >= 4)
-        rows = {"row vectors (log-sum-exps, numerators)": 5 * b * FP32}
+        # CPU autocast: exp, sum and log run in h, so the log-sum-exps come out in h
+        half_rows = 3 * (shape.input_bytes is not None) * (shape.device != "cuda")
+        rows = {"row vectors (log-sum-exps, numerators)": (5 * FP32 - half_rows * (4 - h)) * b}
         return peak_of(
             {"saved, numerator gradients, dq, dk, ring buffers": (12 + late) * bd}
             | {"block and its gradient": 2 * bb * blocks}

@@ -9,7 +9,8 @@ Real code: ``ClipLoss.forward`` → ``get_logits`` → ``gather_features`` (with
 Everything is plain autograd: every block keeps what its operators save.
 
 With ``b`` rows per rank, ``N = W·b``, feature bytes ``s`` (fp32 here: what was
-validated), per rank per step (``·s`` on every ``d``-wide and logit term):
+validated), per rank per step (``·s`` on every ``d``-wide and logit term), without
+autocast:
 
 * ``openclip-clip-local`` (``ClipLoss(local_loss=True, gather_with_grad=True)``). Two
   all-gathers with grad (``N×d`` each, kept by the matmuls), ``t·x`` and ``t·y``
@@ -31,7 +32,9 @@ validated), per rank per step (``·s`` on every ``d``-wide and logit term):
   ``N ≥ 64``, :data:`LOG_SOFTMAX_SCRATCH_BYTES`) that is a named term.
 * ``openclip-siglip-shift`` / ``-bidir``: ``W`` blocks of ``b×b``; every block keeps its
   own ``t·x`` (``b×d``; ``get_logits`` multiplies again), the received texts (``b×d``) and
-  three ``b×b`` tensors (``labels``, ``labels·logits``, ``log_sigmoid`` 's buffer on CPU).
+  three ``b×b`` tensors (``labels``, ``labels·logits``, ``log_sigmoid`` 's buffer, which
+  only the CPU kernel fills: CUDA's ``log_sigmoid_forward`` returns an empty one, so two
+  per block there; every ``3W`` below is ``2W`` on CUDA, derived from torch's source).
   Moments: in the last forward block ``(2W−1)bd + (3W+2)b²``; first backward block
   ``(2W+1)bd + (3W−2)b²``. Traffic: ``W−1`` exchanges of ``b·d·s`` forward and backward
   (bidir: ``⌊(W−1)/2⌋`` rounds of two tensors plus one single exchange if ``W−1`` is odd).
@@ -49,11 +52,26 @@ validated), per rank per step (``·s`` on every ``d``-wide and logit term):
   gradient and the two ``b×d`` gradients it forms: ``(2W+3)bd + (3W+1)b²``, the same on
   every rank (allocator peaks on gloo, W = 2..4).
 
-Validated on gloo (``tests/test_incumbents.py``): bytes of all six exactly; memory of all
-six within 2% (0.2% seen). On gloo and NCCL the bytes are equal in the ring convention;
-only the all-gather's backward memory differs (``Shape.device``: "cuda" means NCCL).
-Not modelled: gloo's all-gather fills a flat ``N×d`` buffer that its worker thread may hold well after the call returns on a busy host (then up to ``+N·d·s`` at
-the peak; the test keeps the smallest of three runs).
+Inside ``torch.autocast`` (``Shape.of(..., autocast="bf16"|"fp16")``: features of ``i``
+bytes, autocast dtype of ``h``): autocast casts only the matmuls' operands, so every
+collective still moves the caller's ``i`` (traffic as without autocast, at ``s = i``).
+Each ``mm`` casts ``t·x`` (freed once cast) and its other operand to ``h`` and saves
+the copies; logits come out in ``h``. ``cross_entropy`` is on both CPU's and CUDA's
+fp32 lists (an fp32 copy of the logits, an fp32 ``log_softmax`` kept); SigLIP's labels
+are in ``i`` and ``labels·logits`` promotes to fp32, so its ``log_sigmoid`` runs in
+fp32 on either device. Gradients come back in ``h`` through the matmuls and are cast to
+``i``. The moments are in :func:`_clip_local_autocast_memory`,
+:func:`_clip_global_autocast_memory` and :func:`_siglip_autocast_memory`.
+
+Validated on gloo (``tests/test_incumbents.py``, fp32): bytes of all six exactly, memory
+of all six within 2% (0.15% seen). On CPU bf16 autocast
+(``tests/test_incumbents_autocast.py``, oneDNN off: its bf16 matmul takes per-call
+scratch no formula here holds, 5–22 KiB at the test's shapes): memory of all six within
+2% (0.15% seen), bytes exactly. On gloo and NCCL the bytes are equal in the ring
+convention; the all-gather's backward memory differs (``Shape.device``: "cuda" means
+NCCL; the NCCL variant is derived, not measured). Not modelled: gloo's all-gather fills
+a flat ``N×d`` buffer that its worker thread may hold well after the call returns on a
+busy host (then up to ``+N·d·s`` at the peak; the tests keep the smallest of three runs).
 """
 
 from __future__ import annotations
@@ -73,12 +91,6 @@ allocator for ``N`` = 64..1024; none below 64). CUDA: not measured, taken as 0."
 def cpu_scratch(shape: Shape, n):
     """1 where the CPU ``log_softmax`` scratch is taken (rows of 64 or more), else 0."""
     return (shape.device != "cuda") * (n >= 64)
-
-
-def no_autocast(shape: Shape, name: str) -> None:
-    """One-line refusal where autocast's casts are not described for ``name``."""
-    if shape.input_bytes is not None:
-        raise ValueError(f"{name}: autocast is not described (only openclip-clip-local is)")
 
 
 def feature_bytes(shape: Shape) -> int:
@@ -160,7 +172,8 @@ def _clip_local_autocast_memory(shape: Shape):
 
 
 def _clip_global_memory(shape: Shape):
-    no_autocast(shape, "openclip-clip-global")
+    if shape.input_bytes is not None:
+        return _clip_global_autocast_memory(shape)
     b, d, n, s = shape.batch, shape.dim, shape.global_batch, shape.elem_bytes
     gather_backward = {
         "gathered gradients, buffers, stack": (2 if shape.device == "cuda" else 4) * n * d * s
@@ -174,9 +187,34 @@ def _clip_global_memory(shape: Shape):
     )
 
 
+def _clip_global_autocast_memory(shape: Shape):
+    """Inside ``torch.autocast`` (features ``i``, autocast dtype ``h``): the gathers move
+    ``i``; ``t·X`` (``i``, freed once cast) and ``Y`` are cast to ``h`` and the ``h``
+    copies saved by ``mm``, ``X`` kept by the ``t·X`` product; logits ``N×N`` in ``h``,
+    alive until ``forward`` returns; ``cross_entropy`` (on CPU's and CUDA's fp32 lists)
+    casts each direction to fp32 (the transposed one keeps its strides, so
+    ``log_softmax`` copies it once more) and keeps its fp32 ``log_softmax``. Backward:
+    the logit gradient comes back in ``h``, the ``mm`` 's gradients in ``h`` are cast to
+    ``i``, and the all-gather's backward is as without autocast."""
+    b, d, n = shape.batch, shape.dim, shape.global_batch
+    i, h = shape.input_bytes, shape.elem_bytes
+    nd_i, nd_h = n * d * i, n * d * h
+    scratch = LOG_SOFTMAX_SCRATCH_BYTES * cpu_scratch(shape, n)
+    return peak_of(
+        {"X, h copies of t·X, Y": nd_i + 2 * nd_h, "h logits": n * n * h, "labels": 8 * n}
+        | {"fp32 log-softmax (both), cast and copy of the transpose": 4 * n * n * 4}
+        | {"CPU log-softmax scratch": scratch},
+        {"X, Y, t·X, their h copies": 3 * nd_i + 2 * nd_h, "h logits": n * n * h},
+        {"X, h copies, their h gradients": nd_i + 4 * nd_h, "h logit gradient": n * n * h},
+        {"X, gradients of X and Y, x·t and its product": 5 * nd_i},
+        {"gathered gradients, buffers, stack": (2 if shape.device == "cuda" else 4) * nd_i}
+        | {"sum": b * d * i},
+    )
+
+
 def _siglip_schedule(impl: str):
     def schedule(shape: Shape) -> Schedule:
-        b, d, w, s = shape.batch, shape.dim, shape.world, shape.elem_bytes
+        b, d, w, s = shape.batch, shape.dim, shape.world, feature_bytes(shape)
         nbytes = b * d * s
         blocks = w if impl in ("shift", "bidir") else w + 1
         compute = Phase(
@@ -233,21 +271,26 @@ def _siglip_schedule(impl: str):
 
 def _siglip_memory(impl: str):
     def memory_terms(shape: Shape):
-        no_autocast(shape, f"openclip-siglip-{impl}")
+        if shape.input_bytes is not None:
+            return _siglip_autocast_memory(impl, shape)
         b, d, w, s = shape.batch, shape.dim, shape.world, shape.elem_bytes
         bd, bb = b * d * s, b * b * s
+        per_block = 2 + (shape.device != "cuda")  # log_sigmoid's buffer: CPU only
         if impl in ("shift", "bidir"):
             return peak_of(
-                {"t·x and texts per block": (2 * w - 1) * bd, "b×b per block": (3 * w + 2) * bb},
-                {"t·x, texts, gradients": (2 * w + 1) * bd, "b×b per block": (3 * w - 2) * bb},
+                {"t·x and texts per block": (2 * w - 1) * bd}
+                | {"b×b per block": (per_block * w + 2) * bb},
+                {"t·x, texts, gradients": (2 * w + 1) * bd}
+                | {"b×b per block": (per_block * (w - 1) + 1) * bb},
             )
         moments = [
-            {"t·x and texts per block": (2 * w + 1) * bd, "b×b per block": (3 * w + 5) * bb},
+            {"t·x and texts per block": (2 * w + 1) * bd}
+            | {"b×b per block": (per_block * (w + 1) + 2) * bb},
         ]
         if impl == "reduce":
             moments.append(
                 {"t·x and texts per block, the first dx, dtext": (2 * w + 3) * bd}
-                | {"b×b per block but the first, its logit gradient": (3 * w + 1) * bb}
+                | {"b×b per block but the first, its logit gradient": (per_block * w + 1) * bb}
             )
         elif shape.device != "cuda":
             moments.append(
@@ -256,6 +299,68 @@ def _siglip_memory(impl: str):
         return peak_of(*moments)
 
     return memory_terms
+
+
+def received_alive(impl: str, w):
+    """fp32 texts the forward still references in its last block (not saved: autocast
+    saves their ``h`` copies): shift the last two received, bidir the last round's two
+    plus the round before it (or the single last exchange), gather all ``W``, reduce
+    the last all-reduce's output."""
+    w = np.asarray(w)
+    if impl == "shift":
+        return np.minimum(w - 1, 2)
+    if impl == "bidir":
+        return np.select([w <= 3, w % 2 == 0], [w - 1, 3], 4)
+    if impl == "gather":
+        return w * (w > 1)
+    return 1 * (w > 1)
+
+
+def _siglip_autocast_memory(impl: str, shape: Shape):
+    """Inside ``torch.autocast`` (features ``i``, autocast dtype ``h``; same on CPU and
+    CUDA but for ``log_sigmoid`` 's buffer, CPU only): per block ``t·x`` (``i``, freed
+    once cast) and the texts are cast to ``h`` and the copies saved by ``mm`` (so the
+    local block keeps a copy of the local texts too); the ``b×b`` logits come out in
+    ``h``, labels are in the features' dtype ``i``, ``labels·logits`` and
+    ``log_sigmoid`` promote to fp32. The received texts travel in ``i`` and are not
+    saved: the forward references the last few (:func:`received_alive`). Backward, per
+    block: the logit gradient in ``h``, the two ``mm`` gradients in ``h``, cast to ``i``;
+    then ``t·x`` 's backward (``dx·t`` and ``dx·x``). ``nb`` blocks: ``W`` (shift,
+    bidir) or ``W + 1`` (gather, reduce)."""
+    b, d, w = shape.batch, shape.dim, shape.world
+    i, h, z = shape.input_bytes, shape.elem_bytes, 4
+    cpu = 1 * (shape.device != "cuda")
+    bd_i, bd_h, bb = b * d * i, b * d * h, b * b
+    nb = w + (w > 1) * (impl in ("gather", "reduce"))
+    kept = {
+        "h copies per block": 2 * bd_h,
+        "labels, fp32 product, buffer per block": bb * (i + z + z * cpu),
+    }
+    before = {k: (nb - 1) * v for k, v in kept.items()}
+    received = {"received fp32 texts": received_alive(impl, w) * bd_i}
+    moments = [
+        before
+        | received
+        | {"last block's h copies": 2 * bd_h, "h logits": bb * h}
+        | {"labels, fp32 product, log-sigmoid and buffer": bb * (i + 2 * z + z * cpu)},
+        before | received | {"last block's t·x and h copies": bd_i + 2 * bd_h, "h logits": bb * h},
+        before | {"last block's h copies, their h gradients": 4 * bd_h, "h logit gradient": bb * h},
+        before | {"dx, dtext, dx·t, dx·x": 4 * bd_i},
+    ]
+    if impl != "shift":
+        # the second block backward: its text gradient waits (for the all-gather's or the
+        # bidir round's other one; reduce: accumulated), x's accumulates
+        waits = (w > 1) if impl != "bidir" else (w >= 3)
+        moments.append(
+            {k: np.maximum(nb - 2, 0) * v for k, v in kept.items()}
+            | {"waiting text gradient, accumulated dx, dx, dtext, dx·t, dx·x": 6 * bd_i * waits}
+        )
+    if impl == "gather":
+        buffers = w + 2 if shape.device == "cuda" else 3 * w + 2
+        moments.append(
+            kept | {"text gradients, all-to-all buffers, stack, dx, sum": buffers * bd_i * (w > 1)}
+        )
+    return peak_of(*moments)
 
 
 def _register(name, kind, summary, describes, schedule, memory_terms, ring=False):
