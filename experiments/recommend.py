@@ -17,8 +17,9 @@ batch that fits (ties: the faster). The recommendation, per kind, is ours: the (
 tile) with the shortest step at that batch among those that fit there (ties: the larger
 largest batch), and the trade-off against the baseline is stated as ratios.
 
-Entries the model cannot price (an incumbent whose autocast casts are not described) are
-listed with the reason instead of numbers. Nothing is measured: each (method, tile)
+Entries the model cannot price (a cost description that refuses the configuration with a
+``ValueError``; since every incumbent describes autocast, none does today) are listed with
+the reason instead of numbers. Nothing is measured: each (method, tile)
 costs three vectorised model calls.
 """
 

@@ -1,8 +1,8 @@
 """``sigsim recommend`` and the incumbents on the ``predict`` / ``maxbatch`` command lines:
 the largest batch is exact (it fits, one more does not) and equals ``maxbatch`` 's
 bisection, the recommendation is the fastest of ours that fits, the trade-off ratios are
-the table's, ``--json`` parses, bad input fails in one line, and incumbents whose
-autocast is not described are listed with the reason."""
+the table's, ``--json`` parses, bad input fails in one line, and every incumbent is
+priced under autocast too."""
 
 from __future__ import annotations
 
@@ -68,12 +68,12 @@ def test_recommendation_is_the_fastest_of_ours_that_fits():
         assert e.peak_memory_bytes <= 40 * GiB or not e.fits
 
 
-def test_autocast_refusals_are_listed_not_dropped():
+def test_every_incumbent_is_priced_under_autocast():
     entries, choices, _ = recommend(
         hardware=HW, world=64, dim=768, dtype="fp32", autocast="fp16", kinds=("softmax",)
     )
-    refused = {e.method: e.note for e in entries if e.max_global_batch is None}
-    assert "not described" in refused["openclip-clip-global"]
+    assert not [e.method for e in entries if e.max_global_batch is None]
+    assert {"openclip-clip-global", "infcl-ring", "infcl-inf"} <= {e.method for e in entries}
     assert choices[0].baseline == "openclip-clip-local"
 
 
@@ -97,8 +97,9 @@ def test_predict_and_maxbatch_take_incumbents(capsys):
     argv = ["predict", "--hardware", "h100-sxm", "--method", "all,incumbents", "--world", "8"]
     assert cli.main([*argv, "--autocast", "bf16", "--batch", "64", "--dim", "256"]) == 0
     out = capsys.readouterr().out
-    assert "skipped: openclip-siglip-shift: autocast is not described" in out
-    assert re.search(r"openclip-clip-local\s+│\s+8\s+│", out)  # priced: a row of the table
+    assert "skipped" not in out
+    for name in ("openclip-clip-local", "openclip-siglip-shift", "infcl-ring"):
+        assert re.search(name + r"\s+│\s+8\s+│", out), name  # priced: a row of the table
     assert cli.main([*argv, "--batch", "64", "--dim", "256"]) == 0
     out = capsys.readouterr().out
     assert "openclip-clip-local" in out and "infcl-inf" in out and "softmax-ring" in out
