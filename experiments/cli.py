@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from experiments import commands, noise_floor, verbs
+from experiments import commands, model_verbs, noise_floor, simulate_verbs, verbs
 from experiments import config as sweep_config
 
 EPILOG = (
@@ -80,7 +80,7 @@ def _recommend_parser(sub) -> None:
     )
     recommend.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _hardware_option(recommend, "this machine's calibrated profile, else h100-sxm")
-    recommend.set_defaults(handler=commands.cmd_recommend)
+    recommend.set_defaults(handler=model_verbs.cmd_recommend)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fewer calibration samples (seconds instead of a minute; coarser fit)",
     )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="tables and progress to stderr; one summary object (run directory, points, "
+        "phases, validation summary) on stdout at the end",
+    )
     run.set_defaults(handler=commands.cmd_run)
 
     calibrate = sub.add_parser(
@@ -161,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _autocast_option(predict)
     _hardware_option(predict, "this machine's calibrated profile, else h100-sxm")
     predict.add_argument("--json", action="store_true", help="one JSON object per row")
-    predict.set_defaults(handler=commands.cmd_predict)
+    predict.set_defaults(handler=model_verbs.cmd_predict)
 
     for name, handler, what in (
         ("plot", commands.cmd_plot, "redraw a run directory's plots from its results"),
@@ -217,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     maxbatch.add_argument("--run", metavar="RUN_DIR", help="overlay this run's measurements")
     maxbatch.add_argument("--out", metavar="DIR", help="write maxbatch.png and .svg here")
     maxbatch.add_argument("--json", action="store_true", help="one JSON object per row")
-    maxbatch.set_defaults(handler=commands.cmd_maxbatch)
+    maxbatch.set_defaults(handler=model_verbs.cmd_maxbatch)
     _recommend_parser(sub)
 
     simulate = sub.add_parser(
@@ -255,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
     simulate.add_argument("--trace", metavar="PATH", help="write step 0 as Chrome-trace JSON")
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
-    simulate.set_defaults(handler=commands.cmd_simulate)
+    simulate.set_defaults(handler=simulate_verbs.cmd_simulate)
 
     trace = sub.add_parser(
         "trace",
@@ -278,9 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
     trace.add_argument("--out", default="traces", help="folder for measured.json, simulated.json")
-    trace.set_defaults(handler=commands.cmd_trace)
+    trace.add_argument("--json", action="store_true", help="print the summary as JSON")
+    trace.set_defaults(handler=simulate_verbs.cmd_trace)
     verbs.add_parsers(sub, epilog=EPILOG, formatter_class=_formatter)
     noise_floor.add_parser(sub, epilog=EPILOG, formatter_class=_formatter)
+    readme = sub.add_parser(
+        "readme",
+        help="rewrite README.md's measured numbers from the kept records (never measures)",
+        description="Rewrite every generated block of README.md (<!-- sigsim:begin NAME --> "
+        "... <!-- sigsim:end NAME -->) from the records under experiments/results/; --check "
+        "only compares and exits 1 when a block differs.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    readme.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
+    readme.set_defaults(handler=commands.cmd_readme)
     return parser
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from experiments.config import DTYPES
+from experiments.tables import stdout_to_stderr
 from profiling import cli as profiling_cli
 
 
@@ -52,6 +53,11 @@ def add_calibrate_options(calibrate: argparse.ArgumentParser) -> None:
         default=None,
         help="one GPU: bundled profile to copy the network from (default by GPU name)",
     )
+    calibrate.add_argument(
+        "--json",
+        action="store_true",
+        help="print the written profile as JSON (path, contents) instead of the path",
+    )
 
 
 def cmd_calibrate(args) -> int:
@@ -70,7 +76,11 @@ def cmd_calibrate(args) -> int:
         comm_from=args.comm_from,
         **options,
     )
-    path, _ = calibrate(config, Console(stderr=True))
+    with stdout_to_stderr(getattr(args, "json", False)):  # worker output too
+        path, _ = calibrate(config, Console(stderr=True))
+    if getattr(args, "json", False):
+        print(json.dumps({"path": str(path), "profile": json.loads(Path(path).read_text())}))
+        return 0
     Console().print(f"[bold green]profile written:[/bold green] {path}")
     return 0
 

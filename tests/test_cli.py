@@ -39,7 +39,7 @@ timeout_s = 120.0
 SUBCOMMANDS = ("run", "calibrate", "predict", "validate", "plot", "report", "maxbatch")
 VERBS = (
     *SUBCOMMANDS, "recommend", "simulate", "trace", "point", "grid", "mark", "peers",
-    "gpu-check", "profiles", "noise-floor",
+    "gpu-check", "profiles", "noise-floor", "readme",
 )  # fmt: skip
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,3 +291,41 @@ def test_python_dash_m_profiling_point_is_sigsim_point():
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "refused: a point needs --world (or --grid and --index)"
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_run_json_prints_one_summary_object(tiny_run, capsys):
+    assert main(["run", "--resume", str(tiny_run), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # stdout holds the JSON object and nothing else
+    assert summary["run_dir"] == str(tiny_run) and summary["points"] == {"skipped": 6}
+    assert "resumed: total" in summary["phases_s"]
+    assert {s["quantity"] for s in summary["validation"]} >= {"bytes_sent"}
+    assert "Measured" in captured.err  # the tables went to stderr
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_trace_json(tmp_path, capsys):
+    argv = ["trace", "--method", "sigmoid-ring", "--world", "2", "--batch", "8", "--dim", "4"]
+    argv += ["--hardware", "h100-sxm", "--warmup", "1", "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["measured_step_s"] > 0 and summary["simulated_step_s"] > 0
+    assert sorted(Path(p).name for p in summary["files"]) == ["measured.json", "simulated.json"]
+
+
+def test_calibrate_json_prints_the_written_profile(tmp_path, monkeypatch, capsys):
+    import simulator.calibrate
+
+    written = tmp_path / "profile.json"
+
+    def fake_calibrate(config, console):  # the measurement itself is tested elsewhere
+        written.write_text((hardware.BUNDLED_DIR / "h100-sxm.json").read_text())
+        return written, {}
+
+    monkeypatch.setattr(simulator.calibrate, "calibrate", fake_calibrate)
+    assert main(["calibrate", "--quick", "--output", str(written), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["path"] == str(written) and payload["profile"]["name"] == "h100-sxm"

@@ -1,0 +1,417 @@
+"""Every measured number in README.md, regenerated from the records kept in the repository.
+
+README.md holds each measured number inside a generated block::
+
+    <!-- sigsim:begin NAME -->
+    ... text written by the function registered as NAME ...
+    <!-- sigsim:end NAME -->
+
+``sigsim readme`` rewrites every block from the committed records under
+``experiments/results/`` (run directories, JSON lines, summaries); it never measures.
+``sigsim readme --check`` exits with status 1 and names the blocks whose text differs
+from what the records give, so a number retyped by hand, or a record changed without
+regenerating, fails the test suite (``tests/test_readme.py``). Each block names the
+record it comes from and the machine that produced it.
+
+Adding a block is one function: write ``def _name(results: Path) -> str`` returning the
+block's Markdown (read records with :func:`profiling.results.read_records` or the JSON
+files of a run directory; end with the source sentence of :func:`_source`), decorate it
+with ``@block("name")``, put the two markers where it belongs in README.md and run
+``sigsim readme``. What the records cannot say (whether other jobs loaded the machine)
+is written beside the folder in :data:`CONDITIONS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from profiling.results import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "experiments" / "results"
+MiB = 2**20
+GiB = 2**30
+
+#: How loaded the machine was while each kept folder was measured (the records do not
+#: say), as noted when the folder was committed.
+CONDITIONS = {
+    "cpu2-default-run": "quiet",
+    "xeon2-default-run": "quiet",
+    "peers": "quiet",
+    "h200-gpu-check": "a lent machine, nothing else running",
+    "h100-profiler-grid": "a lent machine, nothing else running",
+    "h100-simulator-check": "a lent machine, nothing else running",
+}
+
+#: The kept runs of the default experiment (``sigsim run``), oldest first.
+DEFAULT_RUNS = ("cpu2-default-run", "xeon2-default-run")
+BEGIN = re.compile(r"<!-- sigsim:begin ([a-z0-9-]+) -->\n")
+END = "<!-- sigsim:end {name} -->"
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One generated block of README.md."""
+
+    name: str
+    """The marker name: ``<!-- sigsim:begin NAME -->``."""
+    render: Callable[[Path], str]
+    """Writes the block's Markdown from the records under the results folder given."""
+
+
+BLOCKS: dict[str, Block] = {}
+
+
+def block(name: str):
+    """Register ``render`` as the writer of README block ``name``."""
+
+    def register(render: Callable[[Path], str]) -> Callable[[Path], str]:
+        if name in BLOCKS:
+            raise ValueError(f"README block {name!r} registered twice")
+        BLOCKS[name] = Block(name, render)
+        return render
+
+    return register
+
+
+# --- reading the records --------------------------------------------------------------
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"README block source {path} does not exist") from None
+
+
+def _records(path: Path) -> list[dict]:
+    return read_records(path, must_exist=True)
+
+
+def _machine(env: dict) -> str:
+    """``2-core Intel(R) Xeon(R) Processor, torch 2.13.0+cpu, gloo`` from a record's env."""
+    if env.get("gpu_count"):
+        device = f"one {env['device_name']} ({env['cpu_count']} CPU cores)"
+    else:
+        device = f"{env['cpu_count']}-core {env['device_name']} VM"
+    software = f"torch {env['torch']}, {env['backend']}"
+    if env.get("nccl"):
+        software += f" {env['nccl']}"
+    return f"{device}, {software}"
+
+
+def _source(results: Path, folder: str, env: dict, what: str = "") -> str:
+    """The sentence every block ends with: the record, its machine, date and load."""
+    date = env.get("time_utc", "")[:10]
+    load = CONDITIONS.get(folder, "load not recorded")
+    where = f"`{(results / folder).relative_to(ROOT)}/{what}`"
+    return f"Source: {where} ({_machine(env)}; {date}; {load})."
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def _pct(value: float) -> str:
+    """An error in percent with about two significant digits; 'exact' below 1e-4 %."""
+    if value < 1e-4:
+        return "exact"
+    digits = max(0, 1 - math.floor(math.log10(value)))
+    return f"{value:.{min(digits, 3)}f}%"
+
+
+def _run(results: Path, folder: str) -> tuple[dict, list[dict], dict]:
+    """(run.json, records, validation.json) of a kept run directory."""
+    path = results / folder
+    return (
+        _json(path / "run.json"),
+        _records(path / "results.jsonl"),
+        _json(path / "validation.json"),
+    )
+
+
+# --- the blocks -----------------------------------------------------------------------
+
+
+@block("time-budget")
+def _time_budget(results: Path) -> str:
+    """The default run's wall time by phase, per kept run (newest first)."""
+    parts = []
+    for folder in reversed(DEFAULT_RUNS):
+        meta, records, _ = _run(results, folder)
+        phases = meta["phases_s"]
+        env = records[0]["env"]
+        split = [
+            f"{label} {_duration(phases[key])}"
+            for key, label in (
+                ("calibration", "calibration"),
+                ("measurement", "measurement"),
+                ("validation, plots and report", "report"),
+            )
+            if key in phases
+        ]
+        if "calibration" not in phases:
+            split.insert(0, "the machine already calibrated")
+        parts.append(
+            f"{_duration(phases['total'])} on the {env['cpu_count']}-core "
+            f"{env['device_name']} VM on {env['time_utc'][:10]} ({'; '.join(split)}; "
+            f"`experiments/results/{folder}/run.json`)"
+        )
+    return "The default run took " + ", and ".join(parts) + ".\n"
+
+
+VALIDATION_ROWS = (
+    ("bytes_sent", "real ranks: all", "bytes sent", "all points"),
+    ("peak_memory_bytes", "real ranks: all", "peak memory (allocator)", "all points"),
+    ("step_time_s", "ranks vs cores: ranks <= cores", "step time (lower quartile)", "W ≤ cores"),
+    ("step_time_s", "ranks vs cores: oversubscribed", "step time (lower quartile)", "W > cores"),
+    ("step_time_median_s", "ranks vs cores: ranks <= cores", "step time (median)", "W ≤ cores"),
+    ("step_time_median_s", "ranks vs cores: oversubscribed", "step time (median)", "W > cores"),
+)
+
+
+@block("default-run-validation")
+def _default_run_validation(results: Path) -> str:
+    """Geomean / max error of the model per quantity and regime, one column per kept run."""
+    runs = []
+    for folder in DEFAULT_RUNS:
+        _, records, validation = _run(results, folder)
+        summary = {(s["quantity"], s["regime"]): s for s in validation["summary"]}
+        runs.append((folder, records[0]["env"], summary))
+    header = "| quantity | regime | " + " | ".join(f"`{f}`" for f, _, _ in runs) + " |"
+    lines = [header, "|---|---|" + "---|" * len(runs)]
+    for quantity, regime, label, regime_label in VALIDATION_ROWS:
+        cells = []
+        for _, _, summary in runs:
+            s = summary.get((quantity, regime))
+            if s is None:
+                cells.append("–")
+            elif s["max_error_pct"] < 1e-4:
+                cells.append(f"exact ({s['points']})")
+            else:
+                geomean, worst = _pct(s["geomean_error_pct"]), _pct(s["max_error_pct"])
+                cells.append(f"{geomean} / {worst} ({s['points']})")
+        lines.append(f"| {label} | {regime_label} | " + " | ".join(cells) + " |")
+    sources = " ".join(_source(results, f, env, "validation.json") for f, env, _ in runs)
+    return (
+        "|predicted − measured| / measured, geometric mean / max over points (number of "
+        "points); each run validated against the profile it calibrated, with the model of "
+        "its day.\n\n" + "\n".join(lines) + "\n\n" + sources + "\n"
+    )
+
+
+@block("default-run-bytes-memory")
+def _default_run_bytes_memory(results: Path) -> str:
+    """Bytes and allocator peak per method and W at one shape of the newest default run."""
+    folder = DEFAULT_RUNS[-1]
+    _, records, validation = _run(results, folder)
+    batch, dim = 512, 64
+    model = {
+        (p["method"], p["world"]): p["predicted"]
+        for p in validation["points"]
+        if p["quantity"] == "peak_memory_bytes" and (p["batch"], p["dim"]) == (batch, dim)
+    }
+    lines = [
+        "| method | W | bytes sent / rank | bytes received / rank | allocator peak (KiB) "
+        "| model peak (KiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    ok = [
+        r
+        for r in records
+        if r["status"] == "ok"
+        and (r["config"]["batch"], r["config"]["dim"]) == (batch, dim)
+        and r["config"]["world"] > 1
+        and not r["config"].get("emulate")
+    ]
+    for r in sorted(ok, key=lambda r: (r["config"]["method"], r["config"]["world"])):
+        c, m = r["config"], r["measured"]
+        lines.append(
+            f"| {c['method']} | {c['world']} | {m['bytes_sent']:,} | {m['bytes_received']:,} "
+            f"| {m['peak_alloc_bytes'] / 1024:,.1f} "
+            f"| {model[(c['method'], c['world'])] / 1024:,.1f} |"
+        )
+    return (
+        f"b = {batch}, d = {dim}, fp32, one forward + backward per rank; bytes from "
+        "`profiling.comm`, peak from the counting CPU allocator, model from each method's "
+        "`memory_terms` as it was on the day of the run.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + _source(results, folder, records[0]["env"], "results.jsonl")
+        + "\n"
+    )
+
+
+def _peak(records: list[dict], method: str, world: int, dtype: str, field: str) -> float:
+    (value,) = [
+        r["measured"][field]
+        for r in records
+        if r["status"] == "ok"
+        and (r["config"]["method"], r["config"]["world"], r["config"]["dtype"])
+        == (method, world, dtype)
+    ]
+    return value
+
+
+@block("gpu-check")
+def _gpu_check(results: Path) -> str:
+    """The H200 check (correctness, stand-in peaks) and the H100 grid and model check."""
+    folder = "h200-gpu-check"
+    correctness = _records(results / folder / "gpu_correctness.jsonl")
+    h200 = _records(results / folder / "gpu_results.jsonl")
+    c = h200[0]["config"]
+    passed = sum(1 for r in correctness if r["passed"])
+
+    def mib(method, world, field="peak_live_bytes"):
+        return f"{_peak(h200, method, world, 'fp32', field) / MiB:.0f} MiB"
+
+    def gib(method, world):
+        return f"{_peak(h200, method, world, 'fp32', 'peak_live_bytes') / GiB:.1f} GiB"
+
+    text = (
+        f"On one H200 (b = {c['batch']}, d = {c['dim']}, stand-in peers) {passed} of "
+        f"{len(correctness)} reference checks pass on the GPU (every method, NCCL at W = 1 "
+        f"and emulated W = 4). At emulated W = 512 (fp32) the one-way rings hold "
+        f"{mib('sigmoid-ring', 512)} of live tensors (CUDA allocator: "
+        f"{mib('sigmoid-ring', 512, 'peak_cuda_allocated_bytes')}; the bidirectional ring "
+        f"{mib('sigmoid-ring-bidir', 512)}) against {gib('sigmoid-allgather', 512)} for "
+        f"`sigmoid-allgather` and {gib('softmax-allgather', 512)} for `softmax-allgather`; "
+        f"at W = 4096 the sigmoid rings still hold {mib('sigmoid-ring', 4096)} and "
+        f"{mib('sigmoid-ring-bidir', 4096)}. "
+        + _source(results, folder, h200[0]["env"], "gpu_results.jsonl")
+    )
+    grid_folder = "h100-profiler-grid"
+    grid = _records(results / grid_folder / "gpu.jsonl")
+    g = grid[0]["config"]
+    ring_worlds = sorted(
+        r["config"]["world"]
+        for r in grid
+        if r["status"] == "ok" and r["config"]["method"] == "sigmoid-ring"
+    )
+    top = ring_worlds[-1]
+    ring = _peak(grid, "sigmoid-ring", top, g["dtype"], "peak_live_bytes")
+    gather = _peak(grid, "sigmoid-allgather", top, g["dtype"], "peak_live_bytes")
+    text += (
+        f"\n\nOn an H100 (b = {g['batch']}, d = {g['dim']}, {g['dtype']}) the sigmoid ring "
+        f"stays at {ring / MiB:.0f} MiB up to W = {top}, where the all-gather version needs "
+        f"{gather / GiB:.0f} GiB. " + _source(results, grid_folder, grid[0]["env"], "gpu.jsonl")
+    )
+    check_folder = "h100-simulator-check"
+    summary = _json(results / check_folder / "summary_gpu.json")
+    checked = _records(results / check_folder / "results_gpu.jsonl")
+    peak = summary["quantities"]["peak memory"]["all"]
+    step = summary["quantities"]["step time"]["all"]
+    text += (
+        f"\n\nThe calibrated H100 profile predicted the live peak of {peak['points']} W = 1 "
+        f"points within {_pct(peak['max_abs_err_pct'])} and their median step with a "
+        f"{_pct(step['geomean_abs_err_pct'])} geomean error (max "
+        f"{_pct(step['max_abs_err_pct'])}; recorded before the lower quartile existed, so "
+        "`sigsim validate` now compares those records' median only). "
+        + _source(results, check_folder, checked[0]["env"], "summary_gpu.json")
+    )
+    return text + "\n"
+
+
+PEER_RUNS = (
+    ("fp32", "peers-xeon2-b512-d512-fp32.jsonl"),
+    ("bf16 autocast", "peers-xeon2-b512-d512-amp-bf16.jsonl"),
+    ("autocast, `SIGSIM_HALF_MATMUL=1`", "peers-xeon2-b512-d512-amp-bf16-half-matmul.jsonl"),
+)
+
+
+@block("peers")
+def _peers(results: Path) -> str:
+    """Ours / best open_clip per metric and W, from the kept ``sigsim peers`` records."""
+    ratios: dict[str, dict] = {}
+    env = None
+    for label, name in PEER_RUNS:
+        records = _records(results / "peers" / name)
+        env = env or next(r["env"] for r in records if "env" in r)
+        for line in (r for r in records if r.get("type") == "peer_ratios"):
+            for row in line["ratios"]:
+                ratios[(label, line["world"], row["ours"], row["metric"])] = row
+    fp32 = PEER_RUNS[0][0]
+    comparisons = sorted({(w, ours) for (lab, w, ours, _) in ratios if lab == fp32})
+    headers = [f"{label}: step time" for label, _ in PEER_RUNS]
+    lines = [
+        "| W | comparison | " + " | ".join(headers) + " | allocator peak (fp32) | bytes (fp32) |",
+        "|---|---|" + "---|" * (len(headers) + 2),
+    ]
+    for world, ours in comparisons:
+        cells = []
+        for label, _ in PEER_RUNS:
+            row = ratios.get((label, world, ours, "step_time_s"))
+            cells.append(
+                "–" if row is None else f"{row['ratio']:.2f} ({row['paired_median_ratio']:.2f})"
+            )
+        peak = ratios[(fp32, world, ours, "peak_alloc_bytes")]
+        sent = ratios[(fp32, world, ours, "bytes_sent")]
+        theirs = peak["theirs"]
+        cells.append(
+            f"{peak['ratio']:.2f} ({peak['ours_value'] / MiB:.0f} vs "
+            f"{peak['theirs_value'] / MiB:.0f} MiB)"
+        )
+        cells.append(f"{sent['ratio']:.2f}")
+        lines.append(f"| {world} | {ours} vs {theirs} (best of each) | " + " | ".join(cells) + " |")
+    return (
+        "Ratio = ours / best open_clip per metric (lower is better; the paired "
+        "per-repetition median in brackets), b = d = 512, 10 interleaved repetitions.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + _source(results, "peers", env, "peers-xeon2-b512-d512-*.jsonl")
+        + "\n"
+    )
+
+
+# --- rewriting and checking README.md -------------------------------------------------
+
+
+def render(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
+    """``text`` with every generated block rewritten from ``results``; and the names of
+    the blocks whose content changed. A block of unknown name, a block without its end
+    marker and a registered block missing from ``text`` each raise one-line errors."""
+    out, changed, seen, position = [], [], set(), 0
+    for match in BEGIN.finditer(text):
+        name = match.group(1)
+        if name not in BLOCKS:
+            raise ValueError(f"README block {name!r} is not registered; known: {', '.join(BLOCKS)}")
+        end = text.find(END.format(name=name), match.end())
+        if end < 0:
+            raise ValueError(f"README block {name!r} has no end marker {END.format(name=name)}")
+        body = BLOCKS[name].render(results)
+        if text[match.end() : end] != body:
+            changed.append(name)
+        out += [text[position : match.end()], body]
+        seen.add(name)
+        position = end
+    out.append(text[position:])
+    missing = sorted(set(BLOCKS) - seen)
+    if missing:
+        raise ValueError(f"README.md lacks the generated block(s) {', '.join(missing)}")
+    return "".join(out), changed
+
+
+def main(check: bool = False, readme: Path = README, results: Path = RESULTS) -> int:
+    """Rewrite ``readme``'s blocks (or, with ``check``, say which differ): exit status."""
+    text = readme.read_text()
+    new, changed = render(text, results)
+    if check:
+        if changed:
+            print(
+                f"{readme}: generated block(s) differ from the records: {', '.join(changed)}; "
+                "run `sigsim readme` (never edit their numbers by hand)"
+            )
+            return 1
+        print(f"{readme}: {len(BLOCKS)} generated blocks match the records")
+        return 0
+    if changed:
+        readme.write_text(new)
+    print(f"{readme}: rewrote {', '.join(changed) or 'nothing (all blocks current)'}")
+    return 0
