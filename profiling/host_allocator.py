@@ -5,11 +5,9 @@ large freed blocks to the kernel, either because they were ``mmap``-ed (above th
 threshold) or because the free space at the top of the heap passed the trim threshold;
 the next step's tensors of the same size then fault in fresh zeroed pages. Both
 thresholds move at run time with the history of allocations, so whether a process pays
-that cost is decided by chance, per process, and stays decided. Measured on the 2-vCPU
-development VM (``torch 2.13.0+cpu``, a ``512×64 @ 64×1024`` matmul plus a sigmoid, 5
-times, one thread): 3.7 ms with no page faults, or 11 ms with 4,960 minor faults and
-7.8 ms of system time, in about one process of three; a gloo rank in the slow state
-ran the default experiment's W = 2 points up to 3× slower than its peer.
+that cost is decided by chance, per process, and stays decided: a gloo rank in the slow
+state runs slower than its peer, and the slowest rank sets the step (what it cost on the
+development VM: ``docs/cost-model.md``).
 
 :func:`keep_freed_memory` fixes both thresholds (``mallopt``), which also turns glibc's
 adjustment off: blocks up to :data:`MMAP_THRESHOLD_BYTES` come from the heap, and freed

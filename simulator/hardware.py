@@ -4,7 +4,8 @@ A profile says how fast one rank computes and how fast ranks talk. Every number 
 file is an object ``{"value": <number>, "source": "<where it comes from>"}`` (a datasheet,
 NCCL's ``tuning.cc``, or "calibrated on <host> at <time> by <command>"), and every key
 carries its unit (``_us``, ``_GBps``, ``_GiB``, ``_TFLOPs``, ``_Gelem_per_s``,
-``_us_per_MB``). Units are converted once, here, to seconds, bytes and FLOP/s.
+``_us_per_MB``). Units are converted once, here, to seconds, bytes and FLOP/s. The Greek letters are the
+symbols of :mod:`simulator.model`'s docstring, which uses each for one thing.
 
 Layout (see ``simulator/hardware/h100-sxm.json``)::
 
@@ -22,13 +23,13 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
                                 autograd, zeroing gradients)
     compute.collective_call_us  host cost of an all-gather / reduce-scatter call on one
                                 rank (W = 1: the call moves nothing but still runs)
-    compute.parallel_efficiency e: t threads run the block math 1 + (t − 1)·e times
+    compute.parallel_efficiency ε: n threads run the block math 1 + (n − 1)·ε times
                                 faster than one (in [−1, 1]; negative: slower, as on a
                                 busy machine)
-    compute.thread_overhead_growth  g ≥ 0: with t threads the fixed costs are
-                                1 + (t − 1)·g times the one-thread ones
-    compute.busy_rank_slowdown  k ≥ 0 (optional, absent: 0): with q ≤ cores ranks busy
-                                on a node each computes 1 + (q − 1)·k times slower
+    compute.thread_overhead_growth  γ ≥ 0: with n threads the fixed costs are
+                                1 + (n − 1)·γ times the one-thread ones
+    compute.busy_rank_slowdown  κ ≥ 0 (optional, absent: 0): with q ≤ cores ranks busy
+                                on a node each computes 1 + (q − 1)·κ times slower
     intra_node / inter_node:    one network level each (inter_node may be null)
         link.latency_us, link.bandwidth_GBps          (per direction, line rate)
         all_gather / reduce_scatter: base_us, alpha_us, beta_us_per_MB
@@ -124,11 +125,11 @@ class Compute:
     step_overhead_s: float
     collective_call_s: float
     parallel_efficiency: float
-    """Speedup of ``t`` threads over one: ``1 + (t − 1)·parallel_efficiency``."""
+    """ε: speedup of ``n`` threads over one, ``1 + (n − 1)·ε``."""
     thread_overhead_growth: float
-    """Fixed costs with ``t`` threads: ``1 + (t − 1)·thread_overhead_growth`` times."""
+    """γ: fixed costs with ``n`` threads are ``1 + (n − 1)·γ`` times one thread's."""
     busy_rank_slowdown: float = 0.0
-    """k: with ``q`` ranks busy on a node (``q ≤ cores``), each computes ``1 + (q − 1)·k``
+    """κ: with ``q`` ranks busy on a node (``q ≤ cores``), each computes ``1 + (q − 1)·κ``
     times slower than a rank alone."""
 
 

@@ -39,7 +39,7 @@ One repetition of phase ``p``::
 
     T(all_gather | reduce_scatter) = base·[m>0] + m·α + B·β     (m = W−1 messages,
                                                                 B = (W−1)·n ring bytes)
-    T(p2p)                         = (m/k)·α + (B/k)·β / e_k    (k = directions,
+    T(p2p)                         = (m/D)·α + (B/D)·β / e_D    (D = directions,
                                                                 e_1 = 1, e_2 = duplex eff.)
 
     overlapped phase:  time_p = max(compute_p, comm_p) + sync_p,

@@ -52,8 +52,8 @@ STEPS_BUSY = 20
 BUSY_LAUNCHES = 3
 """At ``W = min(2, cores)``: each point's lower quartile over ``STEPS_BUSY`` steps in each
 of ``BUSY_LAUNCHES`` fresh process groups, then the median over groups. A two-rank
-group keeps the scheduler's luck of its start for its whole life (six fresh groups of
-one point: 1.54-2.21 ms; six 20-step windows of one group: 1.43-1.82 ms), and every
+group keeps the scheduler's luck of its start for its whole life (fresh groups of one
+point spread wider than windows of one group: ``docs/cost-model.md``), and every
 validation point runs in a group of its own, so the fit wants the typical group."""
 OUTLIER_FACTOR = 4.0
 """A point whose |relative residual| exceeds this times the median one is dropped once."""
@@ -169,7 +169,8 @@ def _quality(fitted: np.ndarray, y: np.ndarray, keep: np.ndarray) -> dict[str, A
 
 
 def fit_one_thread(points: list[StepPoint], seconds) -> dict[str, Any]:
-    """Fit ``t = o_step + o·P + k·K + F/R_mm + E/R_pw`` (module docstring)."""
+    """Fit ``t = o_step + o·P + h·K + F/R_mm + E/R_pw`` (``h``: ``collective_call_s``,
+    the symbol of :mod:`simulator.model`)."""
     x, y = features(points), np.asarray(seconds, dtype=np.float64)
     if len(points) < x.shape[1]:
         raise ValueError(f"a step fit needs at least {x.shape[1]} points, got {len(points)}")
@@ -199,10 +200,10 @@ def split_one_thread(points: list[StepPoint], one_thread: dict[str, Any]):
 
 
 def fit_busy_ranks(configs: list[dict], seconds, hardware, ranks: int) -> dict[str, Any]:
-    """Fit ``busy_rank_slowdown`` k and ``sync_s`` w to steps timed at ``W = ranks`` (all
+    """Fit ``busy_rank_slowdown`` κ and ``sync_s`` w to steps timed at ``W = ranks`` (all
     ranks busy on one node, one thread each), holding every other number of ``hardware``.
 
-    The model's step at slowdown ``s = 1 + (ranks − 1)·k`` is ``T(s) + n·w``, ``n`` the
+    The model's step at slowdown ``s = 1 + (ranks − 1)·κ`` is ``T(s) + n·w``, ``n`` the
     exchanges and collective calls that move bytes (sync is exposed, so it adds linearly).
     For each ``s`` on a grid over [1, 5] the best ``w ≥ 0`` is closed-form (least squares
     weighted by ``1/t``); the ``s`` with the smallest weighted residual wins. Points whose
