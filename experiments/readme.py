@@ -35,6 +35,9 @@ from profiling.results import read_records
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "experiments" / "results"
+RESULTS_README = RESULTS / "README.md"
+DOCUMENTS = (README, RESULTS_README)
+"""The files with generated blocks; each block belongs to one."""
 MiB = 2**20
 GiB = 2**30
 
@@ -63,18 +66,20 @@ class Block:
     """The marker name: ``<!-- sigsim:begin NAME -->``."""
     render: Callable[[Path], str]
     """Writes the block's Markdown from the records under the results folder given."""
+    document: Path
+    """The file the block lives in (one of :data:`DOCUMENTS`)."""
 
 
 BLOCKS: dict[str, Block] = {}
 
 
-def block(name: str):
-    """Register ``render`` as the writer of README block ``name``."""
+def block(name: str, document: Path = README):
+    """Register ``render`` as the writer of block ``name`` of ``document``."""
 
     def register(render: Callable[[Path], str]) -> Callable[[Path], str]:
         if name in BLOCKS:
             raise ValueError(f"README block {name!r} registered twice")
-        BLOCKS[name] = Block(name, render)
+        BLOCKS[name] = Block(name, render, document)
         return render
 
     return register
@@ -104,6 +109,10 @@ def _machine(env: dict) -> str:
     if env.get("nccl"):
         software += f" {env['nccl']}"
     return f"{device}, {software}"
+
+
+def _dated(env: dict) -> str:
+    return f"{_machine(env)}; {env['time_utc'][:10]}"
 
 
 def _source(results: Path, folder: str, env: dict, what: str = "") -> str:
@@ -370,48 +379,127 @@ def _peers(results: Path) -> str:
     )
 
 
+def _default_run_line(results: Path, folder: str) -> str:
+    meta, records, validation = _run(results, folder)
+    summary = {(s["quantity"], s["regime"]): s for s in validation["summary"]}
+    phases = ", ".join(f"{k} {v:.0f} s" for k, v in meta["phases_s"].items() if k != "total")
+
+    def err(quantity, regime):
+        s = summary[(quantity, regime)]
+        return f"{_pct(s['geomean_error_pct'])} / {_pct(s['max_error_pct'])}"
+
+    ok = sum(1 for r in records if r["status"] == "ok")
+    return (
+        f"* `{folder}/` ({_machine(records[0]['env'])}; {meta['started_utc'][:10]}): "
+        f"{ok} of {len(records)} points ok; {phases}; bytes "
+        f"{_pct(summary[('bytes_sent', 'real ranks: all')]['max_error_pct'])}, peak memory "
+        f"max {_pct(summary[('peak_memory_bytes', 'real ranks: all')]['max_error_pct'])}, "
+        "step time (lower quartile) geomean / max "
+        f"{err('step_time_s', 'ranks vs cores: ranks <= cores')} at W ≤ cores and "
+        f"{err('step_time_s', 'ranks vs cores: oversubscribed')} oversubscribed "
+        "(`validation.json`, the model of its day)"
+    )
+
+
+@block("kept-results", document=RESULTS_README)
+def _kept_results(results: Path) -> str:
+    """One line of headline numbers per kept folder, read from its records."""
+    lines = [_default_run_line(results, folder) for folder in DEFAULT_RUNS]
+    correctness = _records(results / "h200-gpu-check" / "gpu_correctness.jsonl")
+    h200 = _records(results / "h200-gpu-check" / "gpu_results.jsonl")
+    statuses: dict[str, int] = {}
+    for r in h200:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    lines.append(
+        f"* `h200-gpu-check/` ({_dated(h200[0]['env'])}): "
+        f"{sum(r['passed'] for r in correctness)}/{len(correctness)} reference checks pass; "
+        f"{len(h200)} measured points: "
+        + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    )
+    grid = _records(results / "h100-profiler-grid" / "gpu.jsonl")
+    g = grid[0]["config"]
+    top = max(r["config"]["world"] for r in grid if r["status"] == "ok")
+    ring = _peak(grid, "sigmoid-ring", top, g["dtype"], "peak_live_bytes")
+    gather = _peak(grid, "sigmoid-allgather", top, g["dtype"], "peak_live_bytes")
+    lines.append(
+        f"* `h100-profiler-grid/` ({_dated(grid[0]['env'])}): at W = {top} (stand-in "
+        f"peers) `sigmoid-ring` {ring / MiB:.0f} MiB of live tensors, `sigmoid-allgather` "
+        f"{gather / GiB:.0f} GiB"
+    )
+    parts = []
+    for side, name in (("GPU", "summary_gpu.json"), ("CPU", "summary_cpu.json")):
+        q = _json(results / "h100-simulator-check" / name)["quantities"]
+        parts.append(
+            f"{side}: bytes {_pct(q['bytes sent']['all']['max_abs_err_pct'])}, peak memory max "
+            f"{_pct(q['peak memory']['all']['max_abs_err_pct'])}, step time (median) geomean "
+            f"{_pct(q['step time']['all']['geomean_abs_err_pct'])} "
+            f"({q['step time']['all']['points']} points)"
+        )
+    checked = _records(results / "h100-simulator-check" / "results_gpu.jsonl")
+    lines.append(f"* `h100-simulator-check/` ({_dated(checked[0]['env'])}): " + "; ".join(parts))
+    return (
+        "Headline numbers of each folder, written by `sigsim readme` from its records:\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 # --- rewriting and checking README.md -------------------------------------------------
 
 
-def render(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
-    """``text`` with every generated block rewritten from ``results``; and the names of
-    the blocks whose content changed. A block of unknown name, a block without its end
-    marker and a registered block missing from ``text`` each raise one-line errors."""
+def render(text: str, results: Path = RESULTS, document: Path = README) -> tuple[str, list[str]]:
+    """``text`` (the contents of ``document``, or of a copy) with every generated block
+    rewritten from ``results``; and the names of the blocks whose content changed. A block
+    of unknown name, a block without its end marker and a block of ``document`` missing
+    from ``text`` each raise one-line errors."""
+    mine = {name: b for name, b in BLOCKS.items() if b.document == document}
     out, changed, seen, position = [], [], set(), 0
     for match in BEGIN.finditer(text):
         name = match.group(1)
-        if name not in BLOCKS:
-            raise ValueError(f"README block {name!r} is not registered; known: {', '.join(BLOCKS)}")
+        if name not in mine:
+            known = ", ".join(mine)
+            raise ValueError(
+                f"block {name!r} is not registered for {document.name}; known: {known}"
+            )
         end = text.find(END.format(name=name), match.end())
         if end < 0:
             raise ValueError(f"README block {name!r} has no end marker {END.format(name=name)}")
-        body = BLOCKS[name].render(results)
+        body = mine[name].render(results)
         if text[match.end() : end] != body:
             changed.append(name)
         out += [text[position : match.end()], body]
         seen.add(name)
         position = end
     out.append(text[position:])
-    missing = sorted(set(BLOCKS) - seen)
+    missing = sorted(set(mine) - seen)
     if missing:
-        raise ValueError(f"README.md lacks the generated block(s) {', '.join(missing)}")
+        where = document.relative_to(ROOT)
+        raise ValueError(f"{where} lacks the generated block(s) {', '.join(missing)}")
     return "".join(out), changed
 
 
-def main(check: bool = False, readme: Path = README, results: Path = RESULTS) -> int:
-    """Rewrite ``readme``'s blocks (or, with ``check``, say which differ): exit status."""
-    text = readme.read_text()
-    new, changed = render(text, results)
-    if check:
+def main(
+    check: bool = False,
+    files: list[tuple[Path, Path]] | None = None,
+    results: Path = RESULTS,
+) -> int:
+    """Rewrite the generated blocks (or, with ``check``, say which differ): exit status.
+    ``files``: (file to read and write, the document whose blocks it holds); default:
+    every one of :data:`DOCUMENTS` in place."""
+    status = 0
+    for path, document in files or [(d, d) for d in DOCUMENTS]:
+        new, changed = render(path.read_text(), results, document)
+        if check:
+            if changed:
+                print(
+                    f"{path}: generated block(s) differ from the records: {', '.join(changed)}; "
+                    "run `sigsim readme` (never edit their numbers by hand)"
+                )
+                status = 1
+            else:
+                print(f"{path}: its generated blocks match the records")
+            continue
         if changed:
-            print(
-                f"{readme}: generated block(s) differ from the records: {', '.join(changed)}; "
-                "run `sigsim readme` (never edit their numbers by hand)"
-            )
-            return 1
-        print(f"{readme}: {len(BLOCKS)} generated blocks match the records")
-        return 0
-    if changed:
-        readme.write_text(new)
-    print(f"{readme}: rewrote {', '.join(changed) or 'nothing (all blocks current)'}")
-    return 0
+            path.write_text(new)
+        print(f"{path}: rewrote {', '.join(changed) or 'nothing (all blocks current)'}")
+    return status

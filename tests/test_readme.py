@@ -1,5 +1,6 @@
-"""README.md's measured numbers are what the kept records give: ``sigsim readme --check``
-passes on the committed README, fails when a number inside a generated block is retyped,
+"""README.md's (and experiments/results/README.md's) measured numbers are what the kept
+records give: ``sigsim readme --check`` passes on the committed files, fails when a number
+inside a generated block is retyped,
 refuses malformed markers in one line, names each block's record and machine, and reads
 records without importing torch (it never measures)."""
 
@@ -27,17 +28,17 @@ def test_a_retyped_number_fails_the_check(tmp_path, capsys):
     cut = text.index("exact", start)  # the bytes row, inside the block
     copy = tmp_path / "README.md"
     copy.write_text(text[:cut] + "0.1%" + text[cut + len("exact") :])
-    assert readme.main(check=True, readme=copy) == 1
+    assert readme.main(check=True, files=[(copy, readme.README)]) == 1
     out = capsys.readouterr().out
     assert "default-run-validation" in out and "sigsim readme" in out
-    assert readme.main(readme=copy) == 0  # regenerating restores the records' text
+    assert readme.main(files=[(copy, readme.README)]) == 0  # regenerating restores the text
     assert copy.read_text() == text
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t: t.replace("sigsim:begin peers", "sigsim:begin no-such-block"), "not registered"),
+        (lambda t: t.replace("sigsim:begin peers", "sigsim:begin kept-results"), "not registered"),
         (lambda t: t.replace("<!-- sigsim:end peers -->", ""), "no end marker"),
         (lambda t: t.replace("sigsim:begin gpu-check", "gpu-check").replace(
             "sigsim:end gpu-check", "x"), "lacks the generated block.s. gpu-check"),
@@ -49,14 +50,14 @@ def test_malformed_markers_are_one_line_errors(tmp_path, capsys, edit, message):
     assert main(["readme", "--check"]) == 0  # the real README is untouched
     capsys.readouterr()
     with pytest.raises(ValueError, match=message) as error:
-        readme.main(check=True, readme=copy)
+        readme.main(check=True, files=[(copy, readme.README)])
     assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("name", sorted(readme.BLOCKS))
 def test_every_block_names_its_record_and_machine(name):
     text = readme.BLOCKS[name].render(readme.RESULTS)
-    assert "experiments/results/" in text, name
+    assert "experiments/results/" in text or readme.BLOCKS[name].document != readme.README
     assert "VM" in text or "NVIDIA" in text, name  # the machine
     assert "2026-" in text, name  # the date of the records
 
@@ -70,10 +71,10 @@ def test_adding_a_block_is_one_function(tmp_path):
         copy = tmp_path / "README.md"
         markers = "<!-- sigsim:begin test-only-count -->\n<!-- sigsim:end test-only-count -->\n"
         copy.write_text(readme.README.read_text() + markers)
-        assert readme.main(readme=copy) == 0
+        assert readme.main(files=[(copy, readme.README)]) == 0
         expected = f"{len(list(readme.RESULTS.iterdir()))} kept folders\n"
         assert expected + "<!-- sigsim:end test-only-count -->" in copy.read_text()
-        assert readme.main(check=True, readme=copy) == 0
+        assert readme.main(check=True, files=[(copy, readme.README)]) == 0
     finally:
         del readme.BLOCKS["test-only-count"]
 
