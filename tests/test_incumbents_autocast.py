@@ -9,9 +9,9 @@ on one gloo process group of 3 ranks (subgroups W = 2, 3).
   ``tests/incumbent_cases.py``): its autocast memory terms within 2% and its bytes
   exactly (the caller's fp32 on the wire). They run with oneDNN off
   (``IncumbentCase.onednn``): their matmuls multiply ``bf16`` operands, and oneDNN's
-  bf16 matmul takes per-call scratch (packed operands, layout-dependent, 5–22 KiB at
-  these shapes) that no formula here holds; torch's own GEMM takes none, so the peak
-  compares the tensors the code keeps. ``docs/allocator-peak.md`` has what oneDNN adds.
+  bf16 matmul takes per-call scratch (packed operands, layout-dependent) that no
+  formula here holds; torch's own GEMM takes none, so the peak compares the tensors the
+  code keeps. ``docs/allocator-peak.md`` has what oneDNN adds.
 """
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ fp32 on either device. Gradients come back in ``h`` through the matmuls and are 
 Validated on gloo (``tests/test_incumbents.py``, fp32): bytes of all six exactly, memory
 of all six within 2% (0.15% seen). On CPU bf16 autocast
 (``tests/test_incumbents_autocast.py``, oneDNN off: its bf16 matmul takes per-call
-scratch no formula here holds, 5–22 KiB at the test's shapes): memory of all six within
-2% (0.15% seen), bytes exactly. On gloo and NCCL the bytes are equal in the ring
+scratch that no formula here holds; ``docs/allocator-peak.md`` has what it adds): memory
+of all six within 2% (0.15% seen), bytes exactly. On gloo and NCCL the bytes are equal in the ring
 convention; the all-gather's backward memory differs (``Shape.device``: "cuda" means
 NCCL; the NCCL variant is derived, not measured). Not modelled: gloo's all-gather fills
 a flat ``N×d`` buffer that its worker thread may hold well after the call returns on a
