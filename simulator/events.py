@@ -79,6 +79,7 @@ counted as if they had not.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,7 +246,7 @@ class Engine:
         jitter = self.var.jitter.get(kind)
         if jitter is None or jitter.constant:
             return 1.0 if jitter is None else jitter.median
-        n = int(np.prod(shape))
+        n = math.prod(shape)
         if n < (FRESH if self.shared_pools else POOLED):
             return jitter.draw_mean(self.rng, shape, self.n)
         pool = self.pools.get((kind, self.n))
@@ -263,11 +264,9 @@ class Engine:
     def compute(self, name: str, seconds: float) -> None:
         if seconds <= 0:
             return
-        d = np.broadcast_to(
-            (seconds * self.n) * self.slow * self._jitter("compute", self.t.shape), self.t.shape
-        )
+        d = (seconds * self.n) * self.slow * self._jitter("compute", self.t.shape)
         if self.share:
-            d = self._shared(d)
+            d = self._shared(np.broadcast_to(d, self.t.shape))
         start = self.t
         self.t = self.t + d
         self._record(name, "compute", start, self.t)
