@@ -74,9 +74,10 @@ def is_ring(name: str) -> bool:
 
 
 def run_points(points: Sequence[PointConfig], results_path: Path) -> dict[str, int]:
-    """Run every point into ``results_path`` (JSON lines), each in its own process group,
-    with the profiler's progress bar; points already there are skipped. Returns the count
-    of records per status written now, plus ``skipped``."""
+    """Run every point into ``results_path`` (JSON lines) with the profiler's progress bar,
+    consecutive points of one world size on the same ranks (``profiling.grid``); points
+    already there are skipped. Returns the count of records per status written now, plus
+    ``skipped``."""
     from profiling import grid
 
     summary = grid.run_grid(list(points), results_path, progress=True)

@@ -64,7 +64,7 @@ def analyse_with_progress(run: rundir.RunDir, hardware) -> Path:
 def measure(run: rundir.RunDir, config: sweep_config.SweepConfig) -> dict[str, int]:
     """Run the config's grid (real, then emulated ranks) into the run's results file."""
     points = config.grid() + config.emulated_grid()
-    console.print(f"[bold]measuring {len(points)} points[/bold] (one process group each)")
+    console.print(f"[bold]measuring {len(points)} points[/bold] (ranks reused per world size)")
     counts = backends.run_points(points, run.results)
     console.print("measured: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return counts
@@ -137,6 +137,10 @@ def run_sweep(args) -> dict:
     print_summary(validation)
     console.print(f"[bold green]report:[/bold green] {report}")
     console.print(f"[bold]run directory:[/bold] {run.path}")
+    phases = run.meta().get("phases_s", {})
+    console.print(
+        "[bold]wall time:[/bold] " + ", ".join(f"{name} {s:.1f} s" for name, s in phases.items())
+    )
     return {
         "run_dir": str(run.path),
         "report": str(report),

@@ -1,14 +1,19 @@
-"""A grid of data points: each in its own process group, faults recorded, resumable.
+"""A grid of data points: ranks started once per world size, faults recorded, resumable.
 
 API:
 
 * :func:`load_grid(path)`: a TOML grid file -> list of :class:`PointConfig`;
-* :func:`run_point(config)`: launch one point (``profiling.launch`` + ``measure``) and
+* :func:`run_point(config, workers=None)`: run one point (``measure.measure_rank``) on the
+  ranks of a :class:`profiling.workers.Runner` (None: fresh processes of its own) and
   return its record, whatever happened (``ok``, ``oom``, ``error``, ``timeout``);
 * :func:`run_grid(points, out_path)`: validate every point first (one bad point refuses
   the whole grid, with one line naming it, before anything runs), skip the points
   ``out_path`` already holds (``results.resume_state``), run the rest one by one with a
-  progress bar, appending each record as soon as the point ends.
+  progress bar, appending each record as soon as the point ends. Consecutive points of
+  one world size (and backend) run on the same ranks, in the same process group: a
+  point's measurements start from its own levels (``profiling.measure``), and a point
+  that fails ends those ranks, so the next one starts fresh (``reuse_workers=False``:
+  every point in processes of its own, as before 2026-11-29).
 
 Grid file (``sigsim grid FILE --out results.jsonl``; the shape is
 ``profiling.point``'s, shared with ``sigsim run``'s sweeps)::
@@ -26,7 +31,6 @@ from __future__ import annotations
 import sys
 import tomllib
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from profiling import results
 from profiling.launch import ConfigError, launch
 from profiling.measure import PointConfig, measure_rank, validate_point
 from profiling.point import points_from_spec
+from profiling.workers import Runner
 
 OLD_TABLES = {
     "defaults": "[defaults] is the old spelling: write its keys under [point]",
@@ -76,11 +81,13 @@ def describe(config: PointConfig) -> str:
     )
 
 
-def run_point(config: PointConfig, *, attempt: int = 1) -> dict:
-    """Run one point in fresh processes and return its record (never raises on faults)."""
+def run_point(config: PointConfig, *, attempt: int = 1, workers: Runner | None = None) -> dict:
+    """Run one point on ``workers``' ranks (None: fresh processes) and return its record
+    (never raises on faults); ``env.worker_point`` says which point of those processes'
+    life it was (1: they started for it)."""
     config_dict = config.as_dict()
     env = results.environment(config.backend, config.device)
-    outcome = launch(
+    outcome = (launch if workers is None else workers.run)(
         measure_rank,
         (config_dict,),
         world=config.processes,
@@ -88,6 +95,7 @@ def run_point(config: PointConfig, *, attempt: int = 1) -> dict:
         timeout_s=config.timeout_s,
         pg_timeout_s=config.pg_timeout_s,
     )
+    env["worker_point"] = outcome.served
     measured = outcome.values[0] if outcome.status == "ok" else None
     message = outcome.message
     if measured is not None and not measured.get("ranks_agree", True):
@@ -121,9 +129,12 @@ def run_grid(
     *,
     retry_errors: bool = False,
     progress: bool = True,
-    runner: Callable[..., dict] = run_point,
+    reuse_workers: bool = True,
 ) -> GridSummary:
-    """Run every unfinished point; each record is on disk before the next point starts."""
+    """Run every unfinished point; each record is on disk before the next point starts.
+
+    ``reuse_workers``: consecutive points of one world size share ranks (module docstring).
+    """
     validate_grid(points)
     finished, timeouts = results.resume_state(
         results.read_records(out_path), retry_errors=retry_errors
@@ -139,12 +150,15 @@ def run_grid(
         TimeRemainingColumn(),
     )
     console = Console(file=sys.stderr)
-    with Progress(*columns, console=console, disable=not progress) as bar:
+    with (
+        Runner(reuse=reuse_workers) as workers,
+        Progress(*columns, console=console, disable=not progress) as bar,
+    ):
         task = bar.add_task("grid", total=len(todo))
         for config in todo:
             key = results.point_key(config.as_dict())
             bar.update(task, description=describe(config))
-            record = runner(config, attempt=timeouts.get(key, 0) + 1)
+            record = run_point(config, attempt=timeouts.get(key, 0) + 1, workers=workers)
             results.append_record(out_path, record)
             summary.statuses[record["status"]] += 1
             if record["status"] != "ok" and progress:

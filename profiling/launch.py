@@ -1,28 +1,29 @@
 """Run one function on W ranks: local processes (spawn) here, ``torchrun`` on clusters.
 
-torch.distributed is the engine; this module only starts processes, sets up and tears
-down the process group, and turns whatever happens into one :class:`LaunchOutcome`.
+torch.distributed is the engine; this module sets up and tears down the process group
+and says what a failure was; ``profiling.workers`` starts the local processes.
 
-* :func:`launch` (parent side): spawns ``W`` processes with ``torch.multiprocessing``
-  (start method ``spawn``), each of which joins a process group (gloo on CPU; NCCL with
-  one GPU per rank, ``torch.cuda.set_device(rank)``) on a free port found by binding
-  port 0, calls ``fn(rank, world, *args)`` and sends back its return value (which must
-  pickle). The parent waits at most ``timeout_s``; on a timeout, or a few seconds after
-  the first rank fails, it kills every rank's whole process group (SIGKILL), so a hung
-  collective never hangs the caller.
+* :func:`launch` (parent side): ``fn(rank, world, *args)`` on ``world`` fresh processes,
+  one task on a :class:`profiling.workers.WorkerPool` of its own: each rank joins a
+  process group (gloo on CPU; NCCL with one GPU per rank, ``torch.cuda.set_device(rank)``)
+  on a free port found by binding port 0, runs ``fn`` and sends back its return value
+  (which must pickle). The parent waits at most ``timeout_s``; on a timeout, or a few
+  seconds after the first rank fails, it kills every rank's whole process group
+  (SIGKILL), so a hung collective never hangs the caller. To run many tasks on the same
+  ranks, use :class:`profiling.workers.Runner`.
 * :func:`run_from_env` (rank side, under ``torchrun``): reads ``RANK``, ``WORLD_SIZE``,
   ``LOCAL_RANK`` and rendezvouses through ``env://`` (``MASTER_ADDR``/``MASTER_PORT``,
   which torchrun sets), then calls the same ``fn``. Inside it, :func:`node_placement`
   says which node each rank runs on (torchrun's ``GROUP_RANK``) and that node's host.
-* :func:`init_process_group` / :func:`cleanup`: the one idempotent pair; every path
-  through :func:`launch` and :func:`run_from_env` destroys the group in ``finally``.
-  The process-group timeout (``pg_timeout_s``) bounds a collective waiting on a dead or
-  hung peer. With gloo, a rank is one device: one thread (``torch.set_num_threads(1)``),
-  at every W, so W = 1 runs what the cost model's one-thread calibration describes and
-  step times do not swing with how many idle cores intra-op threads happen to find.
-  Every rank also keeps its freed host memory (``profiling.host_allocator``), so a
-  step's time does not depend on whether glibc happens to return large blocks to the
-  kernel in that process.
+* :func:`init_process_group` / :func:`cleanup`: the one idempotent pair; every rank
+  (spawned or under torchrun) destroys its group in ``finally``. The process-group
+  timeout (``pg_timeout_s``) bounds a collective waiting on a dead or hung peer.
+  :func:`prepare_rank` is what every rank does first: with gloo, a rank is one device:
+  one thread (``torch.set_num_threads(1)``), at every W, so W = 1 runs what the cost
+  model's one-thread calibration describes and step times do not swing with how many
+  idle cores intra-op threads happen to find. Every rank also keeps its freed host
+  memory (``profiling.host_allocator``), so a step's time does not depend on whether
+  glibc happens to return large blocks to the kernel in that process.
 
 A failure is classified by :func:`classify_failure` as ``oom`` (``torch.OutOfMemoryError``,
 ``MemoryError``, allocator "out of memory" / "can't allocate memory"), ``timeout`` (a
@@ -32,23 +33,15 @@ collective that timed out, or the parent's wall clock) or ``error``. Secondary f
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-import pickle
-import queue
-import signal
 import socket
-import sys
-import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from profiling import host_allocator
 from profiling.point import ConfigError
@@ -68,10 +61,6 @@ __all__ = [
     "visible_gpus",
 ]
 
-FAILURE_GRACE_S = 3.0
-"""After the first rank fails, how long the parent waits for the others' reports."""
-_SECONDARY = ("closed by peer", "connection reset", "broken pipe", "connection refused")
-
 
 @dataclass(slots=True)
 class LaunchOutcome:
@@ -82,6 +71,9 @@ class LaunchOutcome:
     values: list[Any] = field(default_factory=list)
     """``fn``'s return value per rank, in rank order (only when every rank succeeded)."""
     wall_s: float = 0.0
+    """Seconds from handing the task over to its last report (a fresh pool's start included)."""
+    served: int = 1
+    """Tasks the processes had run, this one included (1: fresh processes)."""
 
 
 def visible_gpus() -> int:
@@ -147,75 +139,12 @@ def classify_failure(exc: BaseException) -> str:
     return "error"
 
 
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:limit]}"
-
-
 def prepare_rank(backend: str, threads: int | None = None) -> None:
     """What every rank does before its process group: a steady host allocator, and on
     gloo one intra-op thread unless ``threads`` says otherwise (module docstring)."""
     host_allocator.keep_freed_memory()
     if threads is not None or backend == "gloo":
         torch.set_num_threads(threads or 1)
-
-
-def _rank_main(rank, world, backend, threads, init_method, pg_timeout_s, fn, args, results) -> None:
-    """Entry of each spawned rank: own process group, init, run, report, clean up."""
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)  # so the parent can kill this rank and anything it starts
-    prepare_rank(backend, threads)
-    try:
-        init_process_group(
-            backend, rank=rank, world=world, init_method=init_method, pg_timeout_s=pg_timeout_s
-        )
-        value = fn(rank, world, *args)
-        # Plain pickle: torch's queue reductions share tensors through file descriptors,
-        # which die with this process; bytes do not.
-        results.put((rank, "ok", pickle.dumps(value)))
-    except BaseException as exc:
-        traceback.print_exc()
-        results.put((rank, classify_failure(exc), _one_line(exc)))
-    finally:
-        with contextlib.suppress(Exception):
-            cleanup()
-    # Leave without the interpreter's teardown once the report is flushed: torch.profiler
-    # (kineto) can leave a joinable thread that aborts a normal exit ("terminate called
-    # without an active exception", signal 6) after the work is done; the torchrun entry
-    # (profiling.verbs) leaves the same way.
-    results.close()
-    results.join_thread()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def _kill(process) -> None:
-    if not process.is_alive():
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        process.kill()
-
-
-def _summarise(reports: dict[int, tuple[str, Any]], world: int, timed_out_after: float | None):
-    failures = {r: rep for r, rep in reports.items() if rep[0] != "ok"}
-    if timed_out_after is None and not failures:
-        return "ok", None
-    if timed_out_after is not None:
-        pending = sorted(set(range(world)) - set(reports))
-        head = f"no result after {timed_out_after:g} s from ranks {pending}"
-        causes = [f"rank {r}: {msg}" for r, (_, msg) in sorted(failures.items())]
-        return "timeout", "; ".join([head, *causes])[:600]
-
-    def rank_of(item):  # root causes first, then OOM over timeouts over errors
-        rank, (status, msg) = item
-        secondary = any(s in msg.lower() for s in _SECONDARY)
-        return (secondary, {"oom": 0, "timeout": 1}.get(status, 2), rank)
-
-    rank, (status, msg) = min(failures.items(), key=rank_of)
-    return status, f"rank {rank}: {msg}"
 
 
 def launch(
@@ -230,68 +159,14 @@ def launch(
 ) -> LaunchOutcome:
     """Run ``fn(rank, world, *args)`` on ``world`` fresh local processes; never hangs.
 
+    One task on a :class:`profiling.workers.WorkerPool` of its own, closed after it.
     ``fn`` must be importable by name (a module-level function) for ``spawn``;
     ``threads``: intra-op threads per rank (None: one on gloo, torch's default on NCCL).
     """
-    if world < 1:
-        raise ConfigError(f"world size must be at least 1, got {world}")
-    if backend == "nccl" and world > visible_gpus():
-        raise ConfigError(
-            f"NCCL runs one GPU per rank: world {world} exceeds the {visible_gpus()} visible GPUs"
-        )
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    init_method = f"tcp://127.0.0.1:{find_free_port()}"
-    start = time.perf_counter()
-    processes = [
-        ctx.Process(
-            target=_rank_main,
-            args=(rank, world, backend, threads, init_method, pg_timeout_s, fn, args, results),
-            daemon=True,
-        )
-        for rank in range(world)
-    ]
-    for process in processes:
-        process.start()
-    reports: dict[int, tuple[str, Any]] = {}
-    dead_since: dict[int, float] = {}
-    first_failure: float | None = None
-    timed_out_after: float | None = None
-    try:
-        while len(reports) < world:
-            now = time.perf_counter()
-            if now - start > timeout_s:
-                timed_out_after = timeout_s
-                break
-            if first_failure is not None and now - first_failure > FAILURE_GRACE_S:
-                break
-            try:
-                rank, status, payload = results.get(timeout=0.1)
-            except queue.Empty:
-                for rank, process in enumerate(processes):
-                    if rank in reports or process.is_alive():
-                        continue
-                    # Died without a report (killed, segfault): give the queue a second.
-                    if now - dead_since.setdefault(rank, now) > 1.0:
-                        code = process.exitcode
-                        how = f"signal {-code}" if code and code < 0 else f"exit code {code}"
-                        hint = " (SIGKILL: the kernel's OOM killer or an outside kill)"
-                        reports[rank] = ("error", f"died with {how}{hint if code == -9 else ''}")
-                        first_failure = first_failure or now
-                continue
-            reports[rank] = (status, payload)
-            if status != "ok" and first_failure is None:
-                first_failure = time.perf_counter()
-    finally:
-        for process in processes:
-            _kill(process)
-        for process in processes:
-            process.join(timeout=10)
-        results.close()
-        results.join_thread()
-    status, message = _summarise(reports, world, timed_out_after)
-    values = [pickle.loads(reports[r][1]) for r in range(world)] if status == "ok" else []
-    return LaunchOutcome(status, message, values, time.perf_counter() - start)
+    from profiling.workers import WorkerPool  # workers imports this module's group pair
+
+    with WorkerPool(world, backend, threads=threads, pg_timeout_s=pg_timeout_s) as pool:
+        return pool.run(fn, args, timeout_s=timeout_s)
 
 
 def launch_or_raise(fn: Callable[..., Any], args: tuple = (), **kwargs) -> list[Any]:
