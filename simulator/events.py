@@ -199,7 +199,9 @@ class _Pending:
 
 
 class Engine:
-    """Runs a program for ``steps`` steps at once (module docstring)."""
+    """Runs a program for ``steps`` steps at once (module docstring). ``coarse``: ring
+    rounds per engine round at most ("Coarse rounds"); ``pools``: jitter pools shared with
+    the engines of other step chunks (``seed`` then their common generator)."""
 
     def __init__(
         self,
@@ -241,21 +243,22 @@ class Engine:
     # -- primitives ----------------------------------------------------------------------
 
     def _jitter(self, kind: str, shape):
-        """Fresh multipliers; an event of ≥ :data:`POOLED` rank-steps reads a window of a
-        pool drawn once per kind (2n values, at least 2^20) at a random offset."""
+        """Fresh multipliers (each the mean of ``self.n`` draws); an event of ≥ :data:`POOLED`
+        rank-steps reads a window of a pool drawn once per kind and ``self.n`` (twice the
+        event's size, at least 2^20 values) at a random offset."""
         jitter = self.var.jitter.get(kind)
         if jitter is None or jitter.constant:
             return 1.0 if jitter is None else jitter.median
-        n = math.prod(shape)
-        if n < (FRESH if self.shared_pools else POOLED):
+        size = math.prod(shape)
+        if size < (FRESH if self.shared_pools else POOLED):
             return jitter.draw_mean(self.rng, shape, self.n)
         pool = self.pools.get((kind, self.n))
-        if pool is None or pool.size < 2 * n:
+        if pool is None or pool.size < 2 * size:
             least = SHARED_POOL if self.shared_pools else 2**20
-            pool = jitter.draw_mean(self.rng, max(2 * n, least), self.n)
+            pool = jitter.draw_mean(self.rng, max(2 * size, least), self.n)
             self.pools[kind, self.n] = pool
-        offset = int(self.rng.integers(0, pool.size - n + 1))
-        return pool[offset : offset + n].reshape(shape)
+        offset = int(self.rng.integers(0, pool.size - size + 1))
+        return pool[offset : offset + size].reshape(shape)
 
     def _record(self, name, cat, start, end, lane=0) -> None:
         if self.slices is not None:
