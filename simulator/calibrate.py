@@ -23,7 +23,7 @@ with :mod:`simulator.microbench` and fits the forms :mod:`simulator.model` price
   ``t / g = α + n·β / e`` gives the duplex efficiency ``e``;
 * jitter per event kind (:mod:`simulator.jitter_fit`): ``p2p`` and ``collective`` from
   the microbenchmark's per-call timings over their lower quartile (the base the fits
-  above read), ``compute`` from the real loss steps' spread through the simulator; the
+  above read), ``compute`` from one rank's real loss steps through the simulator; the
   profile's ``jitter`` section, which :func:`simulator.simulate` draws by default.
 
 Fits are least squares weighted by ``1/t`` (relative error), with no negative term;
@@ -421,13 +421,11 @@ def _fit_jitter(profile: dict, compute: dict, comm_jitter: dict, console: Consol
     steps = compute.get("steps")
     if steps is not None:
         hardware = parse_profile(profile, "the profile being calibrated")
-        busy = steps.get("busy")
-        world, samples = (busy["ranks"], busy["samples"]) if busy else (1, None)
         fits["compute"] = jitter_fit.fit_compute_jitter(
             steps["configs"],
-            samples or steps["one_thread_samples"],
+            steps["one_thread_samples"],
             hardware,
-            world,
+            1,
             {kind: f["jitter"] for kind, f in fits.items()},
         )
     for kind, fit in sorted(fits.items()):

@@ -13,19 +13,19 @@ event's median is ``base · median(m)`` (above 1) and nothing is counted twice.
   ranks; one p2p one way and both ways, all-gathers and reduce-scatters, every size),
   at ``W ≤ cores`` (beyond, processor sharing and ``oversubscribed_wait_us`` price the
   extra). Every case's multipliers are pooled per kind and both distributions are fitted
-  by their quantiles: median ``median(m)``, and ``σ`` so that the p90 is ``p90(m)``
-  (lognormal ``σ = ln(p90/median) / z₀.₉``; exponential ``(1 + σ ln 10) / (1 + σ ln 2) =
-  p90/median``); the one closer to the pooled p10, p25 and p75 (log error) is kept.
+  to their p10, p25, median, p75 and p90 (least squares on the logs); the closer one is
+  kept.
 * ``compute``: the simulator draws one multiplier per compute event (a block, a phase's
   fixed cost), many per step, while a step is timed whole, so a per-event ``σ`` cannot be
   read off the step's spread. It is fitted through the simulator: the calibration's real
-  loss steps (every rank busy at ``W = min(2, cores)`` where measured, else one rank),
-  each point's samples over its own lower quartile, pooled; for each distribution and
-  ``σ`` on :data:`SIGMA_GRID` the same points are simulated on the profile (with the
-  communication jitter just fitted), their samples over their own lower quartile pooled
-  the same way, and the ``σ`` whose pooled median and p90 are closest (log error) wins;
-  its median is then set so that the simulated lower quartile equals the closed form's
-  (the base). Each fit says how close it came (``log_err``).
+  loss steps of one rank alone (``W = 1``: compute only; what busy ranks add on top, the
+  waits and their wake-ups, is the communication jitter's and the simulator's to
+  predict), each point's samples over its own lower quartile, pooled; for each
+  distribution and ``σ`` on :data:`SIGMA_GRID` the same points are simulated on the
+  profile, their samples over their own lower quartile pooled the same way, and the ``σ``
+  whose pooled median and p90 are closest (log error) wins; its median is then set so
+  that the simulated lower quartile equals the closed form's (the base). Each fit says
+  how close it came (``log_err``).
 """
 
 from __future__ import annotations
@@ -72,16 +72,26 @@ def _jitter_quantiles(jitter: Jitter, qs=QUANTILES) -> np.ndarray:
 
 
 def fit_direct(m: np.ndarray) -> dict[str, Any]:
-    """The distribution of multipliers ``m`` themselves (one draw per event)."""
+    """The distribution of multipliers ``m`` themselves (one draw per event): each
+    candidate's median and σ by least squares on the log of the quantiles
+    :data:`QUANTILES` (lognormal: a line in the normal scores; exponential: σ on a grid,
+    the median in closed form), the closer one (RMS log error) kept."""
     observed = np.quantile(m, QUANTILES)
-    median, p90 = observed[2], observed[4]
-    r = max(p90 / median, 1.0)
-    candidates = [Jitter(distribution="lognormal", median=median, sigma=math.log(r) / Z90)]
-    a, b = math.log(10), math.log(2)
-    if r < a / b:
-        candidates.append(
-            Jitter(distribution="exponential", median=median, sigma=(r - 1) / (a - r * b))
-        )
+    logs = np.log(observed)
+    z = np.array([NormalDist().inv_cdf(q) for q in QUANTILES])
+    sigma, intercept = np.polyfit(z, logs, 1)
+    candidates = [Jitter(distribution="lognormal", median=float(np.exp(intercept)),
+                         sigma=float(max(sigma, 0.0)))]  # fmt: skip
+    best_exp = None
+    for s in np.geomspace(1e-3, 50.0, 400):
+        shape = np.log(_jitter_quantiles(Jitter(distribution="exponential", sigma=float(s))))
+        log_median = float(np.mean(logs - shape))
+        err = float(np.mean((shape + log_median - logs) ** 2))
+        if best_exp is None or err < best_exp[0]:
+            best_exp = (err, float(s), log_median)
+    candidates.append(
+        Jitter(distribution="exponential", median=float(np.exp(best_exp[2])), sigma=best_exp[1])
+    )
     scored = [
         (float(np.sqrt(np.mean(np.log(_jitter_quantiles(j) / observed) ** 2))), j)
         for j in candidates

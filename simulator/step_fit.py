@@ -29,8 +29,8 @@ method, ``W = 1`` and ``W = min(2, cores)``): none of it is in the default exper
 (``experiments/configs/default.toml``: ``b ∈ {32, 128, 512}``, ``d = 64``), so the
 validation table measures prediction, not the fit.
 
-Every point's timed steps (``measured.step_samples_s``) are kept beside its statistic:
-the compute jitter fit (:mod:`simulator.jitter_fit`) reads their spread.
+At ``W = 1`` every point's timed steps (``measured.step_samples_s``) are kept beside its
+statistic: the compute jitter fit (:mod:`simulator.jitter_fit`) reads their spread.
 """
 
 from __future__ import annotations
@@ -315,6 +315,5 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
                     )[0]
                 )
         seconds = np.median(np.array([[row[0] for row in rows] for rows in per_launch]), axis=0)
-        samples = [[t for rows in per_launch for t in rows[i][1]] for i in range(len(points))]
-        out["busy"] = {"ranks": ranks, "seconds": [float(t) for t in seconds], "samples": samples}
+        out["busy"] = {"ranks": ranks, "seconds": [float(t) for t in seconds]}
     return out

@@ -49,6 +49,10 @@ def test_exponential_calls_are_recognised_and_oversubscribed_cases_left_out():
         assert fit["jitter"].distribution == "exponential"
         assert fit["jitter"].sigma == pytest.approx(0.5, rel=0.2)
         assert fit["worlds"] == [2]
+    # a long tail (p90 2.7x the median: a busy machine's wake-ups) is still exponential
+    tail = fit_comm_jitter(_cases(lambda n: 1.0 + RNG.exponential(4.0, n)), cores=2)
+    assert tail["p2p"]["jitter"].distribution == "exponential"
+    assert tail["p2p"]["jitter"].sigma == pytest.approx(4.0, rel=0.25)
     # with no case within the cores, the oversubscribed ones are all there is
     assert fit_comm_jitter(noisy, cores=2)["p2p"]["worlds"] == [4]
 
