@@ -69,8 +69,10 @@ ENV_FIELDS = (
     "cpu_count",
     "gpu_count",
     "launcher",
+    "worker_point",
 )
-"""``env``: where the point ran (:func:`environment`)."""
+"""``env``: where the point ran (:func:`environment`), and which point of its ranks'
+life it was (``worker_point``, set by ``profiling.grid.run_point``)."""
 TOPOLOGY_FIELDS = (
     "nodes",
     "ranks_per_node",
@@ -90,6 +92,9 @@ MEASURED_FIELDS = (
     "bytes_received",
     "messages",
     "comm_ops",
+    "step_samples_s",
+    "compute_samples_s",
+    "comm_calls_s",
     "profiler_bytes",
     "profiler_agrees",
     "profiler_note",
