@@ -176,14 +176,6 @@ def validate(records: Sequence[dict], hardware) -> tuple[list[dict], dict]:
     return validation.validate(records, hardware)
 
 
-_QUANTITY_NAMES = {
-    "step time": "step_time_s",
-    "step time (median)": "step_time_median_s",
-    "simulated median": "step_time_median_simulated_s",
-    "simulated p90": "step_time_p90_simulated_s",
-    "peak memory": "peak_memory_bytes",
-    "bytes sent": "bytes_sent",
-}
 _REGIMES = {
     "by_oversubscription": "ranks vs cores",
     "by_world": "world size",
@@ -210,7 +202,7 @@ def compare(records: Sequence[dict], hardware) -> tuple[list[Comparison], list[d
         rows = validation.compare(mine, hardware)["rows"]
         comparisons += [
             Comparison(
-                quantity=_QUANTITY_NAMES[row["quantity"]],
+                quantity=validation.QUANTITIES[row["quantity"]],
                 method=row["method"],
                 world=int(row["world"]),
                 batch=int(row["batch"]),
@@ -234,7 +226,7 @@ def compare(records: Sequence[dict], hardware) -> tuple[list[Comparison], list[d
                     ]
             summary += [
                 {
-                    "quantity": _QUANTITY_NAMES[quantity],
+                    "quantity": validation.QUANTITIES[quantity],
                     "regime": regime,
                     "points": stats["points"],
                     "geomean_error_pct": stats["geomean_abs_err_pct"],

@@ -43,14 +43,16 @@ from simulator.hardware import Hardware, resolve_hardware
 from simulator.model import OPTIONS, STEP_STATISTIC, predict
 from simulator.simulate import simulate
 
-QUANTITIES = (
-    "bytes sent",
-    "peak memory",
-    "step time",
-    "step time (median)",
-    "simulated median",
-    "simulated p90",
-)
+QUANTITIES = {
+    "bytes sent": "bytes_sent",
+    "peak memory": "peak_memory_bytes",
+    "step time": "step_time_s",
+    "step time (median)": "step_time_median_s",
+    "simulated median": "step_time_median_simulated_s",
+    "simulated p90": "step_time_p90_simulated_s",
+}
+"""Each quantity compared, once: its label in the rows and tables here, and its key (the
+unit in the name) in ``experiments``' comparisons, ``validation.json`` and the report."""
 SIMULATED_STEPS = 150
 """Simulated steps per point (the measured points time 40)."""
 REGIMES = ("ranks <= cores", "oversubscribed")
