@@ -184,7 +184,9 @@ def _value(key: str, value, where: str):
     if key == "tile" and value == 0:
         raise ConfigError(f"{where}: tile = 0 is the old spelling of no tiling: write tile = 'b'")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if kind is float and isinstance(value, float) and not value > 0:
+        raise ConfigError(f"{where}: {key}: must be above 0 seconds, got {value!r}")
     if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         extra = " or 'b'" if key == "tile" else ""
         raise ConfigError(f"{where}: {key}: expected {_KIND_NAMES[kind]}{extra}, got {value!r}")

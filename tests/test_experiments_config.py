@@ -120,6 +120,7 @@ BAD = [
     ("[point]\nworld = 1\nbatch = 0\ndim = 8\n", "batch: 0 is below the minimum", ""),
     ("[point]\nworld = 1\ndim = 8\n", "no 'batch'", "a list"),
     (P + "tile = 0\n", "tile = 0 is the old spelling", "tile = 'b'"),
+    (P + "timeout_s = 0\n", "timeout_s: must be above 0 seconds", "0.0"),
     ("[run]\nmax_global_batch = 1\n" + P, "max_global_batch", "grid is empty"),
     ("[run]\nwarmup = 1\n" + P, "'warmup' is a point field", "[point]"),
     ("[run]\nspeed = 1\n" + P, "unknown key 'speed'", "emulated_world"),
