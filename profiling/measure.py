@@ -313,6 +313,8 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
     ``real_comm`` False (emulation): no byte cross-check, no replay, no overlap.
     """
     rss_reset = reset_rss_peak()  # the RSS peak is this point's, whatever ran before
+    if device.type == "cuda":  # reserved blocks and NVML as in a fresh process, not
+        torch.cuda.empty_cache()  # what earlier points on these ranks left cached
     loss_module = loss if loss is not None else build_loss(config.method, **config.loss_options())
     inputs = make_inputs(config, group.rank, device)
     # Thread ranks (exact emulation) share the process's allocator: no allocator view.
