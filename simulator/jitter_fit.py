@@ -39,8 +39,6 @@ import numpy as np
 
 from simulator.variability import Jitter
 
-Z90 = 1.2815515655446004
-"""The standard normal's 0.9 quantile."""
 SIGMA_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.4, 2.0)
 """Per-event σ tried for the compute fit."""
 COMPUTE_POINTS = 12
