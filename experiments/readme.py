@@ -379,6 +379,49 @@ def _peers(results: Path) -> str:
     )
 
 
+@block("stragglers-at-scale")
+def _stragglers_at_scale(results: Path) -> str:
+    """All-gather over ring median step per pair, W and straggler case (simulated)."""
+    folder = results / "scale-stragglers"
+    records = _records(folder / "records.jsonl")
+    median = {(r["method"], r["world"], r["stragglers"]): r["median_ms"] for r in records}
+    cases = ("none", "one", "1%")
+    worlds = sorted({r["world"] for r in records})
+    shown = [w for w in worlds if w in (worlds[0], worlds[1], 256, worlds[-1])]
+    crossover = {(c["ring"], c["stragglers"]): c for c in _json(folder / "crossover.json")}
+    lines = [
+        "| ring vs all-gather | stragglers | ring faster from W | "
+        + " | ".join(f"all-gather / ring, W = {w:,}" for w in shown)
+        + f" | straggler cost at W = {worlds[-1]:,}: ring, all-gather (median) |",
+        "|---|---|---|" + "---|" * (len(shown) + 1),
+    ]
+    for (ring, case), c in sorted(
+        crossover.items(), key=lambda kv: (kv[0][0], cases.index(kv[0][1]))
+    ):
+        ratios = [median[(c["allgather"], w, case)] / median[(ring, w, case)] for w in shown]
+        costs = [
+            median[(m, worlds[-1], case)] / median[(m, worlds[-1], "none")] - 1
+            for m in (ring, c["allgather"])
+        ]
+        lines.append(
+            f"| `{ring}` vs `{c['allgather']}` | {case} | {c['ring_faster_from'] or 'never'} | "
+            + " | ".join(f"{x:.3g}" for x in ratios)
+            + " | "
+            + ("–" if case == "none" else ", ".join(f"{x * 100:+.2g}%" for x in costs))
+            + " |"
+        )
+    first = records[0]
+    return (
+        f"Median step, all-gather over ring (above 1: the ring is faster); b = {first['batch']}, "
+        f"d = {first['dim']}, {first['dtype']}, {first['steps']} steps, jitter "
+        f"{first['jitter']}, stragglers {max(r['slowdown'] for r in records)}× slower.\n\n"
+        + "\n".join(lines)
+        + f"\n\nSource: `{folder.relative_to(ROOT)}/records.jsonl` and `crossover.json` "
+        f"(simulated on the bundled `{first['hardware']}` profile: NVIDIA H100 datasheet "
+        "numbers; not a measurement).\n"
+    )
+
+
 def _default_run_line(results: Path, folder: str) -> str:
     meta, records, validation = _run(results, folder)
     summary = {(s["quantity"], s["regime"]): s for s in validation["summary"]}

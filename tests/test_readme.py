@@ -59,7 +59,7 @@ def test_every_block_names_its_record_and_machine(name):
     text = readme.BLOCKS[name].render(readme.RESULTS)
     assert "experiments/results/" in text or readme.BLOCKS[name].document != readme.README
     assert "VM" in text or "NVIDIA" in text, name  # the machine
-    assert "2026-" in text, name  # the date of the records
+    assert "2026-" in text or "not a measurement" in text, name  # measured: dated
 
 
 def test_adding_a_block_is_one_function(tmp_path):
