@@ -1,6 +1,7 @@
 """Every measured number in README.md, regenerated from the records kept in the repository.
 
-README.md holds each measured number inside a generated block::
+README.md (and ``experiments/results/README.md``) hold each measured number inside a
+generated block::
 
     <!-- sigsim:begin NAME -->
     ... text written by the function registered as NAME ...
@@ -16,9 +17,12 @@ record it comes from and the machine that produced it.
 Adding a block is one function: write ``def _name(results: Path) -> str`` returning the
 block's Markdown (read records with :func:`profiling.results.read_records` or the JSON
 files of a run directory; end with the source sentence of :func:`_source`), decorate it
-with ``@block("name")``, put the two markers where it belongs in README.md and run
-``sigsim readme``. What the records cannot say (whether other jobs loaded the machine)
-is written beside the folder in :data:`CONDITIONS`.
+with ``@block("name")`` (``document=RESULTS_README`` for the results folder's page), put
+the two markers where it belongs and run ``sigsim readme``. What the records cannot say
+(whether other jobs loaded the machine) is written beside the folder in
+:data:`CONDITIONS`. A new kept run of the default experiment (a folder under
+``experiments/results/`` whose ``run.json`` names the config ``default``) joins the
+default-run blocks by itself.
 """
 
 from __future__ import annotations
@@ -47,13 +51,10 @@ CONDITIONS = {
     "cpu2-default-run": "quiet",
     "xeon2-default-run": "quiet",
     "peers": "quiet",
-    "h200-gpu-check": "a lent machine, nothing else running",
-    "h100-profiler-grid": "a lent machine, nothing else running",
-    "h100-simulator-check": "a lent machine, nothing else running",
+    "h200-gpu-check": "a machine lent for minutes; other load not recorded",
+    "h100-profiler-grid": "a machine lent for minutes; other load not recorded",
+    "h100-simulator-check": "a machine lent for minutes; other load not recorded",
 }
-
-#: The kept runs of the default experiment (``sigsim run``), oldest first.
-DEFAULT_RUNS = ("cpu2-default-run", "xeon2-default-run")
 BEGIN = re.compile(r"<!-- sigsim:begin ([a-z0-9-]+) -->\n")
 END = "<!-- sigsim:end {name} -->"
 
@@ -119,7 +120,7 @@ def _source(results: Path, folder: str, env: dict, what: str = "") -> str:
     """The sentence every block ends with: the record, its machine, date and load."""
     date = env.get("time_utc", "")[:10]
     load = CONDITIONS.get(folder, "load not recorded")
-    where = f"`{(results / folder).relative_to(ROOT)}/{what}`"
+    where = f"`experiments/results/{folder}/{what}`"  # as committed, wherever read from
     return f"Source: {where} ({_machine(env)}; {date}; {load})."
 
 
@@ -134,6 +135,16 @@ def _pct(value: float) -> str:
         return "exact"
     digits = max(0, 1 - math.floor(math.log10(value)))
     return f"{value:.{min(digits, 3)}f}%"
+
+
+def default_runs(results: Path) -> list[str]:
+    """The kept runs of the default experiment (``sigsim run``), oldest first."""
+    runs = []
+    for meta_path in results.glob("*/run.json"):
+        meta = _json(meta_path)
+        if meta.get("name") == "default" and (meta_path.parent / "validation.json").is_file():
+            runs.append((meta.get("started_utc", ""), meta_path.parent.name))
+    return [folder for _, folder in sorted(runs)]
 
 
 def _run(results: Path, folder: str) -> tuple[dict, list[dict], dict]:
@@ -153,7 +164,7 @@ def _run(results: Path, folder: str) -> tuple[dict, list[dict], dict]:
 def _time_budget(results: Path) -> str:
     """The default run's wall time by phase, per kept run (newest first)."""
     parts = []
-    for folder in reversed(DEFAULT_RUNS):
+    for folder in reversed(default_runs(results)):
         meta, records, _ = _run(results, folder)
         phases = meta["phases_s"]
         env = records[0]["env"]
@@ -190,7 +201,7 @@ VALIDATION_ROWS = (
 def _default_run_validation(results: Path) -> str:
     """Geomean / max error of the model per quantity and regime, one column per kept run."""
     runs = []
-    for folder in DEFAULT_RUNS:
+    for folder in default_runs(results):
         _, records, validation = _run(results, folder)
         summary = {(s["quantity"], s["regime"]): s for s in validation["summary"]}
         runs.append((folder, records[0]["env"], summary))
@@ -219,7 +230,7 @@ def _default_run_validation(results: Path) -> str:
 @block("default-run-bytes-memory")
 def _default_run_bytes_memory(results: Path) -> str:
     """Bytes and allocator peak per method and W at one shape of the newest default run."""
-    folder = DEFAULT_RUNS[-1]
+    folder = default_runs(results)[-1]
     _, records, validation = _run(results, folder)
     batch, dim = 512, 64
     model = {
@@ -416,7 +427,7 @@ def _stragglers_at_scale(results: Path) -> str:
         f"d = {first['dim']}, {first['dtype']}, {first['steps']} steps, jitter "
         f"{first['jitter']}, stragglers {max(r['slowdown'] for r in records)}× slower.\n\n"
         + "\n".join(lines)
-        + f"\n\nSource: `{folder.relative_to(ROOT)}/records.jsonl` and `crossover.json` "
+        + f"\n\nSource: `experiments/results/scale-stragglers/records.jsonl` and `crossover.json` "
         f"(simulated on the bundled `{first['hardware']}` profile: NVIDIA H100 datasheet "
         "numbers; not a measurement).\n"
     )
@@ -447,7 +458,7 @@ def _default_run_line(results: Path, folder: str) -> str:
 @block("kept-results", document=RESULTS_README)
 def _kept_results(results: Path) -> str:
     """One line of headline numbers per kept folder, read from its records."""
-    lines = [_default_run_line(results, folder) for folder in DEFAULT_RUNS]
+    lines = [_default_run_line(results, folder) for folder in default_runs(results)]
     correctness = _records(results / "h200-gpu-check" / "gpu_correctness.jsonl")
     h200 = _records(results / "h200-gpu-check" / "gpu_results.jsonl")
     statuses: dict[str, int] = {}

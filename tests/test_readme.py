@@ -6,6 +6,8 @@ records without importing torch (it never measures)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +90,16 @@ def test_regenerating_reads_records_without_torch():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_new_kept_default_run_joins_the_blocks(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(readme.RESULTS, results, ignore=shutil.ignore_patterns("*.png"))
+    new = results / "later-default-run"
+    shutil.copytree(results / "xeon2-default-run", new)
+    meta = json.loads((new / "run.json").read_text())
+    (new / "run.json").write_text(json.dumps(meta | {"started_utc": "2026-12-01T00:00:00Z"}))
+    assert readme.default_runs(results)[-1] == "later-default-run"
+    text, changed = readme.render(readme.README.read_text(), results)
+    assert {"time-budget", "default-run-validation", "default-run-bytes-memory"} <= set(changed)
+    assert "| `later-default-run` |" in text and "later-default-run/run.json" in text
