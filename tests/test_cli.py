@@ -329,3 +329,11 @@ def test_calibrate_json_prints_the_written_profile(tmp_path, monkeypatch, capsys
     assert main(["calibrate", "--quick", "--output", str(written), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["path"] == str(written) and payload["profile"]["name"] == "h100-sxm"
+
+
+def test_every_verb_that_prints_a_table_takes_json():
+    """Verbs that print tables offer ``--json``; the others print paths or one line."""
+    choices = {a.dest: a for a in build_parser()._actions}["command"].choices
+    no_table = {"plot", "report", "point", "grid", "mark", "readme"}
+    for verb in set(VERBS) - no_table:
+        assert "--json" in choices[verb].format_help(), verb
