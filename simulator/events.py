@@ -18,12 +18,12 @@ Operations (``d`` a duration already multiplied by jitter and slowdowns,
   into ``r`` start when both ends have posted and the link is free, ``start = max(p[r−a],
   p[r], free[r])``, arrive ``done[r] = start + d[r]`` (``free[r] ← done[r]``: transfers
   of a chain share their link one after the other); the exchange completes for ``r``
-  when its receive and its send have, ``c[r] = max(done[r], done[r+a])``.
-* wait:          ``t ← max(t, c) + sync`` (sync paid on the first wait of an exchange).
+  when its receive and its send have, ``e[r] = max(done[r], done[r+a])``.
+* wait:          ``t ← max(t, e) + sync`` (sync paid on the first wait of an exchange).
 
 Where moving bytes needs the cores and no core is free (``Machine.moves_on_cores``), the
-rank moves an exchange's bytes itself when it posts it: ``t ← p + d/k`` (``k`` chains
-posting together share the cores, as the closed form's per-direction price assumes),
+rank moves an exchange's bytes itself when it posts it: ``t ← p + d/D`` (``D`` chains,
+the directions of :mod:`simulator.model`, posting together share the cores, as the closed form's per-direction price assumes),
 and ``done[r] = max(t[r−a], t[r])``: the transfers cannot hide behind compute, which is
 the closed form's rule there.
 
@@ -67,11 +67,11 @@ after each merged round (letting influence travel ``n`` hops) was tried and drop
 changed no comm-bound result and made the compute-bound jittered median worse (+1.5%
 against +1.0% at W = 256, g = 32, fp32).
 
-Processor sharing. Where ``q`` ranks share a node's ``c < q`` cores, the node's ranks run
-each compute event as jobs released together (lock step) on ``c`` cores, each job
-running at ``min(1, c/n)`` while ``n`` are unfinished: with the works sorted,
-``w_(1) ≤ … ≤ w_(q)``, the k-th finishes at ``F_k = F_(k−1) + (w_(k) − w_(k−1))·max(1,
-(q−k+1)/c)`` (one sort per event, ``O(q log q)``). Equal works give ``F = w·q/c``, the
+Processor sharing. Where ``q`` ranks share a node's ``C < q`` cores, the node's ranks run
+each compute event as jobs released together (lock step) on ``C`` cores, each job
+running at ``min(1, C/n)`` while ``n`` are unfinished: with the works sorted,
+``w_(1) ≤ … ≤ w_(q)``, the j-th finishes at ``F_j = F_(j−1) + (w_(j) − w_(j−1))·max(1,
+(q−j+1)/C)`` (one sort per event, ``O(q log q)``). Equal works give ``F = w·q/C``, the
 closed form's core share; a rank left alone with a straggler's longer block gets a core
 back. Release times are taken equal: where ranks drift apart (waits), the sharing is
 counted as if they had not.
