@@ -62,10 +62,8 @@ rings, one-way and bidirectional, equal the exact engine to 1e-12 (W = 64 and 25
 softmax ring is off by about ``5·g/W`` %; with lognormal σ = 0.1 jitter, with and
 without 2× stragglers, the median and p90 step at ``g = W/32`` (the most
 :func:`simulator.simulate` picks by itself) are within 1.2% of the exact engine's at
-W = 64, 256 and 1,024. A sliding-window max over the ``n − 1`` ranks on either side
-after each merged round (letting influence travel ``n`` hops) was tried and dropped: it
-changed no comm-bound result and made the compute-bound jittered median worse (+1.5%
-against +1.0% at W = 256, g = 32, fp32).
+W = 64, 256 and 1,024. What else was tried, and the measurements: ``docs/simulator.md``,
+"At scale".
 
 Processor sharing. Where ``q`` ranks share a node's ``C < q`` cores, the node's ranks run
 each compute event as jobs released together (lock step) on ``C`` cores, each job

@@ -27,7 +27,7 @@ from simulator.variability import Jitter, Variability
 
 EXACT_RANK_ROUNDS = 2 * 10**8
 """Up to this many rank-rounds (``W·rounds·steps``) :func:`simulate` runs every ring round
-(about 4 s at 20 ns per rank-round on the 2-vCPU Xeon VM, docs/simulator.md)."""
+(its cost per rank-round on the development VM: ``docs/simulator.md``, "At scale")."""
 
 COARSE_RANK_ROUNDS = 2 * 10**8
 """Beyond :data:`EXACT_RANK_ROUNDS`, ring rounds merge until ``W·(rounds/g)·steps`` engine
