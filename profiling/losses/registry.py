@@ -250,14 +250,14 @@ def peak_of(*moments: dict[str, Any]) -> dict[str, Any]:
 
 SMALLEST_DEFAULT_TILE = {"cpu": 256, "cuda": 4096}
 """Per device type, the side below which the default never cuts a block: large enough
-that a tile's matmuls run at full rate (on the 2-core development CPU, at d = 512, a
-512-block cut into 256-tiles ran within 2% or faster in fp32 and with bf16 operands,
-into 128-tiles 9–87% slower than 256; ``docs/speed.md``)."""
+that a tile's matmuls run at nearly full rate (on the 2-core development CPU, at
+d = 512, cutting a 512-block into 256-tiles cost the fp32 sigmoid block 2–7% more CPU
+time and saved time elsewhere; 128-tiles cost 9–90% more than 256; ``docs/speed.md``)."""
 TILE_PER_DIM = {"cpu": 0, "cuda": 4}
 """Per device type, how far the default tile grows with ``d`` (``k·d``): on CUDA the tile
 keeps ``T ≥ 4·d``, so the tile scratch (``2·T²·c``) stays within a few times the
-``b×d`` buffers the ring holds anyway; on CPU a fixed 256 bounds it at ``0.5 MiB`` (fp32)
-at no cost in time."""
+``b×d`` buffers the ring holds anyway; on CPU a fixed 256 bounds it at ``0.5 MiB``
+(fp32)."""
 
 
 def default_tile(batch, dim, device: str = "cpu"):
