@@ -1,6 +1,6 @@
 """Calibrate a hardware profile on this machine: measure, fit, write a profile JSON.
 
-Run ``sigsim calibrate`` (about a minute on a 2-core CPU box). It measures
+Run ``sigsim calibrate`` (its wall time on the kept runs: README.md's time budget). It measures
 with :mod:`simulator.microbench` and fits the forms :mod:`simulator.model` prices with:
 
 * real loss steps (CPU, :mod:`simulator.step_fit`): every registered method at ``W = 1``
