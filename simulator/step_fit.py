@@ -53,8 +53,9 @@ BUSY_LAUNCHES = 3
 """At ``W = min(2, cores)``: each point's lower quartile over ``STEPS_BUSY`` steps in each
 of ``BUSY_LAUNCHES`` fresh process groups, then the median over groups. A two-rank
 group keeps the scheduler's luck of its start for its whole life (fresh groups of one
-point spread wider than windows of one group: ``docs/cost-model.md``), and every
-validation point runs in a group of its own, so the fit wants the typical group."""
+point spread wider than windows of one group: ``docs/cost-model.md``), and a run's
+validation points of one W share one group (``profiling.workers``), which may be any
+group: the fit wants the typical one."""
 OUTLIER_FACTOR = 4.0
 """A point whose |relative residual| exceeds this times the median one is dropped once."""
 
