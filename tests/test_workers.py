@@ -102,3 +102,24 @@ def test_a_fault_is_recorded_and_the_next_point_runs_on_fresh_ranks(runs):
     assert [r["env"]["worker_point"] for r in pooled[2:6]] == [4, 1, 2, 1]
     same_measurement(pooled[3], fresh[0], 2)
     same_measurement(pooled[5], fresh[1], 2)
+
+
+def test_compare_table_lines_up_runs_and_refuses_different_bytes():
+    from experiments.runner_compare import RUNS, table
+
+    def record(run: int, sent: int) -> dict:
+        measured = {
+            "bytes_sent": sent, "bytes_received": sent, "messages": 2, "loss": 1.5,
+            "peak_alloc_bytes": 1000 + run, "peak_live_bytes": 900, "rss_peak_bytes": 2**28,
+            "step_time_s": {"median": 0.001 * (run + 1)},
+        }  # fmt: skip
+        config = {"method": "sigmoid-ring", "world": 2}
+        return {"config": config, "measured": measured, "env": {"worker_point": 2}, "wall_s": 1.0}
+
+    runs = {name: [record(i, 64)] for i, (name, _) in enumerate(RUNS)}
+    row = table(runs).splitlines()[-1]
+    assert row.startswith("| sigmoid-ring | 2 | 2 | 64 | 1000 / 1001 / 1002 / 1003 | 900 | True")
+    assert "1.00 / 2.00 / 3.00 / 4.00" in row
+    runs["reused2"] = [record(3, 65)]
+    with pytest.raises(ValueError, match="bytes_sent differs between runs"):
+        table(runs)
