@@ -29,9 +29,12 @@ the closed form's rule there.
 
 The ring pass follows ``profiling.losses.ring.ring_pass`` line by line: post every
 chain's payload, compute the home block, then per round wait for the payloads, post the
-next ones, and per chain compute the block, wait for the previous accumulator and post
-this one (the last one home); finally wait for the accumulators coming home. Without
-overlap every exchange is waited for as soon as it is posted.
+next ones, and per chain wait for the accumulator the previous rank sent (from the
+second round on: the block adds into it), compute the block and post the accumulator on
+(the last one home); finally wait for the accumulators coming home. The payload
+transfers hide behind the blocks, each accumulator's is exposed (behind the blocks of
+the chains computed before it in the round, if any). Without overlap every exchange is
+waited for as soon as it is posted.
 
 Jitter at scale. An event's multipliers are drawn fresh from the seeded generator while
 the event spans fewer than :data:`POOLED` rank-steps; a larger one reads a window at a
@@ -56,14 +59,15 @@ state by ``n``, so the slope of every rank's clock is the exact one. What it
 approximates: a neighbour's influence travels one hop per engine round (``n`` rounds),
 and the offsets between ranks that node boundaries or stragglers set up scale with
 ``n``; both are transients, so the error grows with ``g/W``. Measured on h100-sxm
-(``python -m simulator.scale --errors``, docs/simulator.md "At scale"): quiet sigmoid
-rings, one-way and bidirectional, equal the exact engine to 1e-12 (W = 64 and 256,
-``g`` = 2 … 32, b = 1024, d = 768, bf16: node boundaries and all); a quiet
-softmax ring is off by about ``5·g/W`` %; with lognormal σ = 0.1 jitter, with and
-without 2× stragglers, the median and p90 step at ``g = W/32`` (the most
-:func:`simulator.simulate` picks by itself) are within 1.2% of the exact engine's at
-W = 64, 256 and 1,024. What else was tried, and the measurements: ``docs/simulator.md``,
-"At scale".
+(docs/simulator.md "At scale"): quiet one-way rings (sigmoid and softmax) equal the
+exact engine to 1e-12 (W = 64, ``g`` = 2 … 32, b = 1024, d = 768, bf16: node
+boundaries and all); a quiet bidirectional ring, whose second chain's accumulator hides
+behind the first chain's block, is off by up to 0.7% at ``g = W/32`` (the most
+:func:`simulator.simulate` picks by itself) and more beyond it, where node boundaries
+set ranks apart. With lognormal σ = 0.1 jitter, with and without 2× stragglers, the
+median and p90 at W = 64 stay within 2% of the exact engine's (tested; the larger-W
+table in the docs predates the accumulator-first order). What else was tried, and the
+measurements: ``docs/simulator.md``, "At scale".
 
 Processor sharing. Where ``q`` ranks share a node's ``C < q`` cores, the node's ranks run
 each compute event as jobs released together (lock step) on ``C`` cores, each job
@@ -384,11 +388,11 @@ class Engine:
                 if not ring.overlap:
                     self.wait(incoming[c])
             for c in active:
+                if part.acc is not None and i > 1:  # the block adds into it: wait first
+                    self.wait(exchange[c])
                 self.compute(part.name, part.block_s)
                 if part.acc is None:
                     continue
-                if i > 1:
-                    self.wait(exchange[c])
                 home = i == rounds[c]
                 shift = -direction[c] * rounds[c] if home else direction[c]
                 exchange[c] = self.post(part.acc, shift, direction[c], len(active))

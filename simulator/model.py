@@ -42,10 +42,23 @@ One repetition of phase ``p``::
     T(p2p)                         = (m/D)·α + (B/D)·β / e_D    (D = directions,
                                                                 e_1 = 1, e_2 = duplex eff.)
 
-    overlapped phase:  time_p = max(compute_p, comm_p) + sync_p,
-                       exposed_p = max(0, comm_p − compute_p) + sync_p
+    overlapped phase:  time_p = max(compute_p, A_p + max(compute_p / D_p, comm_p − A_p))
+                                + sync_p,
+                       exposed_p = time_p − compute_p
     otherwise:         time_p = compute_p + comm_p + sync_p,  exposed_p = comm_p + sync_p
     sync_p = s_sync · (transfers of the phase that move bytes)   (W ≥ 2)
+
+    A_p = f_c · Σ T(t) over the phase's accumulator exchanges (p2p ``<pass>.acc``,
+          :func:`is_accumulator`), D_p their directions (1 without any: A_p = 0)
+
+A ring round (``profiling.losses.ring``) posts its next payload before its block, so
+the payload hides behind compute; each chain's block adds into the accumulator the
+previous rank sent after its own block, so the chain waits for that transfer first: it
+is exposed, except behind the blocks of the chains computed before it in the round (the
+round's last chain starts its block ``compute_p·(D_p−1)/D_p`` in, and ends no sooner than
+``A_p + compute_p/D_p``). The next payload queues on its chain's link behind that
+accumulator, so the round also takes at least ``comm_p``. Without accumulators the phase
+takes ``max(compute_p, comm_p)``, its exposed part ``max(0, comm_p − compute_p)``.
 
     step_time = f·a·o_step + Σ_p r_p · time_p = compute_s + exposed_comm_s
 
@@ -77,10 +90,14 @@ with the measurements behind that choice: ``docs/cost-model.md``.
 Assumptions: every rank does the same work (the slowest rank sets the step, and they
 are all equal); transfers of one phase run one after the other on the link; a phase's
 compute time is linear in its FLOPs and elements at the profile's rates, plus ``o``;
-the first exchange of an overlapped ring is priced like the others. The event simulator
-(:func:`simulator.simulate`, ``docs/simulator.md``) runs every rank's timeline on these same
-prices and is the reference where the assumptions part: it counts a ring's fill and drain
-(on GPU profiles the closed form stays within one round per ring pass of it), prices each
+the first round of an overlapped ring (no accumulator to wait for) is priced like the
+others, and so is the last (its accumulator goes home after the block); an accumulator's
+transfer is exposed in full even where a wait's ``sync_p`` could cover part of it. The
+event simulator (:func:`simulator.simulate`, ``docs/simulator.md``) runs every rank's
+timeline on these same prices and is the reference where the assumptions part: it counts
+a ring's fill and drain (on GPU profiles one-way rings equal the closed form to rounding,
+the first round's missing accumulator wait making up for the last one's, and the
+bidirectional ring stays within one round per ring pass), prices each
 hop on its own network level, shares a node's cores among the ranks busy at the time
 (processor sharing), and, without overlap, waits for the two chains of a bidirectional
 ring one after the other, as the code does, where this form lets them run at once.
@@ -264,6 +281,12 @@ def _rate(table: dict[str, float], dtype: str, what: str, hw: Hardware) -> float
         ) from None
 
 
+def is_accumulator(transfer: Transfer) -> bool:
+    """Whether ``transfer`` is a ring accumulator's exchange (p2p ``<pass>.acc``): the
+    block adds into the accumulator received, so it is waited for before the block."""
+    return transfer.op == "p2p" and transfer.label.endswith(".acc")
+
+
 def transfer_time_s(transfer: Transfer, level: NetworkLevel, oversubscribed=False) -> np.ndarray:
     """Seconds for one repetition of ``transfer`` on ``level`` (α-β, see module docstring);
     where ``oversubscribed``, every α waits ``level.oversubscribed_wait_s`` longer."""
@@ -397,7 +420,7 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
         compute = fixed_scale * overhead + (flops / matmul_rate + elems / pointwise_rate) / (
             parallel_cores
         )
-        comm, sync = zeros.copy(), zeros.copy()
+        comm, sync, before_block, chains = zeros.copy(), zeros.copy(), zeros.copy(), 1.0
         for transfer in phase.transfers:
             t = transfer_time_s(transfer, hw.intra_node, oversubscribed)
             waited = np.asarray(transfer.messages, dtype=np.float64) > 0
@@ -406,10 +429,16 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
                 t = np.where(crosses, transfer_time_s(transfer, hw.inter_node, oversubscribed), t)
                 s = np.where(crosses & waited, hw.inter_node.sync_s, s)
             comm, sync = comm + t, sync + s
-        comm = comm * comm_share
+            if is_accumulator(transfer):
+                before_block = before_block + t
+                chains = max(chains, float(transfer.directions))
+        comm, before_block = comm * comm_share, before_block * comm_share
         if phase.overlapped:
-            step = np.where(cores_free, np.maximum(compute, comm), compute + comm)
-            exposed = np.where(cores_free, np.maximum(0.0, comm - compute), comm)
+            hidden = np.maximum(
+                compute, before_block + np.maximum(compute / chains, comm - before_block)
+            )
+            step = np.where(cores_free, hidden, compute + comm)
+            exposed = np.where(cores_free, np.maximum(0.0, hidden - compute), comm)
         else:
             step, exposed = compute + comm, comm
         step, exposed, comm = step + sync, exposed + sync, comm + sync

@@ -135,6 +135,42 @@ def test_overlap_rule(flops):
         assert p.step_time_s == pytest.approx(p.compute_s + p.exposed_comm_s)
 
 
+@pytest.mark.parametrize("chains", [1, 2])
+@pytest.mark.parametrize("flops", [1e6, 1e9])  # comm-bound, then compute-bound
+def test_a_ring_accumulator_is_waited_for_before_the_block(flops, chains):
+    # profiling.losses.ring: the next payload hides behind the block; the block adds into
+    # the accumulator just received, so it is waited for first, hidden only behind the
+    # blocks of the chains computed before it, and the next payload queues behind it
+    from profiling.losses.registry import Phase, Schedule, Transfer
+    from simulator.model import transfer_time_s
+
+    hw = make_hardware()  # 1 TFLOP/s, 10 us overhead, p2p 10 us + 100 us/MB
+
+    def p2p(label, nbytes):
+        return Transfer(op="p2p", label=label, bytes_sent=chains * nbytes,
+                        bytes_received=chains * nbytes, messages=chains, peer="neighbor",
+                        directions=chains)  # fmt: skip
+
+    payload, acc = p2p("r.payload", 2 * MB), p2p("r.acc", MB)
+
+    def schedule(shape):
+        return Schedule((Phase(name="round", pass_="forward", repeat=shape.world - 1,
+                               matmul_flops=flops, transfers=(payload, acc),
+                               overlapped=True),))  # fmt: skip
+
+    p = predict(make_method(schedule, lambda s: {"x": 0 * s.batch}, "fake-ring"), 5, 8, 8,
+                hardware=hw)  # fmt: skip
+    compute = 10e-6 + flops / 1e12
+    moving_payload = float(transfer_time_s(payload, hw.intra_node))
+    moving_acc = float(transfer_time_s(acc, hw.intra_node))
+    round_s = max(compute, moving_acc + max(compute / chains, moving_payload))
+    assert p.step_time_s == pytest.approx(4 * round_s)
+    assert p.exposed_comm_s == pytest.approx(4 * (round_s - compute))
+    assert p.comm_s == pytest.approx(4 * (moving_payload + moving_acc))
+    if flops == 1e9:  # compute-bound: one chain exposes its accumulator, two hide it
+        assert p.exposed_comm_s == pytest.approx(4 * moving_acc if chains == 1 else 0.0)
+
+
 def test_topology_rule_inter_node_past_ranks_per_node():
     hw = make_hardware()  # 8 ranks per node; intra 10 us + 100 us/MB, inter 50 us + 400 us/MB
     from profiling.losses.registry import Transfer
