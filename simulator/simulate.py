@@ -6,8 +6,11 @@ variability (:mod:`simulator.variability`) and returns the per-step samples, the
 median and p90, and, on request, step 0's timeline for a Chrome trace
 (:mod:`simulator.trace`). Durations come from the closed form's pricing
 (:mod:`simulator.program`), so with no jitter, no stragglers and ranks within the cores,
-the simulated step is the closed form's up to ring fill and drain (at most one round's
-transfers per ring pass; ``tests/test_simulate.py`` pins it).
+the simulated step is the closed form's on the GPU profiles: equal for the all-gathers
+and the one-way rings, within one round per ring pass for the overlapped bidirectional
+ring (fill and drain), and without overlap larger for it by one payload and one
+accumulator exchange per two-way round (``tests/test_simulate.py`` pins each; docs/simulator.md, "Agreement with the closed
+form", says where else they part).
 """
 
 from __future__ import annotations
