@@ -230,8 +230,8 @@ def jitter_section(fits: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any
         else:
             how = (
                 f"{fit['samples']} per-call timings of {fit['cases']} microbenchmark cases "
-                f"at W={','.join(map(str, fit['worlds']))}, t/q25 pooled, fitted by median "
-                f"and p90 (log error {fit['log_err']:.3f} over p10..p90)"
+                f"at W={','.join(map(str, fit['worlds']))}, t/q25 pooled, fitted to their "
+                f"p10..p90 by least squares on the logs (RMS log error {fit['log_err']:.3f})"
             )
         source = f"{stamp}; {how}; simulator.jitter_fit"
         section[kind] = {
