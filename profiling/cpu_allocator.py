@@ -20,7 +20,11 @@ The counter is process-wide: measure one step at a time, in a process that runs 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import time
+import warnings
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -117,6 +121,30 @@ EXTENSION_NAME = "sigsim_cpu_allocator_v2"
 """Name of the built extension (bump the suffix when ``_SOURCE`` changes)."""
 
 
+STALE_LOCK_S = 900.0
+"""A build lock older than this (seconds) is a killed build's: a build takes about a
+minute, several on a loaded machine."""
+
+
+def clear_stale_lock(build_directory: str, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove ``build_directory/lock`` if it is older than ``max_age_s``; True if removed.
+
+    torch's extension loader waits for as long as that file exists, and a build that was
+    killed (a timed-out rank, Ctrl-C) leaves it behind: every later process would hang.
+    """
+    lock = os.path.join(build_directory, "lock")
+    try:
+        age = time.time() - os.path.getmtime(lock)
+    except OSError:
+        return False
+    if age < max_age_s:
+        return False
+    warnings.warn(f"removing a stale extension build lock ({age:.0f} s old): {lock}", stacklevel=2)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(lock)
+    return True
+
+
 @functools.cache
 def counter():
     """The installed counter (module with ``level_bytes``, ``peak_bytes``, ``reset_peak``).
@@ -127,6 +155,7 @@ def counter():
     from torch.utils import cpp_extension
 
     try:
+        clear_stale_lock(cpp_extension._get_build_directory(EXTENSION_NAME, verbose=False))
         module = cpp_extension.load_inline(
             name=EXTENSION_NAME, cpp_sources=[_SOURCE], extra_cflags=["-O2"], verbose=False
         )

@@ -5,6 +5,7 @@ process."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -33,6 +34,9 @@ def test_cpu_peak_is_exact_above_the_starting_level():
 
 
 def test_cpu_frees_of_older_blocks_lower_the_level():
+    from profiling.cpu_allocator import counter
+
+    counter()  # installed first: blocks allocated before the counter are never counted
     old = _floats(1 * MiB)
     with AllocatorTracker("cpu") as alloc:
         del old
@@ -161,3 +165,17 @@ def test_cpu_allocator_can_be_switched_off(monkeypatch):
     with AllocatorTracker("cpu") as tracker:
         torch.ones(1000)
     assert tracker.peak_bytes is None and tracker.peak_reserved_bytes is None
+
+
+def test_a_killed_builds_lock_is_cleared_and_a_fresh_one_kept(tmp_path):
+    from profiling.cpu_allocator import clear_stale_lock
+
+    lock = tmp_path / "lock"
+    assert not clear_stale_lock(str(tmp_path))  # no lock: nothing to do
+    lock.write_text("")
+    assert not clear_stale_lock(str(tmp_path), max_age_s=60) and lock.exists()  # a live build's
+    old = lock.stat().st_mtime - 3600
+    os.utime(lock, (old, old))
+    with pytest.warns(UserWarning, match="stale extension build lock"):
+        assert clear_stale_lock(str(tmp_path), max_age_s=60)
+    assert not lock.exists()
