@@ -48,10 +48,8 @@ grid's schema, ``docs/results-schema.md``, plus ``"part"``), ``gpu_correctness.j
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
-import os
 import sys
 import time
 import traceback
@@ -63,6 +61,7 @@ import torch
 
 from experiments import gpu_correctness
 from experiments.gpu_summary import summary_text
+from experiments.tables import stdout_to_stderr
 from experiments.verbs import add_gpu_check_arguments
 from profiling import results, traffic
 from profiling.emulate import emulate_point
@@ -446,7 +445,7 @@ def main(argv=None) -> int:
     Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
     for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION):
         plan.path(name).unlink(missing_ok=True)
-    with _stdout_to_stderr(args.json):  # under --json stdout carries only the JSON
+    with stdout_to_stderr(args.json):  # under --json stdout carries only the JSON
         correct, status = _check(plan)
     if args.json:  # what the summary tables show, as data
         records = results.read_records(plan.path(RESULTS))
@@ -454,23 +453,6 @@ def main(argv=None) -> int:
             json.dumps({"out_dir": str(plan.out_dir), "correctness": correct, "records": records})
         )
     return status
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr(active: bool):
-    """File descriptor 1 points at stderr while active (the worker process inherits it)."""
-    if not active:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _check(plan: CheckPlan) -> tuple[list[dict], int]:
