@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--jitter",
         default="",
         help="per-event multipliers: DIST:SIGMA[:MEDIAN] for every kind, or "
-        "KIND=DIST:SIGMA,... (kinds compute, p2p, collective; DIST lognormal, exponential)",
+        "KIND=DIST:SIGMA,... (kinds compute, p2p, collective; DIST lognormal, exponential); "
+        "empty: the profile's fitted jitter if it has one (calibrated profiles), else none; "
+        "lognormal:0 for none",
     )
     simulate.add_argument(
         "--stragglers", default="", help="RANK:SLOWDOWN,... ranks that compute slower"

@@ -42,7 +42,7 @@ def cmd_simulate(args) -> int:
         hardware,
         steps=args.steps,
         seed=args.seed,
-        jitter=parse_jitter(args.jitter),
+        jitter=parse_jitter(args.jitter) if args.jitter else None,  # None: the profile's
         stragglers=parse_factors(args.stragglers, "straggler"),
         slow_node=_one_pair(args.slow_node, "slow node"),
         slow_link=_one_pair(args.slow_link, "slow link"),
@@ -69,7 +69,8 @@ def cmd_simulate(args) -> int:
         label = "closed form (simulator.predict)" if name == "predicted" else name
         table.add_row(label, f"{value * 1e3:.4g}", f"{delta:+.1f}")
     console.print(table)
-    console.print(f"jitter: {args.jitter or 'none'}; stragglers: {args.stragglers or 'none'}; "
+    fitted = "the profile's fitted jitter" if sim.variability.jitter else "none"
+    console.print(f"jitter: {args.jitter or fitted}; stragglers: {args.stragglers or 'none'}; "
                   f"slow node: {args.slow_node or 'none'}; slow link: {args.slow_link or 'none'}")  # fmt: skip
     if args.trace:
         console.print(f"[bold green]trace written:[/bold green] {summary['trace']} "

@@ -129,3 +129,20 @@ def test_a_bad_jitter_section_is_refused_in_one_line(section, message):
     with pytest.raises(HardwareError, match=message) as err:
         parse_profile(_profile_with_jitter(section), "bad.json")
     assert "\n" not in str(err.value) and "bad.json" in str(err.value)
+
+
+def test_sigsim_simulate_draws_the_profiles_jitter_unless_told_otherwise(tmp_path, capsys):
+    from experiments.cli import main
+
+    fits = {"compute": {"jitter": Jitter(distribution="lognormal", sigma=0.3), "samples": 40,
+                        "points": 4, "world": 1, "log_err": 0.01}}  # fmt: skip
+    path = tmp_path / "fitted.json"
+    path.write_text(json.dumps(_profile_with_jitter(jitter_section(fits, "calibrated on test"))))
+    base = ["simulate", "--method", "sigmoid-ring", "--world", "4", "--batch", "64", "--dim",
+            "32", "--hardware", str(path), "--steps", "40", "--json"]  # fmt: skip
+    assert main(base) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["p90_s"] > fitted["median_s"]
+    assert main([*base, "--jitter", "lognormal:0"]) == 0
+    quiet = json.loads(capsys.readouterr().out)
+    assert quiet["p90_s"] == pytest.approx(quiet["median_s"])
