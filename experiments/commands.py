@@ -120,7 +120,11 @@ def run_sweep(args) -> dict:
     if args.resume:
         run.update_meta(resumed_by=args.command_line)
     else:
-        run.update_meta(command=args.command_line, cpu_count=os.cpu_count())
+        run.update_meta(
+            command=args.command_line,
+            cpu_count=os.cpu_count(),
+            load_average_at_start=[round(x, 2) for x in os.getloadavg()],
+        )
     console.print(f"[bold]run directory:[/bold] {run.path}")
     hardware = ensure_hardware(config, args, run)
     phase = time.perf_counter()
@@ -130,6 +134,7 @@ def run_sweep(args) -> dict:
     report = analyse_with_progress(run, hardware)
     run.record_phase(prefix + "validation, plots and report", time.perf_counter() - phase)
     run.record_phase(prefix + "total", time.perf_counter() - started)
+    run.update_meta(load_average_at_end=[round(x, 2) for x in os.getloadavg()])
     analysis.rewrite_report(run, hardware)
     records = backends.load_records(run.results)
     validation = json.loads((run.path / rundir.VALIDATION).read_text())["summary"]

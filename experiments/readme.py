@@ -20,7 +20,8 @@ files of a run directory; end with the source sentence of :func:`_source`), deco
 with ``@block("name")`` (``document=RESULTS_README`` for the results folder's page), put
 the two markers where it belongs and run ``sigsim readme``. What the records cannot say
 (whether other jobs loaded the machine) is written beside the folder in
-:data:`CONDITIONS`. A new kept run of the default experiment (a folder under
+:data:`CONDITIONS`, else read from the load averages ``sigsim run`` writes into a run
+directory's ``run.json``. A new kept run of the default experiment (a folder under
 ``experiments/results/`` whose ``run.json`` names the config ``default``) joins the
 default-run blocks by itself.
 """
@@ -50,6 +51,7 @@ GiB = 2**30
 CONDITIONS = {
     "cpu2-default-run": "quiet",
     "xeon2-default-run": "quiet",
+    "xeon2-default-run-pooled": "quiet",
     "peers": "quiet",
     "h200-gpu-check": "a machine lent for minutes; other load not recorded",
     "h100-profiler-grid": "a machine lent for minutes; other load not recorded",
@@ -116,10 +118,21 @@ def _dated(env: dict) -> str:
     return f"{_machine(env)}; {env['time_utc'][:10]}"
 
 
+def _recorded_load(meta_path: Path) -> str:
+    """The load averages ``sigsim run`` wrote into run.json (1, 5, 15 min), if any."""
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    loads = [
+        f"{when} {meta[key][0]:g}"
+        for when, key in (("start", "load_average_at_start"), ("end", "load_average_at_end"))
+        if meta.get(key)
+    ]
+    return "1-min load average " + ", ".join(loads) if loads else "load not recorded"
+
+
 def _source(results: Path, folder: str, env: dict, what: str = "") -> str:
     """The sentence every block ends with: the record, its machine, date and load."""
     date = env.get("time_utc", "")[:10]
-    load = CONDITIONS.get(folder, "load not recorded")
+    load = CONDITIONS.get(folder) or _recorded_load(results / folder / "run.json")
     where = f"`experiments/results/{folder}/{what}`"  # as committed, wherever read from
     return f"Source: {where} ({_machine(env)}; {date}; {load})."
 
@@ -340,10 +353,12 @@ def _gpu_check(results: Path) -> str:
 
 
 PEER_RUNS = (
-    ("fp32", "peers-xeon2-b512-d512-fp32.jsonl"),
-    ("bf16 autocast", "peers-xeon2-b512-d512-amp-bf16.jsonl"),
-    ("autocast, `SIGSIM_HALF_MATMUL=1`", "peers-xeon2-b512-d512-amp-bf16-half-matmul.jsonl"),
+    ("fp32", "peers-xeon2-b512-d512-fp32-2buf.jsonl"),
+    ("bf16 autocast", "peers-xeon2-b512-d512-amp-bf16-2buf.jsonl"),
+    ("autocast, `SIGSIM_HALF_MATMUL=1`", "peers-xeon2-b512-d512-amp-bf16-half-matmul-2buf.jsonl"),
 )
+"""The kept ``sigsim peers`` records of the code as it is (rings with two accumulator
+buffers, a82453a); the files without ``-2buf`` hold the three-buffer rings before it."""
 
 
 @block("peers")
@@ -385,7 +400,7 @@ def _peers(results: Path) -> str:
         "per-repetition median in brackets), b = d = 512, 10 interleaved repetitions.\n\n"
         + "\n".join(lines)
         + "\n\n"
-        + _source(results, "peers", env, "peers-xeon2-b512-d512-*.jsonl")
+        + _source(results, "peers", env, "peers-xeon2-b512-d512-*-2buf.jsonl")
         + "\n"
     )
 

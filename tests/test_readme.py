@@ -103,3 +103,13 @@ def test_a_new_kept_default_run_joins_the_blocks(tmp_path):
     text, changed = readme.render(readme.README.read_text(), results)
     assert {"time-budget", "default-run-validation", "default-run-bytes-memory"} <= set(changed)
     assert "| `later-default-run` |" in text and "later-default-run/run.json" in text
+
+
+def test_a_runs_recorded_load_names_the_source_s_load(tmp_path):
+    from experiments.readme import _recorded_load
+
+    assert _recorded_load(tmp_path / "run.json") == "load not recorded"
+    (tmp_path / "run.json").write_text(
+        json.dumps({"load_average_at_start": [0.9, 3.0, 7.1], "load_average_at_end": [2.5, 2, 1]})
+    )
+    assert _recorded_load(tmp_path / "run.json") == "1-min load average start 0.9, end 2.5"
