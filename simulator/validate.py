@@ -94,21 +94,18 @@ def _stats(deltas: list[float]) -> dict[str, float]:
     }
 
 
+def _point_of(config: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """A record's point as ``(method, world, batch, dim, dtype)`` and its loss options
+    (None means "the method's default", which is also the model's default)."""
+    point = (config["method"], config["world"], config["batch"], config["dim"])
+    options = {k: config[k] for k in OPTIONS if config.get(k) is not None}
+    return (*point, config.get("dtype", "fp32")), options
+
+
 def simulate_record(record: dict[str, Any], hardware: Hardware, steps: int = SIMULATED_STEPS):
     """The event simulator at a record's point (its options; seed 0; the profile's jitter)."""
-    config = record["config"]
-    options = {k: config[k] for k in OPTIONS if config.get(k) is not None}
-    return simulate(
-        config["method"],
-        config["world"],
-        config["batch"],
-        config["dim"],
-        config.get("dtype", "fp32"),
-        hardware,
-        steps=steps,
-        seed=0,
-        **options,
-    )
+    point, options = _point_of(record["config"])
+    return simulate(*point, hardware, steps=steps, seed=0, **options)
 
 
 def compare(
@@ -124,17 +121,8 @@ def compare(
             skipped[str(status)] = skipped.get(str(status), 0) + 1
             continue
         config, measured = record["config"], record["measured"]
-        # None means "the method's default", which is also predict's default
-        options = {k: config[k] for k in OPTIONS if config.get(k) is not None}
-        p = predict(
-            config["method"],
-            config["world"],
-            config["batch"],
-            config["dim"],
-            config.get("dtype", "fp32"),
-            hardware,
-            **options,
-        )
+        point_args, options = _point_of(config)
+        p = predict(*point_args, hardware, **options)
         point = {
             "method": config["method"],
             "world": config["world"],
