@@ -56,7 +56,7 @@ from rich.table import Table
 from profiling import host_allocator
 from profiling.launch import launch_or_raise
 from simulator import jitter_fit, microbench, step_fit
-from simulator.calibrated_profile import build_profile, jitter_section
+from simulator.calibrated_profile import build_profile, jitter_section, preemption_section
 from simulator.hardware import host_profile_path, load_profile, parse_profile
 from simulator.machine import fingerprint, machine_key
 
@@ -398,6 +398,9 @@ def _measure_and_fit(config: CalibrationConfig, console: Console):
     jitter = _fit_jitter(profile, compute, comm_jitter, console)
     if jitter:
         profile["jitter"] = jitter_section(jitter, stamp)
+    if busy is not None:
+        preemption = _fit_preemption(profile, compute, console)
+        profile["preemption"] = preemption_section(preemption, stamp)
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
     accelerator = torch.cuda.get_device_name(device) if cuda else None
     fits = {
@@ -435,6 +438,24 @@ def _fit_jitter(profile: dict, compute: dict, comm_jitter: dict, console: Consol
             f"({fit['samples']} samples, log error {fit['log_err']:.3f})"
         )
     return fits
+
+
+def _fit_preemption(profile: dict, compute: dict, console: Console) -> dict:
+    """Stalls of busy ranks (:func:`simulator.jitter_fit.fit_preemption`) from the real
+    loss steps at ``W = min(2, cores)``, on the profile with its jitter."""
+    busy = compute["steps"]["busy"]
+    hardware = parse_profile(profile, "the profile being calibrated")
+    with console.status("preemption of busy ranks, through the simulator"):
+        fit = jitter_fit.fit_preemption(
+            compute["steps"]["configs"], busy["samples"], hardware, busy["ranks"]
+        )
+    p = fit["preemption"]
+    console.print(
+        f"  preemption (W={fit['world']}, every core busy): stalls of {p.stall_s * 1e3:.1f} ms, "
+        f"{p.per_compute_s:g} per compute second, {p.per_wake:g} per wake "
+        f"({fit['samples']} samples, log error {fit['log_err']:.3f})"
+    )
+    return fit
 
 
 def _print_comm(console: Console, fits: dict[str, dict[str, Any]]) -> None:

@@ -240,3 +240,19 @@ def jitter_section(fits: dict[str, dict[str, Any]], stamp: str) -> dict[str, Any
             "sigma": _num(j.sigma, source),
         }
     return section
+
+
+def preemption_section(fit: dict[str, Any], stamp: str) -> dict[str, Any]:
+    """The profile's ``preemption`` section from :func:`simulator.jitter_fit.fit_preemption`."""
+    p = fit["preemption"]
+    source = (
+        f"{stamp}; fitted through the simulator to {fit['samples']} timed steps of "
+        f"{fit['points']} calibration points at W={fit['world']}, every core busy (pooled "
+        f"t/q25 per process group, median/p75/p90 log error {fit['log_err']:.3f}); "
+        "simulator.jitter_fit.fit_preemption"
+    )
+    return {
+        "stall_us": _num(p.stall_s * 1e6, source),
+        "per_compute_s": _num(p.per_compute_s, source),
+        "per_wake": _num(p.per_wake, source),
+    }

@@ -20,6 +20,10 @@ Operations (``d`` a duration already multiplied by jitter and slowdowns,
   of a chain share their link one after the other); the exchange completes for ``r``
   when its receive and its send have, ``e[r] = max(done[r], done[r+a])``.
 * wait:          ``t ← max(t, e) + sync`` (sync paid on the first wait of an exchange).
+* preemption (``Variability.preemption``, only where a node's ranks fill or outnumber
+  its cores): each compute adds ``k·stall`` with ``k ~ Poisson(per_compute_s · d)``, and
+  each wait a rank slept through (``e > t``; every rank in a collective) adds
+  ``k·stall`` with ``k ~ Poisson(per_wake · n)`` (``n`` rounds merged, below).
 
 Where moving bytes needs the cores and no core is free (``Machine.moves_on_cores``), the
 rank moves an exchange's bytes itself when it posts it: ``t ← p + d/D`` (``D`` chains,
@@ -29,12 +33,13 @@ the closed form's rule there.
 
 The ring pass follows ``profiling.losses.ring.ring_pass`` line by line: post every
 chain's payload, compute the home block, then per round wait for the payloads, post the
-next ones, and per chain wait for the accumulator the previous rank sent (from the
-second round on: the block adds into it), compute the block and post the accumulator on
-(the last one home); finally wait for the accumulators coming home. The payload
-transfers hide behind the blocks, each accumulator's is exposed (behind the blocks of
-the chains computed before it in the round, if any). Without overlap every exchange is
-waited for as soon as it is posted.
+next ones, and per chain compute the block and post the accumulator on (the last one
+home), waiting for the accumulator the previous rank sent (from the second round on)
+before the block where the ring adds into it (``RingPass.hide_accumulator`` False: it is
+exposed, behind the blocks of the chains computed before it in the round, if any), after
+the block where the ring computes its contribution apart and merges it (True: it hides
+behind the block as the payload does); finally wait for the accumulators coming home.
+Without overlap every exchange is waited for as soon as it is posted.
 
 Jitter at scale. An event's multipliers are drawn fresh from the seeded generator while
 the event spans fewer than :data:`POOLED` rank-steps; a larger one reads a window at a
@@ -140,6 +145,9 @@ class RingPass:
     home: Compute | None
     parts: tuple[RingRounds, ...]
     overlap: bool
+    hide_accumulator: bool = False
+    """The ring computes each block's contribution apart and waits for the previous
+    rank's accumulator after the block (``profiling.losses.ring``); False: before it."""
 
 
 Segment = Compute | Collective | RingPass
@@ -235,6 +243,9 @@ class Engine:
         self.free = {+1: np.zeros_like(self.t), -1: np.zeros_like(self.t)}
         q = min(w, per_node)
         self.share = machine.cores is not None and q > machine.cores
+        fills = machine.cores is not None and q >= machine.cores
+        preemption = variability.preemption
+        self.preempt = preemption if fills and preemption and preemption.active else None
         self.group = per_node
         self.slices: list[Slice] | None = [] if record else None
         self.shared_pools = pools is not None  # engines of step chunks share the pools
@@ -273,6 +284,9 @@ class Engine:
         d = (seconds * self.n) * self.slow * self._jitter("compute", self.t.shape)
         if self.share:
             d = self._shared(np.broadcast_to(d, self.t.shape))
+        if self.preempt is not None and self.preempt.per_compute_s > 0:
+            mean = self.preempt.per_compute_s * np.broadcast_to(d, self.t.shape)
+            d = d + self.preempt.stalls(self.rng, mean)
         start = self.t
         self.t = self.t + d
         self._record(name, "compute", start, self.t)
@@ -304,6 +318,10 @@ class Engine:
         if self.slices is not None and np.any(leave > self.t):
             self._record(f"wait {transfer.label}", "wait", self.t, np.maximum(self.t, leave))
         self.t = np.maximum(self.t, leave) + sync
+        if self.preempt is not None and self.preempt.per_wake > 0:  # every rank slept in it
+            self.t = self.t + self.preempt.stalls(
+                self.rng, np.full(self.t.shape, self.preempt.per_wake)
+            )
 
     def post(self, transfer: Priced, shift: int, direction: int, chains: int = 1) -> _Pending:
         """Exchange: send to ``r + shift``, receive from ``r − shift`` on the chain's link
@@ -356,6 +374,9 @@ class Engine:
         t = np.maximum(self.t, pending.complete)
         if pending.sync is not None:
             t += pending.sync
+        if self.preempt is not None and self.preempt.per_wake > 0:
+            slept = pending.complete > self.t
+            t += self.preempt.stalls(self.rng, slept * (self.preempt.per_wake * self.n))
         self.t = t
 
     # -- the ring ------------------------------------------------------------------------
@@ -389,11 +410,14 @@ class Engine:
                 if not ring.overlap:
                     self.wait(incoming[c])
             for c in active:
-                if part.acc is not None and i > 1:  # the block adds into it: wait first
+                previous = part.acc is not None and i > 1
+                if previous and not ring.hide_accumulator:  # the block adds into it
                     self.wait(exchange[c])
                 self.compute(part.name, part.block_s)
                 if part.acc is None:
                     continue
+                if previous and ring.hide_accumulator:  # merged after the block
+                    self.wait(exchange[c])
                 home = i == rounds[c]
                 shift = -direction[c] * rounds[c] if home else direction[c]
                 exchange[c] = self.post(part.acc, shift, direction[c], len(active))

@@ -42,6 +42,11 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
         ``{"distribution": "lognormal" | "exponential", "median": <num>, "sigma": <num>}``,
         median and sigma as ``{value, source}``; ``simulator.simulate`` draws it when
         its caller gives no jitter
+    preemption (optional, absent: none; shared-core machines): stalls of a rank whose
+        node has no idle core (``simulator.variability.Preemption``, fitted by
+        ``simulator.jitter_fit.fit_preemption``): ``stall_us``, ``per_compute_s`` (stalls
+        per second of compute), ``per_wake`` (stalls per wait slept through), each
+        ``{value, source}``; ``simulator.simulate`` adds them when its caller gives none
     memory_reserve (optional, absent: zeros): device memory outside the loss's peak
         context_GiB              CUDA context, cuBLAS workspace, NCCL at W = 1, inputs
         nccl_peer_buffers_GiB    NCCL's buffers for its peers, from W = 2 on
@@ -63,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from profiling.losses.registry import DTYPES
-from simulator.variability import KINDS, Jitter
+from simulator.variability import KINDS, Jitter, Preemption
 
 BUNDLED_DIR = Path(__file__).with_name("hardware")
 CACHE_DIR = Path.home() / ".cache" / "sigsim" / "hardware"
@@ -184,6 +189,8 @@ class Hardware:
     """The fingerprint of the machine it was calibrated on (``_machine``)."""
     jitter: dict[str, Jitter] = field(default_factory=dict)
     """Event kind → the jitter calibration fitted (empty: none fitted, datasheets)."""
+    preemption: Preemption | None = None
+    """The stalls calibration fitted where ranks fill the cores (None: none fitted)."""
 
     @property
     def poor(self) -> bool:
@@ -365,10 +372,12 @@ def parse_profile(data: Any, where: str) -> Hardware:
     """Validate parsed JSON against the schema and convert units; ``where`` names the file."""
     reader = _Reader(where)
     jitter_raw = data.get("jitter") if isinstance(data, dict) else None
-    if isinstance(data, dict) and "jitter" in data:
-        data = {k: v for k, v in data.items() if k != "jitter"}
+    preemption_raw = data.get("preemption") if isinstance(data, dict) else None
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in ("jitter", "preemption")}
     raw = reader.section(data, SCHEMA, "")
     jitter = _jitter(jitter_raw, reader)
+    preemption = _preemption(preemption_raw, reader)
     for key in ("memory_GiB", "cores", "threads_per_rank"):
         if raw[key] is not None:
             reader.positive(raw[key], key)
@@ -433,7 +442,26 @@ def parse_profile(data: Any, where: str) -> Hardware:
         quality=data.get("_quality"),
         machine=data.get("_machine"),
         jitter=jitter,
+        preemption=preemption,
     )
+
+
+def _preemption(data: Any, reader: _Reader) -> Preemption | None:
+    """The optional ``preemption`` section (module docstring)."""
+    if data is None:
+        return None
+    keys = {"stall_us", "per_compute_s", "per_wake"}
+    if not isinstance(data, dict) or set(data) != keys:
+        reader.fail(f"'preemption' must hold {', '.join(sorted(keys))}")
+    values = {key: reader.leaf(data[key], NUM, f"preemption.{key}") for key in sorted(keys)}
+    try:
+        return Preemption(
+            stall_s=values["stall_us"] * 1e-6,
+            per_compute_s=values["per_compute_s"],
+            per_wake=values["per_wake"],
+        )
+    except ValueError as err:
+        reader.fail(f"'preemption': {err}")
 
 
 def _jitter(data: Any, reader: _Reader) -> dict[str, Jitter]:

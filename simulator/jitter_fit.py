@@ -26,6 +26,12 @@ event's median is ``base · median(m)`` (above 1) and nothing is counted twice.
   whose pooled median and p90 are closest (log error) wins; its median is then set so
   that the simulated lower quartile equals the closed form's (the base). Each fit says
   how close it came (``log_err``).
+* ``preemption`` (:func:`fit_preemption`, shared-core machines): where ranks fill the
+  cores, steps also meet whole scheduler stalls, additive, not multipliers (a stalled
+  step at ``W = 2`` on the 2-core VM is 3–4 ms late whatever its length). Fitted through
+  the simulator like ``compute``, from the calibration's real loss steps at
+  ``W = min(2, cores)``, every rank busy: stall length and rates on grids, pooled
+  median, p75 and p90 over each process group's lower quartile.
 """
 
 from __future__ import annotations
@@ -169,6 +175,70 @@ def fit_compute_jitter(
         "jitter": fitted,
         "log_err": err,
         "samples": int(sum(len(samples[int(i)]) for i in pick)),
+        "points": len(points),
+        "world": int(world),
+        "observed": observed.tolist(),
+        "simulated": simulated.tolist(),
+    }
+
+
+STALL_GRID_S: tuple[float, ...] = (0.002, 0.003, 0.004, 0.005, 0.006)
+"""Stall lengths tried by :func:`fit_preemption` (a scheduler tick is 1–10 ms)."""
+PER_COMPUTE_GRID: tuple[float, ...] = (0.0, 10.0, 20.0, 40.0, 80.0)
+PER_WAKE_GRID: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2)
+PREEMPTION_POINTS = 8
+
+
+def fit_preemption(
+    configs: Sequence[dict], samples: Sequence[Sequence[Sequence[float]]], hardware,
+    world: int, *, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Preemption (:class:`simulator.variability.Preemption`) that makes the simulated steps
+    of ``world`` busy ranks (every core taken) spread as the measured ones.
+
+    ``samples[i]``: point ``i``'s timed steps in each process group it ran in (each
+    group's steps over their own lower quartile: a group keeps its start's luck). For
+    every stall length, rate per compute second and rate per wake on the grids above,
+    the same points are simulated on ``hardware`` (its fitted jitter held) and their
+    pooled ``t / q25`` compared at the median, p75 and p90 (log error); the closest wins.
+    """
+    from simulator.simulate import simulate
+    from simulator.variability import Preemption
+
+    if len(configs) != len(samples) or not configs:
+        raise ValueError(f"a preemption fit needs samples per point, got {len(samples)}")
+    pick = np.unique(np.linspace(0, len(configs) - 1, min(PREEMPTION_POINTS, len(configs))).round())
+    points = [configs[int(i)] for i in pick]
+    observed = np.quantile(_pooled([group for i in pick for group in samples[int(i)]]), QUANTILES)[
+        2:
+    ]
+
+    def spread(preemption: Preemption) -> np.ndarray:
+        sims = [
+            simulate(
+                c["method"], world, c["batch"], c["dim"], c["dtype"], hardware,
+                steps=SIM_STEPS, seed=seed, preemption=preemption,
+            )
+            for c in points
+        ]  # fmt: skip
+        return np.quantile(_pooled([s.step_time_s for s in sims]), QUANTILES)[2:]
+
+    best = None
+    for stall in STALL_GRID_S:
+        for per_compute in PER_COMPUTE_GRID:
+            for per_wake in PER_WAKE_GRID:
+                if (per_compute == 0 and per_wake == 0) and stall != STALL_GRID_S[0]:
+                    continue  # no stalls: one candidate
+                candidate = Preemption(stall_s=stall, per_compute_s=per_compute, per_wake=per_wake)
+                simulated = spread(candidate)
+                err = float(np.sqrt(np.mean(np.log(simulated / observed) ** 2)))
+                if best is None or err < best[0]:
+                    best = (err, candidate, simulated)
+    err, preemption, simulated = best
+    return {
+        "preemption": preemption,
+        "log_err": err,
+        "samples": int(sum(len(g) for i in pick for g in samples[int(i)])),
         "points": len(points),
         "world": int(world),
         "observed": observed.tolist(),

@@ -26,7 +26,7 @@ from simulator import program as step_program
 from simulator.events import Engine, RingPass, Slice
 from simulator.hardware import Hardware, resolve_hardware
 from simulator.model import OPTIONS, predict, resolve_method
-from simulator.variability import Jitter, Variability
+from simulator.variability import Jitter, Preemption, Variability
 
 EXACT_RANK_ROUNDS = 2 * 10**8
 """Up to this many rank-rounds (``W·rounds·steps``) :func:`simulate` runs every ring round
@@ -116,6 +116,7 @@ def simulate(
     stragglers: dict[int, float] | None = None,
     slow_node: tuple[int, float] | None = None,
     slow_link: tuple[int, float] | None = None,
+    preemption: Preemption | None = None,
     trace: bool = False,
     coarse: int | None = None,
     **options,
@@ -127,6 +128,8 @@ def simulate(
     calibration; none on datasheet profiles), ``{}`` none; ``stragglers``: rank →
     compute slowdown; ``slow_node``:
     (node, slowdown); ``slow_link``: (rank, slowdown of its link to rank + 1);
+    ``preemption``: stalls where ranks fill a node's cores, None the profile's fitted
+    one (``Hardware.preemption``; ``Preemption()`` for none);
     ``coarse``: ring rounds merged into one engine round (1: exact; None: 1 while the
     rings' rank-rounds ``W·rounds·steps`` stay within :data:`EXACT_RANK_ROUNDS`, else
     the smallest ``g`` that brings ``W·(rounds/g)·steps`` within
@@ -154,6 +157,7 @@ def simulate(
         stragglers=dict(stragglers or {}),
         slow_node=slow_node,
         slow_link=slow_link,
+        preemption=hw.preemption if preemption is None else preemption,
     )
     prog = step_program.build(spec, world, batch, dim, dtype, hw, **options)
     if trace:

@@ -316,5 +316,9 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
                     )[0]
                 )
         seconds = np.median(np.array([[row[0] for row in rows] for rows in per_launch]), axis=0)
-        out["busy"] = {"ranks": ranks, "seconds": [float(t) for t in seconds]}
+        out["busy"] = {
+            "ranks": ranks,
+            "seconds": [float(t) for t in seconds],
+            "samples": [[rows[i][1] for rows in per_launch] for i in range(len(points))],
+        }
     return out

@@ -17,6 +17,13 @@ closed form's pricing; variability multiplies it:
     delay), median exactly ``median``;
   - ``none``: always ``median``.
 
+* **Preemption** (:class:`Preemption`, shared-core machines only): where a node's ranks
+  fill or outnumber its cores, nothing is left for the operating system's other work, so
+  now and then a rank loses its core for a whole time slice: a stall of ``stall_s``
+  added to its clock, ``per_compute_s`` times per second of its compute (Poisson) and
+  ``per_wake`` times per wait it slept through (a rank woken by its peer may find its
+  core taken). Additive, not a multiplier: measured on the 2-core VM, the stalled steps of
+  every size at ``W = 2`` are 3–4 ms (a scheduler tick) above the rest (``docs/simulator.md``).
 * **Stragglers** ``{rank: slowdown}``: that rank computes ``slowdown`` times slower.
 * **Slow node** ``(node, slowdown)``: every rank of that node computes slower (nodes
   hold ``ranks_per_node`` consecutive ranks; one node when the profile has none).
@@ -98,6 +105,34 @@ class Jitter:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Preemption:
+    """Stalls of a rank whose node has no idle core (module docstring)."""
+
+    stall_s: float = 0.0
+    """Length of one stall, seconds (a time slice of the operating system's scheduler)."""
+    per_compute_s: float = 0.0
+    """Mean stalls per second of a rank's compute (including time stretched by sharing)."""
+    per_wake: float = 0.0
+    """Mean stalls per wait a rank slept through (p2p wait or collective)."""
+
+    def __post_init__(self):
+        for name in ("stall_s", "per_compute_s", "per_wake"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"preemption {name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"preemption {name} must be a finite number ≥ 0, got {value!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.stall_s > 0 and (self.per_compute_s > 0 or self.per_wake > 0)
+
+    def stalls(self, rng: np.random.Generator, mean: np.ndarray) -> np.ndarray:
+        """Seconds of stall for Poisson counts of the given ``mean`` (an array)."""
+        return rng.poisson(mean) * self.stall_s
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Variability:
     """Everything that varies between steps and ranks (module docstring)."""
 
@@ -109,6 +144,8 @@ class Variability:
     """(node index, compute slowdown of its ranks)."""
     slow_link: tuple[int, float] | None = None
     """(rank, slowdown of the link between it and the next rank)."""
+    preemption: Preemption | None = None
+    """Stalls where a node's ranks fill its cores (None: none)."""
 
     def __post_init__(self):
         for kind, value in self.jitter.items():
@@ -121,6 +158,8 @@ class Variability:
         for name, pair in (("slow node", self.slow_node), ("slow link", self.slow_link)):
             if pair is not None:
                 _check_factor(name, pair[1])
+        if self.preemption is not None and not isinstance(self.preemption, Preemption):
+            raise ValueError(f"preemption must be a Preemption, got {self.preemption!r}")
 
     def check(self, world: int, nodes: int) -> None:
         """Refuse ranks, nodes and links that the world does not have."""
