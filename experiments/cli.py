@@ -4,9 +4,11 @@
 ``sigsim run`` with no argument runs the default experiment: calibrate this machine if it
 has no profile, measure every method on gloo CPU processes at W = 1, 2, 4, 8 over a
 ladder of local batches, validate the model against the measurements, and write plots
-and a Markdown report into a new ``./runs/<timestamp>-default/``. The other subcommands
-redo one stage each. Bad input (a config key, a method, a profile, a run directory)
-gets one line on stderr and exit status 2.
+and a Markdown report into a new ``./runs/<timestamp>-default/`` (or ``--out DIR``). The
+other subcommands redo one stage each. Where output goes is one rule (:data:`OUTPUT_RULE`,
+the epilog of ``sigsim --help``): a verb that writes takes ``--out PATH``, a verb that reads
+takes its input as the positional argument. Bad input (a config key, a method, a profile, a
+run directory) gets one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
+from pathlib import Path
 
 from experiments import commands, model_verbs, noise_floor, simulate_verbs, verbs
 from experiments import config as sweep_config
@@ -22,10 +26,24 @@ EPILOG = (
     "Units: W ranks, b examples per rank, N = b·W examples, d elements; "
     "times in ms, memory and traffic in MiB (2^20 bytes) per rank unless stated."
 )
+OUTPUT_RULE = (
+    "Where output goes: every verb that writes takes --out PATH: a results file (.jsonl, "
+    "records appended) for point, grid, mark and peers; a folder for run (the run "
+    "directory), gpu-check, noise-floor, trace and maxbatch (its plot); a profile file for "
+    "calibrate; a trace file for simulate; a summary file for validate (readme rewrites "
+    "README.md in place). A verb whose --out is optional says in its --help what it writes "
+    "without it. Every verb that reads takes its input as the positional argument: RUN_DIR "
+    "for plot, report and maxbatch (the measurements it overlays), RUN_DIR or RESULTS.jsonl "
+    "files for validate."
+)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=34)
+
+
+class _TopFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``sigsim --help``: the epilog's paragraphs kept apart (they are wrapped already)."""
 
 
 def _hardware_option(parser: argparse.ArgumentParser, default_text: str) -> None:
@@ -87,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sigsim",
         description="Profile and simulate distributed SigLIP / CLIP losses.",
-        epilog=EPILOG,
-        formatter_class=_formatter,
+        epilog="\n\n".join(textwrap.fill(text, 88) for text in (OUTPUT_RULE, EPILOG)),
+        formatter_class=_TopFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     shipped = ", ".join(sorted(sweep_config.shipped()))
@@ -96,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="measure a sweep, validate the model, write plots and report",
-        description="Run a sweep config into a new run directory ./runs/<UTC time>-<name>/ "
-        "(results.jsonl, validation.json, plots, report.md); prints its path at the end.",
+        description="Run a sweep config into a new run directory (--out DIR, else "
+        "RUNS_DIR/<UTC time>-<config name>/) holding results.jsonl, validation.json, the "
+        "plots and report.md; prints its path at the end.",
         epilog=EPILOG,
         formatter_class=_formatter,
     )
@@ -107,7 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help=f"TOML file or shipped config name ({shipped})",
     )
-    run.add_argument("--runs-dir", default="runs", help="folder that receives run directories")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="the run directory to write (new, or an empty folder); without it a new "
+        "RUNS_DIR/<UTC time>-<config name>/",
+    )
+    run.add_argument(
+        "--runs-dir",
+        default="runs",
+        help="without --out: the folder that receives the new run directory",
+    )
     run.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -180,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EPILOG,
             formatter_class=_formatter,
         )
-        sub_parser.add_argument("run_dir", metavar="RUN_DIR", help="a ./runs/... directory")
+        sub_parser.add_argument(
+            "run_dir", metavar="RUN_DIR", help="a run directory (written by `sigsim run`)"
+        )
         _hardware_option(sub_parser, "the profile the run recorded")
         sub_parser.set_defaults(handler=handler)
 
@@ -188,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "maxbatch",
         help="largest local and global batch each method fits in a given memory",
         description="Largest local batch b (examples per rank) and global batch N = b·W "
-        "whose peak loss memory per rank fits, from the model; with --run, also the largest "
-        "measured batch that fitted among that run's points (emulated ranks included).",
+        "whose peak loss memory per rank fits, from the model; given a RUN_DIR, also the "
+        "largest measured batch that fitted among that run's points (emulated ranks included).",
         epilog=EPILOG,
         formatter_class=_formatter,
     )
@@ -220,8 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _autocast_option(maxbatch)
     _hardware_option(maxbatch, "this machine's calibrated profile, else h100-sxm")
-    maxbatch.add_argument("--run", metavar="RUN_DIR", help="overlay this run's measurements")
-    maxbatch.add_argument("--out", metavar="DIR", help="write maxbatch.png and .svg here")
+    maxbatch.add_argument(
+        "run",
+        nargs="?",
+        metavar="RUN_DIR",
+        default=argparse.SUPPRESS,  # so that the old --run is not overwritten by its absence
+        help="a run directory whose measurements to overlay",
+    )
+    maxbatch.add_argument("--run", dest="run", default=None, help=argparse.SUPPRESS)  # old
+    maxbatch.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write maxbatch.png and .svg into this folder; without it no plot is written",
+    )
     maxbatch.add_argument("--json", action="store_true", help="one JSON object per row")
     maxbatch.set_defaults(handler=model_verbs.cmd_maxbatch)
     _recommend_parser(sub)
@@ -261,7 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
     simulate.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
-    simulate.add_argument("--trace", metavar="PATH", help="write step 0 as Chrome-trace JSON")
+    simulate.add_argument(
+        "--out",
+        dest="trace",
+        metavar="PATH",
+        help="write step 0 as a Chrome-trace JSON file; without it only the distribution "
+        "is printed",
+    )
+    simulate.add_argument("--trace", dest="trace", help=argparse.SUPPRESS)  # the old spelling
     simulate.add_argument("--json", action="store_true", help="print the summary as JSON")
     simulate.set_defaults(handler=simulate_verbs.cmd_simulate)
 
@@ -285,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup", type=int, default=2, help="untimed steps before the profiled one"
     )
     trace.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
-    trace.add_argument("--out", default="traces", help="folder for measured.json, simulated.json")
+    trace.add_argument(
+        "--out", metavar="DIR", default="traces", help="folder for measured.json, simulated.json"
+    )
     trace.add_argument("--json", action="store_true", help="print the summary as JSON")
     trace.set_defaults(handler=simulate_verbs.cmd_trace)
     verbs.add_parsers(sub, epilog=EPILOG, formatter_class=_formatter)

@@ -1,5 +1,6 @@
-"""The run-directory verbs: ``sigsim run`` (measure a sweep, validate, plot, report),
-``validate RUN_DIR``, ``plot`` and ``report`` (redo one stage from the records).
+"""The run-directory verbs: ``sigsim run [--out DIR]`` (measure a sweep, validate, plot,
+report into one run directory), ``validate RUN_DIR``, ``plot RUN_DIR`` and ``report RUN_DIR``
+(redo one stage from the records).
 
 The other verbs live beside it: :mod:`experiments.model_verbs` (``predict``, ``maxbatch``,
 ``recommend``), :mod:`experiments.simulate_verbs` (``simulate``, ``trace``) and
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.progress import (
@@ -107,6 +109,9 @@ def cmd_run(args) -> int:
 def run_sweep(args) -> dict:
     """Measure, validate, plot and report one sweep; the summary ``--json`` prints."""
     started = time.perf_counter()
+    out = getattr(args, "out", None)
+    if args.resume and out is not None:
+        raise ValueError("give --resume RUN_DIR (continue that run) or --out DIR (a new one)")
     if args.resume:
         run = rundir.open_existing(args.resume)
         config = run.config()
@@ -115,7 +120,7 @@ def run_sweep(args) -> dict:
         config = sweep_config.load(config_file)
         if args.hardware:
             backends.hardware_for(args.hardware)  # refuse an unknown profile before starting
-        run = rundir.create(config_file, config.name, Path(args.runs_dir))
+        run = rundir.create(config_file, config.name, Path(args.runs_dir), out)
     prefix = "resumed: " if args.resume else ""
     if args.resume:
         run.update_meta(resumed_by=args.command_line)
@@ -198,10 +203,18 @@ def print_summary(summary: list[dict]) -> None:
 # --- verbs on a run directory (nothing is rerun) ------------------------------------
 
 
+def validation_json(comparisons, summary: list[dict]) -> dict:
+    """What ``sigsim validate RUN_DIR --json`` prints and its ``--out`` writes."""
+    return {"summary": summary, "points": [asdict(c) for c in comparisons]}
+
+
 def cmd_validate(args) -> int:
     run = rundir.open_existing(args.run_dir)
     hardware = analysis.run_hardware(run, args.hardware)
     comparisons, summary = analysis.validate(run, hardware)
+    out = getattr(args, "out", None)
+    if out:
+        out.write_text(json.dumps(validation_json(comparisons, summary), indent=2) + "\n")
     table = Table(title=f"Predicted vs measured on {backends.hardware_label(hardware)}")
     for header in ("method", "W", "b", "d", "quantity", "predicted", "measured", "delta (%)"):
         column(table, header)
@@ -227,6 +240,8 @@ def cmd_validate(args) -> int:
     console.print(regime_table(rows, "step time by regime: geomean |delta %|"))
     console.print(jitter_line(hardware))
     console.print(f"written: {run.path / rundir.VALIDATION}")
+    if out:
+        console.print(f"written: {out}")
     return 0
 
 

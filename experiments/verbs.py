@@ -11,7 +11,6 @@ import argparse
 import io
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -35,8 +34,15 @@ def add_calibrate_options(calibrate: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--backend", default="gloo", choices=("auto", "gloo", "nccl"))
     calibrate.add_argument("--quick", action="store_true", help="fewer samples, small shapes")
     calibrate.add_argument(
-        "--output", type=Path, default=None, help="profile path (default: this machine's)"
+        "--out",
+        metavar="PROFILE.json",
+        type=Path,
+        default=None,
+        help="the profile file to write; without it this machine's, "
+        "~/.cache/sigsim/hardware/<machine key>.json",
     )
+    # The old spelling, still accepted (same dest), hidden from --help.
+    calibrate.add_argument("--output", dest="out", type=Path, help=argparse.SUPPRESS)
     calibrate.add_argument("--worlds", type=_ints, default=(2, 4), help="group sizes")
     calibrate.add_argument(
         "--sizes",
@@ -67,7 +73,7 @@ def cmd_calibrate(args) -> int:
         raise ValueError("--worlds, --repeats and --threads must be at least 1")
     options = {"repeats": args.repeats} if args.repeats else {}
     config = CalibrationConfig(
-        output=args.output,
+        output=args.out,
         worlds=tuple(args.worlds),
         message_bytes=tuple(args.sizes),
         threads=args.threads,
@@ -86,7 +92,7 @@ def cmd_calibrate(args) -> int:
 
 
 def add_validate_parser(sub, **common) -> None:
-    """``sigsim validate RUN_DIR`` or ``sigsim validate RESULTS.jsonl ...``."""
+    """``sigsim validate RUN_DIR`` or ``sigsim validate RESULTS.jsonl ... [--out FILE]``."""
     validate = sub.add_parser(
         "validate",
         help="predicted vs measured for a run directory or results JSON-lines files",
@@ -96,7 +102,15 @@ def add_validate_parser(sub, **common) -> None:
     )
     validate.add_argument("paths", nargs="+", metavar="RUN_DIR|RESULTS.jsonl")
     validate.add_argument("--hardware", default=None, help="hardware profile name or JSON path")
-    validate.add_argument("--summary-json", type=Path, help="results files: write the summary")
+    validate.add_argument(
+        "--out",
+        metavar="FILE.json",
+        type=Path,
+        help="also write the JSON that --json prints to this file; without it only the run "
+        "directory's validation.json is (re)written, and nothing for results files",
+    )
+    # The old spelling, still accepted (same dest), hidden from --help.
+    validate.add_argument("--summary-json", dest="out", type=Path, help=argparse.SUPPRESS)
     validate.add_argument("--no-points", action="store_true", help="results files: summary only")
     validate.add_argument("--json", action="store_true", help="print JSON instead of tables")
     validate.set_defaults(handler=cmd_validate)
@@ -112,8 +126,8 @@ def cmd_validate(args) -> int:
 
     console = Console(file=io.StringIO()) if args.json else Console()
     summary = validate(paths, args.hardware, console, show_points=not args.no_points)
-    if args.summary_json:
-        args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
         print(json.dumps(summary, indent=1))
     return 0
@@ -124,11 +138,13 @@ def _validate_run(args, run_dir: Path) -> int:
 
     args.run_dir = str(run_dir)
     if not args.json:
-        return commands.cmd_validate(args)
+        return commands.cmd_validate(args)  # the tables; it writes --out too
     run = rundir.open_existing(args.run_dir)
     hardware = analysis.run_hardware(run, args.hardware)
-    comparisons, summary = analysis.validate(run, hardware)
-    print(json.dumps({"summary": summary, "points": [asdict(c) for c in comparisons]}))
+    payload = commands.validation_json(*analysis.validate(run, hardware))
+    if args.out:
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(payload))
     return 0
 
 
@@ -175,7 +191,13 @@ def add_peers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contenders", nargs="+", default=None, help="default: all")
     parser.add_argument("--no-check", action="store_true", help="skip the reference check")
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="per W")
-    parser.add_argument("--out", type=Path, default=Path("runs/peers.jsonl"))
+    parser.add_argument(
+        "--out",
+        metavar="RESULTS.jsonl",
+        type=Path,
+        default=Path("runs/peers.jsonl"),
+        help="results file the records are appended to",
+    )
     parser.add_argument(
         "--json", action="store_true", help="print the records (JSON lines) instead of tables"
     )
@@ -183,7 +205,12 @@ def add_peers_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_gpu_check_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``sigsim gpu-check`` (:mod:`experiments.gpu_check`)."""
-    parser.add_argument("--out", default=os.environ.get("OUT"), help="output folder ($OUT)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        default=os.environ.get("OUT"),
+        help="output folder; without it $OUT, else runs/gpu_check",
+    )
     parser.add_argument(
         "--cpu", "--dry-run", action="store_true", dest="cpu", help="tiny CPU run (gloo)"
     )

@@ -1,7 +1,8 @@
 """The ``sigsim`` command line end to end: ``run`` on a tiny sweep (calibrating a machine
 that has no profile first), then ``validate``, ``plot``, ``report``, ``maxbatch`` and
 ``run --resume`` on that run directory without measuring again; ``predict`` and every
-subcommand's ``--help`` (units and defaults stated).
+subcommand's ``--help`` (units and defaults stated); the one rule for where output goes
+(every writing verb takes ``--out``, readers a positional input, old spellings still parse).
 
 One tiny sweep is shared by the module (process groups are slow to start); the
 calibration cache is redirected to a temporary folder so nothing outside it is touched."""
@@ -150,7 +151,6 @@ def test_maxbatch_overlays_measured_points(tiny_run, tmp_path, capsys):
             "16",
             "--dtype",
             "fp32",
-            "--run",
             str(tiny_run),
             "--out",
             str(tmp_path),
@@ -326,7 +326,7 @@ def test_calibrate_json_prints_the_written_profile(tmp_path, monkeypatch, capsys
         return written, {}
 
     monkeypatch.setattr(simulator.calibrate, "calibrate", fake_calibrate)
-    assert main(["calibrate", "--quick", "--output", str(written), "--json"]) == 0
+    assert main(["calibrate", "--quick", "--out", str(written), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["path"] == str(written) and payload["profile"]["name"] == "h100-sxm"
 
@@ -337,3 +337,96 @@ def test_every_verb_that_prints_a_table_takes_json():
     no_table = {"plot", "report", "point", "grid", "mark", "readme"}
     for verb in set(VERBS) - no_table:
         assert "--json" in choices[verb].format_help(), verb
+
+
+# Where output goes (one rule, ``sigsim --help``'s epilog): every verb that writes takes
+# --out; every verb that reads takes its input as the positional argument.
+WRITERS = {
+    "run": "DIR", "calibrate": "PROFILE.json", "point": None, "grid": None, "mark": None,
+    "peers": "RESULTS.jsonl", "gpu-check": "DIR", "noise-floor": None, "trace": "DIR",
+    "simulate": "PATH", "maxbatch": "DIR", "validate": "FILE.json",
+}  # fmt: skip
+READERS = {"plot": "RUN_DIR", "report": "RUN_DIR", "maxbatch": "RUN_DIR"}
+
+
+def _verbs() -> dict:
+    return {a.dest: a for a in build_parser()._actions}["command"].choices
+
+
+def _option(parser, flag: str):
+    (action,) = [a for a in parser._actions if flag in a.option_strings]
+    return action
+
+
+def test_every_writing_verb_takes_out_and_the_rule_is_stated_once():
+    verbs = _verbs()
+    rule = build_parser().epilog
+    assert "every verb that writes takes --out PATH" in rule
+    for verb, metavar in WRITERS.items():
+        out = _option(verbs[verb], "--out")
+        assert metavar is None or out.metavar == metavar, (verb, out.metavar)
+        assert verb in rule, f"{verb} missing from the --out rule"
+        # grid is exempt: it refuses to run without --out (only --count runs without it).
+        if not out.required and verb != "grid":
+            stated = out.default is not None or "without it" in (out.help or "")
+            assert stated, f"{verb}: --help does not say what it writes without --out"
+    for verb, metavar in READERS.items():
+        (positional,) = [a for a in verbs[verb]._actions if not a.option_strings]
+        assert positional.metavar == metavar and verb in rule, verb
+    assert "RUN_DIR|RESULTS.jsonl" in verbs["validate"].format_usage()
+
+
+@pytest.mark.parametrize(
+    "verb, new, old, dest",
+    [
+        ("calibrate", "--out", "--output", "out"),
+        ("simulate", "--out", "--trace", "trace"),
+        ("validate", "--out", "--summary-json", "out"),
+        ("maxbatch", None, "--run", "run"),
+    ],
+)
+def test_old_spellings_parse_to_the_same_dest_and_are_hidden(verb, new, old, dest, tmp_path):
+    parser = build_parser()
+    first = ["validate", "r.jsonl"] if verb == "validate" else [verb]
+    by_old = parser.parse_args([*first, old, str(tmp_path / "a")])
+    assert str(getattr(by_old, dest)) == str(tmp_path / "a")
+    by_new = [*first, new, str(tmp_path / "b")] if new else [verb, str(tmp_path / "b")]
+    assert str(getattr(parser.parse_args(by_new), dest)) == str(tmp_path / "b")
+    assert getattr(parser.parse_args(first), dest) is None
+    assert old not in _verbs()[verb].format_help()
+
+
+def test_run_out_refuses_a_non_empty_folder_and_resume_with_out(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "results.jsonl").write_text("{}\n")
+    assert main(["run", "smoke", "--out", str(taken)]) == 2
+    assert main(["run", "smoke", "--out", str(tmp_path / "new"), "--resume", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2, err
+    first, second = err.splitlines()
+    assert "is not empty" in first and f"--resume {taken}" in first
+    assert "--resume RUN_DIR" in second and "--out DIR" in second
+    assert [p.name for p in taken.iterdir()] == ["results.jsonl"]  # untouched
+    assert not (tmp_path / "new").exists()
+
+
+def test_run_out_names_the_run_directory_exactly(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    run = rundir.create(config, "tiny", tmp_path / "runs", out=tmp_path / "mine")
+    assert run.path == tmp_path / "mine" and not (tmp_path / "runs").exists()
+    assert (run.path / rundir.CONFIG).read_text() == TINY
+    (tmp_path / "empty").mkdir()  # an existing empty folder is accepted
+    assert rundir.create(config, "tiny", out=tmp_path / "empty").path == tmp_path / "empty"
+    stamped = rundir.create(config, "tiny", tmp_path / "runs")  # without out: as before
+    assert stamped.path.parent == tmp_path / "runs" and stamped.path.name.endswith("-tiny")
+
+
+def test_readers_given_a_results_file_name_what_they_need(tmp_path, capsys):
+    results = tmp_path / "results.jsonl"
+    results.write_text("{}\n")
+    for verb in ("plot", "report"):
+        assert main([verb, str(results)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "run directory" in err and "sigsim validate" in err
