@@ -424,9 +424,10 @@ def _fit_jitter(profile: dict, compute: dict, comm_jitter: dict, console: Consol
     steps = compute.get("steps")
     if steps is not None:
         hardware = parse_profile(profile, "the profile being calibrated")
+        chosen = step_fit.rate_bound_points(steps["configs"], steps["one_thread"])
         fits["compute"] = jitter_fit.fit_compute_jitter(
-            steps["configs"],
-            steps["one_thread_samples"],
+            [steps["configs"][i] for i in chosen],
+            [steps["one_thread_samples"][i] for i in chosen],
             hardware,
             1,
             {kind: f["jitter"] for kind, f in fits.items()},

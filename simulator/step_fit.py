@@ -266,6 +266,26 @@ def fit_busy_ranks(configs: list[dict], seconds, hardware, ranks: int) -> dict[s
     }
 
 
+RATE_BOUND_SHARE = 0.5
+"""A calibration point whose rate-bound seconds (matmul and elementwise) are at least this
+share of its fitted step is "rate-bound": the compute jitter is fitted on those."""
+
+
+def rate_bound_points(configs: list[dict], one_thread: dict[str, Any]) -> list[int]:
+    """Indices of the calibration points where the block math is at least
+    :data:`RATE_BOUND_SHARE` of the one-thread fit's step (all points if fewer than four
+    are). The simulator's compute jitter multiplies each compute event; on the smallest
+    steps the fixed costs' noise, which does not grow with the work, would set it."""
+    points = [
+        next(p for p in step_points([c["method"]], [c["batch"]], [c["dim"]], c["dtype"]))
+        for c in configs
+    ]
+    fixed, rates = split_one_thread(points, one_thread)
+    share = rates / np.maximum(fixed + rates, 1e-30)
+    chosen = [i for i, s in enumerate(share) if s >= RATE_BOUND_SHARE]
+    return chosen if len(chosen) >= 4 else list(range(len(configs)))
+
+
 def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict[str, Any]:
     """Time the calibration set at ``W = 1`` and, with two or more cores, at ``W = min(2,
     cores)`` (every rank busy), one thread per rank as ``profiling.launch`` runs them; fit
