@@ -17,8 +17,8 @@ One :class:`PointConfig` flows from the command line (``sigsim point``), a grid 
     world = 8
 
 The grid is the product of the lists, world and batch ascending (small points first),
-then dim, dtype, method and the other fields in :class:`PointConfig` order; ``overlap``
-and ``tile`` vary only for methods that take them (others get None). A sweep adds a
+then dim, dtype, method and the other fields in :class:`PointConfig` order; ``overlap``,
+``tile`` and ``hide_accumulator`` vary only for methods that take them (others get None). A sweep adds a
 ``[run]`` table (``experiments.config``). The old spellings (the sweep's flat plural
 ``worlds = [...]``, the grid's ``[defaults]`` / ``[sweep]``, ``tile = 0``, ``emulated``)
 are refused with one line naming the new key.
@@ -83,6 +83,11 @@ class PointConfig:
     """Ring methods: overlap exchange and compute (None: the method's default)."""
     tile: int | None = None
     """Ring methods: largest block side computed at once (None: b; ``"b"`` in TOML)."""
+    hide_accumulator: bool | None = None
+    """Ring methods: compute each block's contribution apart so the accumulator transfer
+    hides behind the block (three accumulator buffers per chain) instead of adding into
+    the accumulator received (two, its transfer exposed); None: the device's default
+    (True on CUDA, False on CPU; ``profiling.losses.ring``)."""
     check_ranks: bool = True
     """The losses' cross-rank shape check (its 32·(W-1) bytes are counted)."""
     steps: int = 10
@@ -119,6 +124,8 @@ class PointConfig:
             options["overlap"] = self.overlap
         if self.tile is not None:
             options["tile"] = self.tile
+        if self.hide_accumulator is not None:
+            options["hide_accumulator"] = self.hide_accumulator
         return options
 
     def as_dict(self) -> dict:
@@ -160,7 +167,7 @@ OLD_KEYS = {
 """Keys of the older dialects (the sweep's flat plurals, backends' ``emulated``) -> the key
 that replaced them."""
 _AXIS_ORDER = ("world", "batch", "dim", "dtype", "method")
-_RING_ONLY = ("overlap", "tile")
+_RING_ONLY = ("overlap", "tile", "hide_accumulator")
 
 
 def old_key_message(key: str, table: str = "[point]") -> str:
@@ -238,8 +245,8 @@ def expand_table(table: dict, where: str = "[point]") -> list[PointConfig]:
         base = dict(zip(order, combo, strict=True))
         options = get_method(base["method"]).options
         ring = [axes.get(k, [None]) if k in options else [None] for k in _RING_ONLY]
-        for overlap, tile in itertools.product(*ring):
-            points.append(PointConfig(**base, overlap=overlap, tile=tile))
+        for overlap, tile, hide in itertools.product(*ring):
+            points.append(PointConfig(**base, overlap=overlap, tile=tile, hide_accumulator=hide))
     return points
 
 

@@ -49,16 +49,25 @@ One repetition of phase ``p``::
     sync_p = s_sync · (transfers of the phase that move bytes)   (W ≥ 2)
 
     A_p = f_c · Σ T(t) over the phase's accumulator exchanges (p2p ``<pass>.acc``,
-          :func:`is_accumulator`), D_p their directions (1 without any: A_p = 0)
+          :func:`is_accumulator`) where the accumulator is exposed, D_p their
+          directions (1 without any: A_p = 0)
 
 A ring round (``profiling.losses.ring``) posts its next payload before its block, so
-the payload hides behind compute; each chain's block adds into the accumulator the
-previous rank sent after its own block, so the chain waits for that transfer first: it
-is exposed, except behind the blocks of the chains computed before it in the round (the
-round's last chain starts its block ``compute_p·(D_p−1)/D_p`` in, and ends no sooner than
-``A_p + compute_p/D_p``). The next payload queues on its chain's link behind that
-accumulator, so the round also takes at least ``comm_p``. Without accumulators the phase
-takes ``max(compute_p, comm_p)``, its exposed part ``max(0, comm_p − compute_p)``.
+the payload hides behind compute. Its accumulator follows the ring's accumulator policy
+(``Shape.hide_accumulator``; default True on CUDA, False on CPU):
+
+* exposed (two buffers): each chain's block adds into the accumulator the previous rank
+  sent after its own block, so the chain waits for that transfer first: it is exposed,
+  except behind the blocks of the chains computed before it in the round (the round's
+  last chain starts its block ``compute_p·(D_p−1)/D_p`` in, and ends no sooner than
+  ``A_p + compute_p/D_p``). The next payload queues on its chain's link behind that
+  accumulator, so the round also takes at least ``comm_p``.
+* hidden (three buffers): the block computes its contribution apart and waits for the
+  accumulator after it, so the accumulator hides behind the block like the payload:
+  ``A_p = 0``, and the round takes ``max(compute_p, comm_p)``.
+
+Without accumulators the phase takes ``max(compute_p, comm_p)``, its exposed part
+``max(0, comm_p − compute_p)``.
 
     step_time = f·a·o_step + Σ_p r_p · time_p = compute_s + exposed_comm_s
 
@@ -91,13 +100,14 @@ Assumptions: every rank does the same work (the slowest rank sets the step, and 
 are all equal); transfers of one phase run one after the other on the link; a phase's
 compute time is linear in its FLOPs and elements at the profile's rates, plus ``o``;
 the first round of an overlapped ring (no accumulator to wait for) is priced like the
-others, and so is the last (its accumulator goes home after the block); an accumulator's
-transfer is exposed in full even where a wait's ``sync_p`` could cover part of it. The
-event simulator (:func:`simulator.simulate`, ``docs/simulator.md``) runs every rank's
-timeline on these same prices and is the reference where the assumptions part: it counts
-a ring's fill and drain (on GPU profiles one-way rings equal the closed form to rounding,
-the first round's missing accumulator wait making up for the last one's, and the
-bidirectional ring stays within one round per ring pass), prices each
+others, and so is the last (its accumulator goes home after the block); an exposed
+accumulator's transfer is exposed in full even where a wait's ``sync_p`` could cover part
+of it. The event simulator (:func:`simulator.simulate`, ``docs/simulator.md``) runs every
+rank's timeline on these same prices and is the reference where the assumptions part: it
+counts a ring's fill and drain (on GPU profiles one-way rings with the accumulator
+exposed equal the closed form to rounding, the first round's missing accumulator wait
+making up for the last one's; with it hidden, and on the bidirectional ring, it stays
+within one round per ring pass), prices each
 hop on its own network level, shares a node's cores among the ranks busy at the time
 (processor sharing), and, without overlap, waits for the two chains of a bidirectional
 ring one after the other, as the code does, where this form lets them run at once.
@@ -282,8 +292,9 @@ def _rate(table: dict[str, float], dtype: str, what: str, hw: Hardware) -> float
 
 
 def is_accumulator(transfer: Transfer) -> bool:
-    """Whether ``transfer`` is a ring accumulator's exchange (p2p ``<pass>.acc``): the
-    block adds into the accumulator received, so it is waited for before the block."""
+    """Whether ``transfer`` is a ring accumulator's exchange (p2p ``<pass>.acc``): with
+    the accumulator exposed (``Shape.hide_accumulator`` False) the block adds into the
+    accumulator received, so it is waited for before the block."""
     return transfer.op == "p2p" and transfer.label.endswith(".acc")
 
 
@@ -429,7 +440,7 @@ def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, w
                 t = np.where(crosses, transfer_time_s(transfer, hw.inter_node, oversubscribed), t)
                 s = np.where(crosses & waited, hw.inter_node.sync_s, s)
             comm, sync = comm + t, sync + s
-            if is_accumulator(transfer):
+            if is_accumulator(transfer) and not shape.hide_accumulator:
                 before_block = before_block + t
                 chains = max(chains, float(transfer.directions))
         comm, before_block = comm * comm_share, before_block * comm_share

@@ -6,7 +6,8 @@ it into engine segments (:mod:`simulator.events`):
 * consecutive phases whose transfers are ``p2p`` ``<pass>.payload`` (and
   ``<pass>.acc``) form one ring pass (``profiling.losses.ring.ring_pass``); the phase
   just before them that computes and moves nothing is its home block; each phase's
-  ``directions`` is the number of chains active in its rounds;
+  ``directions`` is the number of chains active in its rounds; whether an accumulator
+  is waited for before or after its block is the shape's ``hide_accumulator``;
 * every other phase computes, then runs its collectives one after the other.
 
 Every duration is the closed form's (``simulator.model._times``, the function behind
@@ -163,7 +164,12 @@ def _ring(phases, home: Compute | None, pricer: _Pricer) -> RingPass:
                 acc=None if acc is None else _per_chain(pricer.transfer(phase, acc), chains),
             )
         )
-    return RingPass(home=home, parts=tuple(parts), overlap=bool(phases[0].overlapped))
+    return RingPass(
+        home=home,
+        parts=tuple(parts),
+        overlap=bool(phases[0].overlapped),
+        hide_accumulator=bool(pricer.shape.hide_accumulator),
+    )
 
 
 def _per_chain(priced: Priced, chains: int) -> Priced:

@@ -190,6 +190,7 @@ def check_case(case: Case, transport) -> dict:
         case.wire_dtype,
         tile=options.get("tile"),
         overlap=options.get("overlap", True),
+        hide_accumulator=options.get("hide_accumulator"),
         check_ranks=options.get("check_ranks", True),
         half_matmul=half_matmul(TORCH_DTYPES[case.wire_dtype], x.device),
     )

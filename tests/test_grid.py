@@ -54,6 +54,26 @@ overlap = false
     ]
 
 
+def test_hide_accumulator_is_a_ring_only_point_option(tmp_path):
+    points = write_grid(
+        tmp_path / "h.toml",
+        "[point]\nmethod = ['softmax-ring', 'sigmoid-allgather']\nworld = 2\nbatch = 8\n"
+        "dim = 16\nhide_accumulator = [true, false]\n",
+    )
+    assert [(p.method, p.hide_accumulator) for p in points] == [
+        ("softmax-ring", True),
+        ("softmax-ring", False),
+        ("sigmoid-allgather", None),  # the option only varies for the methods that take it
+    ]
+    assert points[0].loss_options()["hide_accumulator"] is True
+    assert "hide_accumulator" not in points[2].loss_options()
+    assert points[0].as_dict()["hide_accumulator"] is True  # recorded in the config
+    point.validate_point(points[0])
+    bad = PointConfig(method="sigmoid-allgather", world=2, batch=8, dim=16, hide_accumulator=True)
+    with pytest.raises(ConfigError, match="takes no option 'hide_accumulator'"):
+        point.validate_point(bad)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -6,7 +6,10 @@ few), ring options on and off, fresh seeded inputs, the forward inside
 ``torch.autocast`` (bf16, fp16) as open_clip's ``--precision amp`` runs it, and upstream
 scalars that differ between ranks (per-rank loss weights, ``loss * 0`` on a rank): each
 rank's loss, its feature gradients and the mean scale and bias gradients against the
-fp64 reference with the tolerances in ``loss_cases``; and each rank's bytes per
+fp64 reference with the tolerances in ``loss_cases``, the rings also with
+``hide_accumulator=True`` (CUDA's default accumulator policy, forced on CPU: each block's
+contribution computed apart and merged; the sigmoid rings' exact second trip too); and
+each rank's bytes per
 operation equal to the method's documented formula exactly (for the sigmoid rings with
 different upstream scalars: plus the exact second trip, ``sigmoid_ring_cost.second_trip_phase``).
 """
@@ -101,6 +104,34 @@ def _cases() -> list[Case]:
         for world, upstream in UPSTREAMS.items():
             cases.append(Case(method, world, 4, 8, "fp64", upstream=upstream, seed=next(seed)))
         if spec.ring:
+            # the hidden accumulator (CUDA's default, forced on CPU): contributions
+            # computed apart and merged, fwd + bwd, the exact second trip included
+            hide = (("hide_accumulator", True),)
+            for world in (2, 3, 4, 5, 8):
+                cases.append(Case(method, world, 4, 8, "fp64", options=hide, seed=next(seed)))
+            cases.append(Case(method, 4, 5, 8, "fp32", options=hide, seed=next(seed)))
+            cases.append(
+                Case(method, 4, 7, 8, "fp64", options=(*hide, ("tile", 3)), seed=next(seed))
+            )
+            cases.append(
+                Case(method, 3, 6, 8, "fp64", options=(*hide, ("overlap", False)), seed=next(seed))
+            )
+            cases.append(
+                Case(method, 3, 5, 8, "fp32", autocast="bf16", options=hide, seed=next(seed))
+            )
+            for world in (4, 7):
+                cases.append(
+                    Case(
+                        method,
+                        world,
+                        4,
+                        8,
+                        "fp64",
+                        upstream=UPSTREAMS[world],
+                        options=hide,
+                        seed=next(seed),
+                    )
+                )
             for opts in ((("tile", 3),), (("overlap", False),)):
                 cases.append(
                     Case(

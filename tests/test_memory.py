@@ -1,7 +1,9 @@
 """Peak memory: the model equals the allocator, rings stay flat in W, all-gathers grow.
 
 One 8-rank gloo group runs every method at fixed (b, d) for W = 1…8, plus a grid over
-b, d, dtype (fp64, fp32, bf16), tile and overlap, each case one forward and backward
+b, d, dtype (fp64, fp32, bf16), tile, overlap and the accumulator policy
+(``hide_accumulator``: three accumulator buffers per chain, CUDA's default, forced on
+CPU), each case one forward and backward
 under the allocator tracker and the live-tensor tracker (``profiling.memory``, via
 ``loss_cases.check_case``). Checks: every case's loss and gradients match the fp64
 reference on every rank; every method's ``memory_terms`` sum is within 1% of the
@@ -27,6 +29,9 @@ RING_OPTIONS = (
     (("tile", 12),),  # a tile that does not divide b: a ragged last tile
     (("overlap", False),),
     (("tile", 8), ("overlap", False)),
+    (("hide_accumulator", True),),  # CUDA's default policy: three accumulator buffers
+    (("tile", 12), ("hide_accumulator", True)),
+    (("hide_accumulator", True), ("overlap", False)),
 )
 MODEL_RTOL = 0.01
 """Largest relative gap allowed between ``memory_terms`` and the allocator peak."""
@@ -46,8 +51,7 @@ def _cases():
         if get_method(m).ring:
             for w, opts in itertools.product((2, 4, 8), RING_OPTIONS):
                 cases.append(Case(m, w, 32, 32, "fp32", options=opts, seed=next(seed)))
-            for w in (3, 8):
-                opts = RING_OPTIONS[-1]
+            for w, opts in ((3, RING_OPTIONS[3]), (8, RING_OPTIONS[3]), (8, RING_OPTIONS[5])):
                 cases.append(Case(m, w, 24, 16, "bf16", options=opts, seed=next(seed)))
     return cases
 

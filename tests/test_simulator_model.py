@@ -135,12 +135,15 @@ def test_overlap_rule(flops):
         assert p.step_time_s == pytest.approx(p.compute_s + p.exposed_comm_s)
 
 
+@pytest.mark.parametrize("hide", [False, True])
 @pytest.mark.parametrize("chains", [1, 2])
 @pytest.mark.parametrize("flops", [1e6, 1e9])  # comm-bound, then compute-bound
-def test_a_ring_accumulator_is_waited_for_before_the_block(flops, chains):
-    # profiling.losses.ring: the next payload hides behind the block; the block adds into
-    # the accumulator just received, so it is waited for first, hidden only behind the
-    # blocks of the chains computed before it, and the next payload queues behind it
+def test_a_ring_accumulator_is_waited_for_before_or_after_the_block(flops, chains, hide):
+    # profiling.losses.ring: the next payload hides behind the block. Exposed (two
+    # buffers): the block adds into the accumulator just received, so it is waited for
+    # first, hidden only behind the blocks of the chains computed before it, and the next
+    # payload queues behind it. Hidden (three): the contribution is computed apart and
+    # the accumulator waited for after the block, so both transfers hide behind it
     from profiling.losses.registry import Phase, Schedule, Transfer
     from simulator.model import transfer_time_s
 
@@ -159,16 +162,20 @@ def test_a_ring_accumulator_is_waited_for_before_the_block(flops, chains):
                                overlapped=True),))  # fmt: skip
 
     p = predict(make_method(schedule, lambda s: {"x": 0 * s.batch}, "fake-ring"), 5, 8, 8,
-                hardware=hw)  # fmt: skip
+                hardware=hw, hide_accumulator=hide)  # fmt: skip
     compute = 10e-6 + flops / 1e12
     moving_payload = float(transfer_time_s(payload, hw.intra_node))
     moving_acc = float(transfer_time_s(acc, hw.intra_node))
-    round_s = max(compute, moving_acc + max(compute / chains, moving_payload))
+    if hide:
+        round_s = max(compute, moving_payload + moving_acc)
+    else:
+        round_s = max(compute, moving_acc + max(compute / chains, moving_payload))
     assert p.step_time_s == pytest.approx(4 * round_s)
     assert p.exposed_comm_s == pytest.approx(4 * (round_s - compute))
     assert p.comm_s == pytest.approx(4 * (moving_payload + moving_acc))
-    if flops == 1e9:  # compute-bound: one chain exposes its accumulator, two hide it
-        assert p.exposed_comm_s == pytest.approx(4 * moving_acc if chains == 1 else 0.0)
+    if flops == 1e9:  # compute-bound: one exposed chain shows its accumulator, else hidden
+        exposed = 4 * moving_acc if chains == 1 and not hide else 0.0
+        assert p.exposed_comm_s == pytest.approx(exposed)
 
 
 def test_topology_rule_inter_node_past_ranks_per_node():

@@ -1,7 +1,7 @@
 """What every loss module shares: its options and the checks that open each forward.
 
 A strategy subclasses :class:`DistributedLoss` (all-gather methods) or :class:`RingLoss`
-(ring methods, which add ``overlap`` and ``tile``) and writes only its
+(ring methods, which add ``overlap``, ``tile`` and ``hide_accumulator``) and writes only its
 ``torch.autograd.Function``; ``prepare`` does the local checks, applies the dtype policy
 (``precision``: the autocast cast), picks the transport of the loss's process group,
 runs the cross-rank check and decides whether gradients are wanted. The Function is then
@@ -20,7 +20,7 @@ import torch
 from profiling import comm
 from profiling.losses.checks import as_scalar, check_bias, check_features, check_ranks
 from profiling.losses.precision import wire_dtype
-from profiling.losses.registry import default_tile
+from profiling.losses.registry import default_hide_accumulator, default_tile
 
 
 def first_order_only(backward):
@@ -97,19 +97,38 @@ class RingLoss(DistributedLoss):
         *,
         overlap: bool = True,
         tile: int | None = None,
+        hide_accumulator: bool | None = None,
         check_ranks: bool = True,
         group=None,
     ):
         super().__init__(check_ranks=check_ranks, group=group)
         if not isinstance(overlap, bool):
             raise TypeError(f"overlap must be True or False, got {overlap!r}")
+        if hide_accumulator is not None and not isinstance(hide_accumulator, bool):
+            raise TypeError(
+                f"hide_accumulator must be True, False or None, got {hide_accumulator!r}"
+            )
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
             raise ValueError(f"tile must be a positive int or None, got {tile!r}")
         self.overlap = overlap
         self.tile = tile
+        self.hide_accumulator = hide_accumulator
 
     def options(self) -> dict:
-        return {**super().options(), "overlap": self.overlap, "tile": self.tile}
+        return {
+            **super().options(),
+            "overlap": self.overlap,
+            "tile": self.tile,
+            "hide_accumulator": self.hide_accumulator,
+        }
+
+    def hide_accumulator_for(self, features: torch.Tensor) -> bool:
+        """Whether the ring hides the accumulator transfer (``ring``) for these features:
+        the option, else ``registry.default_hide_accumulator`` of their device (True on
+        CUDA, False on CPU)."""
+        if self.hide_accumulator is not None:
+            return self.hide_accumulator
+        return default_hide_accumulator(features.device.type)
 
     def tile_for(self, features: torch.Tensor) -> int:
         """The tile side for these features: the option, else ``registry.default_tile``."""

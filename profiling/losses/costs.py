@@ -76,27 +76,40 @@ def tile_scratch(shape: Shape, rows, cols, *, passes: int = 2):
     return np.maximum(full, rows * cols * (c + m) + np.maximum(rows, cols) * d * m)
 
 
-def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True):
+def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True, accumulators=2):
     """Bytes of the buffers :func:`profiling.losses.ring.ring_pass` holds: (at the last block, at the end).
 
-    ``rounds``: each chain's round count (arrays broadcast), in chain order. A chain of
-    ``R ≥ 1`` rounds ends up holding ``min(R, 2)`` payloads (the one computed on and the
-    one arriving, or the one whose send just completed) and two accumulators (the one
-    computed into and sent, the one the next arrives in), with or without overlap (a
-    visit adds into the accumulator it has just received). Both exist from the first
-    round's exchange on; the one exception is the last chain to compute, if its ring has
-    a single round: its receive buffer is taken only after its block. The owner's own
-    block and the caller's buffers are not included. ``overlap`` changes no buffer count
-    (kept for the callers that pass it).
+    ``rounds``: each chain's round count (arrays broadcast), in chain order.
+    ``accumulators``: the accumulator-sized buffers a chain's steady state holds, 2 (a
+    visit adds into the accumulator it has just received) or 3 (``hide_accumulator``:
+    the contribution computed apart, the accumulator received and sent on, the one the
+    next arrives in; :func:`accumulator_buffers`). A chain of ``R ≥ 1`` rounds ends up
+    holding ``min(R, 2)`` payloads (the one computed on and the one arriving, or the one
+    whose send just completed) and that many accumulators, or 2 when ``R = 1`` or
+    without overlap (a completed send frees its buffer at once, so the contribution
+    reuses it). All of them exist from the second round on; the one exception is the
+    last chain to compute, if its ring has a single round: its receive buffer is taken
+    only after its block. The owner's own block and the caller's buffers are not
+    included.
     """
+    if accumulators not in (2, 3):
+        raise ValueError(f"accumulators must be 2 or 3, got {accumulators!r}")
     rounds = [np.asarray(r) for r in rounds]
     p, a = np.asarray(payload_bytes), np.asarray(acc_bytes)
+    steady = accumulators if overlap else 2
     full = 0
     for r in rounds:
-        full = full + p * np.minimum(r, 2) + a * np.where(r == 0, 0, 2)
+        n_acc = np.where(r == 0, 0, np.where(r == 1, 2, steady))
+        full = full + p * np.minimum(r, 2) + a * n_acc
     # the chain that computes last: the longest, the later one on a tie
     longest = rounds[0]
     for r in rounds[1:]:
         longest = np.maximum(longest, r)
     at_last_block = full - a * (longest == 1)
     return at_last_block + 0 * p, full + 0 * p
+
+
+def accumulator_buffers(shape: Shape) -> int:
+    """Accumulator-sized buffers per ring chain in steady state: 3 where the shape hides
+    the accumulator transfer (``Shape.hide_accumulator``), else 2 (``ring``)."""
+    return 3 if shape.hide_accumulator else 2

@@ -55,6 +55,12 @@ class Shape:
     """"cpu" or "cuda": the device type the default tile and operand dtype are for."""
     overlap: bool = True
     """Ring methods: post the next exchange before computing the current block."""
+    hide_accumulator: bool = False
+    """Ring methods: compute each block's contribution apart and merge it after the
+    previous rank's accumulator arrives, so that transfer hides behind the block (three
+    accumulator buffers per chain), instead of adding into the accumulator received
+    (two, its transfer exposed); ``profiling.losses.ring``. :meth:`of` resolves None to
+    :func:`default_hide_accumulator` of the device."""
     check_ranks: bool = True
     """Whether the 32-byte cross-rank shape check runs each forward."""
     input_bytes: int | None = None
@@ -73,15 +79,24 @@ class Shape:
         device="cpu",
         half_matmul=None,
         autocast=None,
+        hide_accumulator=None,
     ) -> Shape:
         """``half_matmul``: whether half features are multiplied in their own dtype
         (``precision.half_matmul``; None: the device's default, yes on CUDA only).
+        ``hide_accumulator``: the ring methods' accumulator policy (None: the device's
+        default, :func:`default_hide_accumulator`).
         ``autocast``: None, "fp16" or "bf16": the loss runs inside ``torch.autocast`` of
         that dtype, so ``dtype`` features travel and are computed as :func:`wire_dtype`."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if half_matmul is None:
             half_matmul = device == "cuda"
+        if hide_accumulator is None:
+            hide_accumulator = default_hide_accumulator(device)
+        elif not isinstance(hide_accumulator, bool):
+            raise ValueError(
+                f"hide_accumulator must be True, False or None, got {hide_accumulator!r}"
+            )
         wire = wire_dtype(dtype, autocast)
         s = dtype_bytes(wire)
         c = max(s, 4)
@@ -95,6 +110,7 @@ class Shape:
             tile=tile,
             device=device,
             overlap=overlap,
+            hide_accumulator=hide_accumulator,
             check_ranks=check_ranks,
             input_bytes=dtype_bytes(dtype) if wire != dtype else None,
         )
@@ -266,6 +282,24 @@ def default_tile(batch, dim, device: str = "cpu"):
     ``min(b, 256)``; CUDA: ``b``, unless ``b`` exceeds both 4096 and ``4·d``)."""
     wide = TILE_PER_DIM[device] * np.asarray(dim)
     return np.minimum(batch, np.maximum(SMALLEST_DEFAULT_TILE[device], wide))
+
+
+HIDE_ACCUMULATOR = {"cpu": False, "cuda": True}
+"""Per device type, the ring methods' default accumulator policy
+(``profiling.losses.ring``): on CUDA the third accumulator-sized buffer hides the
+accumulator's ``b·d·c`` transfer behind each block (the model prices sigmoid-ring at
+h100-sxm, W = 512, b = 1024, d = 768 fp32 at 108.9 ms hidden against 136.9 ms exposed,
+``docs/speed.md``); on CPU the ring keeps two and saves a ``b×d`` buffer per chain, at a
+cost within noise on the 2-core development VM (``docs/speed.md``)."""
+
+
+def default_hide_accumulator(device: str = "cpu") -> bool:
+    """Whether the ring methods hide the accumulator transfer when not told
+    (:data:`HIDE_ACCUMULATOR`): True on CUDA, False on CPU."""
+    try:
+        return HIDE_ACCUMULATOR[device]
+    except KeyError:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from None
 
 
 _REGISTRY: dict[str, Method] = {}

@@ -5,10 +5,8 @@ needs). The payloads travel round the ring along one or more :class:`Chain` s; a
 stop the visiting rank computes one block against its own images (``visit``). A visit
 may add a *contribution* to a per-payload accumulator (the text gradients, or the
 running column log-sum-exp); the accumulator follows its payload one round behind and,
-after the payload's last stop, is sent straight home. The visiting rank adds its
-contribution into the accumulator it has just received (``visit(..., fresh=False)``),
-or into a fresh one on the payload's first stop (``fresh=True``). The owner's own block
-(the positives) stays at home.
+after the payload's last stop, is sent straight home. The owner's own block (the
+positives) stays at home.
 
 One pass over a chain of ``R`` rounds, per rank:
 
@@ -17,17 +15,31 @@ One pass over a chain of ``R`` rounds, per rank:
   back; on a one-way ring of ``W−1`` rounds that is the next rank too).
 
 Overlap (``overlap=True``): round ``i+1``'s payload exchange is posted before round
-``i``'s block is computed, so the payload traffic hides behind compute. The accumulator
-of round ``i`` is waited for before round ``i``'s block (the block adds into it): its
-transfer, posted by the previous rank after its block ``i−1``, is exposed. Hiding it
-too would need a third accumulator-sized buffer (the contribution computed apart while
-one accumulator arrives and the previous one leaves); the ring spends one exposed
-accumulator transfer per round to save it. With ``overlap=False`` every exchange is
-waited for as soon as it is posted.
+``i``'s block is computed, so the payload traffic hides behind compute. What happens to
+the accumulator depends on ``hide_accumulator`` (a per-device policy: the losses'
+option of that name, None = ``registry.default_hide_accumulator``, True on CUDA, False on
+CPU):
+
+* exposed (``hide_accumulator=False``): the visiting rank adds its block straight into
+  the accumulator it has just received (``visit(..., fresh=False)``; ``fresh=True`` on
+  the payload's first stop). Round ``i``'s accumulator is waited for *before* round
+  ``i``'s block: its transfer, posted by the previous rank after its block ``i−1``, is
+  exposed, one ``b·d·c`` transfer per round. Two accumulator-sized buffers per chain:
+  the one computed into and then sent, and the one the next accumulator arrives in.
+* hidden (``hide_accumulator=True``): the visit computes its contribution into a
+  separate buffer (always ``fresh=True``), and only then is the previous rank's
+  accumulator waited for and merged, ``combine(received, contribution)`` (``add_`` for
+  gradients, an in-place ``logaddexp`` for a column log-sum-exp), so the accumulator
+  transfer runs while the block computes. Three accumulator-sized buffers per chain
+  from the second round on: the contribution, the accumulator received (merged into
+  and sent on) and the one the next accumulator arrives in.
+
+With ``overlap=False`` every exchange is waited for as soon as it is posted, and either
+mode holds two accumulator-sized buffers (a completed send frees its buffer at once).
 
 Memory per chain, independent of W: two payloads (the one being computed and sent, the
-one arriving) and two accumulator-sized buffers (the one computed into, then sent; the
-one the next accumulator arrives in).
+one arriving) and two or three accumulator-sized buffers (above; fewer on rings of one
+round: ``costs.pool_bytes``). Buffers are pooled per chain and never freed mid-pass.
 """
 
 from __future__ import annotations
@@ -60,6 +72,7 @@ def both_ways(world: int) -> tuple[Chain, ...]:
 
 
 Visit = Callable[[Sequence[torch.Tensor], int, torch.Tensor | None, bool], None]
+Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class _ChainState:
@@ -84,6 +97,8 @@ def ring_pass(
     new_accumulator: Callable[[], torch.Tensor] | None,
     overlap: bool,
     label: str,
+    hide_accumulator: bool = False,
+    combine: Combine | None = None,
 ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """Run one pass; return the home contribution and each chain's returned accumulator.
 
@@ -93,7 +108,14 @@ def ring_pass(
     when ``fresh`` (a buffer from ``new_accumulator()``, reused across rounds) and which
     otherwise holds what the payload's earlier stops accumulated; ``out`` is None when
     the pass has no accumulator (``new_accumulator=None``).
+
+    ``hide_accumulator`` (module docstring): every visit gets a fresh buffer
+    (``fresh=True``), and ``combine(received, contribution)`` merges it into the
+    accumulator received from the previous rank, in place, returning that accumulator;
+    required then when the pass has an accumulator.
     """
+    if hide_accumulator and new_accumulator is not None and combine is None:
+        raise ValueError("ring_pass: hide_accumulator=True needs a combine function")
     rank, world = transport.rank, transport.world_size
     states = {c: _ChainState() for c in chains}
 
@@ -149,9 +171,18 @@ def ring_pass(
             if new_accumulator is None:
                 visit(state.held, owner, None, True)
                 continue
-            fresh = i == 1
-            acc = take(state) if fresh else collect(state)
-            visit(state.held, owner, acc, fresh)
+            if hide_accumulator:  # compute apart, then wait for the previous one
+                contribution = take(state)
+                visit(state.held, owner, contribution, True)
+                if i > 1:
+                    acc = combine(collect(state), contribution)
+                    state.free.append(contribution)
+                else:
+                    acc = contribution
+            else:  # wait for the previous one, then add the block into it
+                fresh = i == 1
+                acc = take(state) if fresh else collect(state)
+                visit(state.held, owner, acc, fresh)
             post_accumulator(c, state, i, acc)
     returned = [collect(s) for s in states.values() if s.exchange is not None]
     return home, returned

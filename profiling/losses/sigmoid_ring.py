@@ -43,7 +43,8 @@ Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
     dx, home dy                    2·b·d·c
     ring buffers                   2·b·d·s     (payloads: held + arriving)
                                  + 2·b·d·c     (accumulators: computed into and sent,
-                                                arriving)
+                                                arriving; 3·b·d·c with
+                                                hide_accumulator: + the contribution)
     block-math copies              2·b·d·m     (x and the held texts upcast: only where
                                                 half features meet fp32 operands, m > s)
     tile                           2·T²·c      (logits, softplus; with half operands
@@ -53,10 +54,13 @@ Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
 (fewer buffers for rings of one or two rounds: ``costs.pool_bytes``).
 Under autocast the rounded features are transient (the second trip rounds again).
 
-Overlap: the next round's texts are posted before the current block is computed; the
-block adds into the dy accumulator just received, so that accumulator's transfer is
-waited for and exposed (a third b×d buffer would hide it: ``ring``). ``overlap=False``
-waits for every exchange at once, to measure the difference.
+Overlap: the next round's texts are posted before the current block is computed. With
+``hide_accumulator`` (the default on CUDA) the block's dy contribution is computed into a
+buffer of its own and added to the dy accumulator once that has arrived, so the
+accumulator's transfer hides behind the block too (a third b×d buffer); without it (the
+default on CPU) the block adds into the dy accumulator just received, so that
+accumulator's transfer is waited for and exposed (``ring``). ``overlap=False`` waits for
+every exchange at once, to measure the difference.
 
 The cost description of this code (its ``Schedule`` and memory terms, the formulas
 above in numpy) and its registration are in the sibling ``sigmoid_ring_cost``.
@@ -71,10 +75,14 @@ from profiling.losses.base import RingLoss, first_order_only
 from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
 
 
+def _add_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
+    return received.add_(contribution)
+
+
 class _SigmoidRingFunction(torch.autograd.Function):
     @staticmethod
     @autocast_off
-    def forward(ctx, x, y, scale, bias, wire, transport, chains, tile, overlap, want_grad):
+    def forward(ctx, x, y, scale, bias, wire, transport, chains, tile, overlap, hide, want_grad):
         ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
         ctx.save_for_backward(x, y)  # the caller's: no copy is kept for the second trip
         x, y = x.to(wire), y.to(wire)
@@ -101,6 +109,8 @@ class _SigmoidRingFunction(torch.autograd.Function):
             new_accumulator=(lambda: torch.empty_like(dx)) if want_grad else None,
             overlap=overlap,
             label="sigmoid",
+            hide_accumulator=hide,
+            combine=_add_,
         )
         if want_grad:
             for part in returned:
@@ -109,7 +119,16 @@ class _SigmoidRingFunction(torch.autograd.Function):
             dt = blocks.dot(xm.to(cdt), dx) / b  # Σ G⊙(x·yᵀ) = ⟨x, Σ G·y⟩ (``blocks``)
             coef = scale / b
             ctx.grads = (dx.mul_(coef), dy.mul_(coef), dt, sums[1] / b)
-            ctx.setup = (wire, scale.detach(), bias.detach(), transport, chains, tile, overlap)
+            ctx.setup = (
+                wire,
+                scale.detach(),
+                bias.detach(),
+                transport,
+                chains,
+                tile,
+                overlap,
+                hide,
+            )
         return sums[0] / b
 
     @staticmethod
@@ -131,7 +150,7 @@ class _SigmoidRingFunction(torch.autograd.Function):
                 (grad_loss * dx, dy, grad_loss * dt, grad_loss * dbias), ctx.dtypes, strict=True
             )
         )
-        return gx, gy, gt, gb, None, None, None, None, None, None
+        return gx, gy, gt, gb, None, None, None, None, None, None, None
 
 
 def _uniform_upstream(transport, grad_loss: torch.Tensor) -> bool:
@@ -142,7 +161,7 @@ def _uniform_upstream(transport, grad_loss: torch.Tensor) -> bool:
     return bool((every == every[0]).all())  # on CUDA: one host synchronisation
 
 
-def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, tile, overlap):
+def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, tile, overlap, hide):
     """The second trip: ``dy`` with each block scaled by its computing rank's upstream."""
     x, y = x.to(wire), y.to(wire)  # the forward's rounding, redone
     cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
@@ -167,6 +186,8 @@ def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, til
         new_accumulator=lambda: torch.empty(x.shape, dtype=cdt, device=x.device),
         overlap=overlap,
         label="sigmoid.bwd",
+        hide_accumulator=hide,
+        combine=_add_,
     )
     for part in returned:
         dy.add_(part)
@@ -192,6 +213,7 @@ class SigmoidRingLoss(RingLoss):
             chains,
             self.tile_for(image_features),
             self.overlap,
+            self.hide_accumulator_for(image_features),
             want_grad,
         )
 

@@ -14,7 +14,8 @@ cross-rank check; its backward (fast path and exact second trip, on both chains)
 one-way ring's too.
 
 Peak memory per rank: the one-way ring's terms with two chains in flight (four payload
-buffers, four accumulator-sized buffers), still independent of W.
+buffers, four accumulator-sized buffers, six with ``hide_accumulator``, the default on
+CUDA: ``ring``), still independent of W.
 
 The cost description of this code (its ``Schedule`` and memory terms, the formulas
 above in numpy) and its registration are in the sibling ``sigmoid_ring_bidir_cost``.

@@ -45,7 +45,7 @@ register(
         kind="sigmoid",
         summary="SigLIP ring with half the rounds each way; same bytes, half the round trips",
         loss="profiling.losses.sigmoid_ring_bidir:SigmoidRingBidirLoss",
-        options={"overlap": True, "tile": None, "check_ranks": True},
+        options={"overlap": True, "tile": None, "hide_accumulator": None, "check_ranks": True},
         schedule=schedule,
         memory_terms=memory_terms,
         ring=True,

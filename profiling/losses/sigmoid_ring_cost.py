@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from profiling.losses.costs import (
+    accumulator_buffers,
     block_flops,
     operand_copies,
     pool_bytes,
@@ -110,7 +111,9 @@ def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
     grads, payload = b * d * c, b * d * s
     copies = operand_copies(shape) * b * d * m  # x (and the held texts) upcast
     tile = shape.tile_side
-    at_last_block, pools = pool_bytes(rounds, payload, grads, shape.overlap)
+    at_last_block, pools = pool_bytes(
+        rounds, payload, grads, shape.overlap, accumulator_buffers(shape)
+    )
     computing_a_block = {
         "dx, home dy": 2 * grads,
         "ring buffers": at_last_block,
@@ -140,7 +143,7 @@ register(
         kind="sigmoid",
         summary="SigLIP, texts round a one-way ring, dy accumulators follow; memory flat in W",
         loss="profiling.losses.sigmoid_ring:SigmoidRingLoss",
-        options={"overlap": True, "tile": None, "check_ranks": True},
+        options={"overlap": True, "tile": None, "hide_accumulator": None, "check_ranks": True},
         schedule=schedule,
         memory_terms=memory_terms,
         ring=True,

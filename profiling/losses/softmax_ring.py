@@ -35,11 +35,19 @@ sent and received alike, against ``4(W−1)·b·d`` elements for the all-gather 
 Peak memory per rank, independent of W; ``T = min(tile, b)``: the image gradient and
 the home text gradient (``2·b·d·c``), two payloads in flight (``2·b·d·s`` plus their
 column statistics), two text-gradient buffers (``2·b·d·c``: the one received, computed
-into and sent on, and the one the next arrives in; ``ring``), upcast copies of x and the
+into and sent on, and the one the next arrives in; three with ``hide_accumulator``, the
+block's contribution computed apart: ``ring``), upcast copies of x and the
 held texts where half features meet fp32 operands (``2·b·d·m``, ``m > s``) and two
 ``T×T`` tiles (``2·T²·c``: the logits, turned into G in place, and the log-sum-exp's
 scratch or G's second term; with half operands at least ``T²·(c+m) + T·d·m``).
 Saved for backward: only the row and column log-sum-exps (``2·b·c``).
+
+Overlap: the next round's texts are posted before the current block is computed. With
+``hide_accumulator`` (the default on CUDA) each block's column log-sum-exp and text
+gradient are computed into buffers of their own and merged (``logaddexp``, ``add_``) once
+the previous rank's accumulator has arrived, so the accumulator transfers hide behind the
+blocks; without it (the default on CPU) the block folds into the accumulator just
+received, whose transfer is then exposed (``ring``).
 
 The cost description of this code (its ``Schedule`` and memory terms, the formulas
 above in numpy) and its registration are in the sibling ``softmax_ring_cost``.
@@ -58,10 +66,14 @@ def _logaddexp_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Ten
     return torch.logaddexp(received, contribution, out=received)
 
 
+def _add_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
+    return received.add_(contribution)
+
+
 class _SoftmaxRingFunction(torch.autograd.Function):
     @staticmethod
     @autocast_off
-    def forward(ctx, x, y, scale, wire, transport, tile, overlap):
+    def forward(ctx, x, y, scale, wire, transport, tile, overlap, hide):
         ctx.save_for_backward(x, y)  # the caller's; backward redoes the rounding
         x, y = x.to(wire), y.to(wire)
         cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
@@ -93,12 +105,14 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             new_accumulator=lambda: torch.empty_like(row_lse),
             overlap=overlap,
             label="softmax.fwd",
+            hide_accumulator=hide,
+            combine=_logaddexp_,
         )
         for part in returned:
             _logaddexp_(col_lse, part)
         loss = (row_lse.sum() + col_lse.sum() - 2 * positives[0]) / (2 * b)
         ctx.lse = (row_lse, col_lse)
-        ctx.setup = (wire, t, transport, tile, overlap, scale.dtype)
+        ctx.setup = (wire, t, transport, tile, overlap, hide, scale.dtype)
         return loss
 
     @staticmethod
@@ -107,7 +121,7 @@ class _SoftmaxRingFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         x_in, y_in = ctx.saved_tensors
         row_lse, col_lse = ctx.lse
-        wire, t, transport, tile, overlap, scale_dtype = ctx.setup
+        wire, t, transport, tile, overlap, hide, scale_dtype = ctx.setup
         x, y = x_in.to(wire), y_in.to(wire)
         cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
         b = x.shape[0]
@@ -142,13 +156,16 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             new_accumulator=lambda: torch.empty_like(dx),
             overlap=overlap,
             label="softmax.bwd",
+            hide_accumulator=hide,
+            combine=_add_,
         )
         for part in returned:
             dy.add_(part)
         del returned, visit
         dt = blocks.dot(xm.to(cdt), dx)  # Σ G⊙(x·yᵀ) over this rank's blocks (``blocks``)
         dx.mul_(t), dy.mul_(t)
-        return dx.to(x_in.dtype), dy.to(y_in.dtype), dt.to(scale_dtype), None, None, None, None
+        none = (None,) * 5
+        return dx.to(x_in.dtype), dy.to(y_in.dtype), dt.to(scale_dtype), *none
 
 
 class SoftmaxRingLoss(RingLoss):
@@ -167,4 +184,5 @@ class SoftmaxRingLoss(RingLoss):
             transport,
             self.tile_for(image_features),
             self.overlap,
+            self.hide_accumulator_for(image_features),
         )

@@ -8,6 +8,7 @@ class the registration names by import path.
 from __future__ import annotations
 
 from profiling.losses.costs import (
+    accumulator_buffers,
     operand_copies,
     pool_bytes,
     rank_check_phase,
@@ -75,8 +76,12 @@ def memory_terms(shape: Shape):
     grads, payload, lse = b * d * c, b * d * s, b * c
     copies = operand_copies(shape) * b * d * m
     tile = shape.tile_side
-    stats_last_block, _ = pool_bytes(rounds, payload, lse, shape.overlap)
-    at_last_block, pools = pool_bytes(rounds, payload + lse + c, grads, shape.overlap)
+    stats_last_block, _ = pool_bytes(
+        rounds, payload, lse, shape.overlap, accumulator_buffers(shape)
+    )
+    at_last_block, pools = pool_bytes(
+        rounds, payload + lse + c, grads, shape.overlap, accumulator_buffers(shape)
+    )
     statistics_pass = {
         "row and column lse": 2 * lse,
         "ring buffers": stats_last_block,
@@ -110,7 +115,7 @@ register(
         kind="softmax",
         summary="CLIP by a one-way ring, online log-sum-exp, recomputing backward; flat in W",
         loss="profiling.losses.softmax_ring:SoftmaxRingLoss",
-        options={"overlap": True, "tile": None, "check_ranks": True},
+        options={"overlap": True, "tile": None, "hide_accumulator": None, "check_ranks": True},
         schedule=schedule,
         memory_terms=memory_terms,
         ring=True,
