@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from simulator_fakes import cpu_hardware, profile_dict
 
 from simulator import simulate
 from simulator.calibrated_profile import preemption_section
 from simulator.hardware import HardwareError, parse_profile
 from simulator.jitter_fit import fit_preemption
 from simulator.variability import Preemption, Variability
+from tests.simulator_fakes import cpu_hardware, profile_dict
 
 STALL = Preemption(stall_s=0.004, per_compute_s=0.0, per_wake=0.3)
 

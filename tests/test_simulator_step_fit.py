@@ -158,3 +158,19 @@ def test_step_phase_and_call_costs_with_thread_scaling():
         ),
     )
     assert slower.step_time_s.item() == pytest.approx(10e-6 + 1e9 / 1e12 / 0.5)
+
+
+def test_the_compute_jitter_is_fitted_on_rate_bound_points_only():
+    configs = [
+        {"method": m, "batch": b, "dim": 128, "dtype": "fp32"}
+        for m in ("sigmoid-ring", "softmax-allgather")
+        for b in (16, 96, 384, 1024)
+    ]
+    # fixed costs of 1 ms a step against 100 GFLOP/s and 0.4 Gelem/s
+    one = {"step_overhead_s": 1e-3, "phase_overhead_s": 0.0, "collective_call_s": 0.0,
+           "matmul_rate": 1e11, "pointwise_rate": 4e8}  # fmt: skip
+    chosen = step_fit.rate_bound_points(configs, one)
+    assert [configs[i]["batch"] for i in chosen] == [384, 1024, 384, 1024]
+    # with fewer than four such points every point is used
+    slow = one | {"step_overhead_s": 1.0}
+    assert step_fit.rate_bound_points(configs, slow) == list(range(len(configs)))
