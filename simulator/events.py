@@ -64,13 +64,17 @@ state by ``n``, so the slope of every rank's clock is the exact one. What it
 approximates: a neighbour's influence travels one hop per engine round (``n`` rounds),
 and the offsets between ranks that node boundaries or stragglers set up scale with
 ``n``; both are transients, so the error grows with ``g/W``. Measured on h100-sxm
-(docs/simulator.md "At scale"): quiet one-way rings (sigmoid and softmax) equal the
-exact engine to 1e-12 (W = 64, ``g`` = 2 … 32, b = 1024, d = 768, bf16: node
-boundaries and all); a quiet bidirectional ring, whose second chain's accumulator hides
-behind the first chain's block, is off by up to 0.7% at ``g = W/32`` (the most
-:func:`simulator.simulate` picks by itself) and more beyond it, where node boundaries
-set ranks apart. With lognormal σ = 0.1 jitter, the median and p90 at ``g = W/32``
-come out up to 2.5% low without stragglers (a merged round's mean multiplier spreads
+(docs/simulator.md "At scale"), quiet, W = 64, b = 1024, d = 768, with the accumulator
+exposed (``hide_accumulator=False``): one-way rings (sigmoid and softmax) equal the
+exact engine to 1e-12 (``g`` = 2 … 32, bf16: node boundaries and all); a bidirectional
+ring, whose second chain's accumulator hides behind the first chain's block, is off by
+up to 0.7% at ``g = W/32`` (the most :func:`simulator.simulate` picks by itself) and
+more beyond it, where node boundaries set ranks apart. With the accumulator hidden (the
+profile's CUDA default; measured 2026-11-29, ``tests/test_simulate_scale.py``) every
+ring is off by at most 0.45% at ``g = 2 = W/32`` (sigmoid-ring fp32 +0.13%, softmax-ring
+bf16 +0.09%, bidirectional fp32 +0.45%, the others 0) and by up to 3.1% at ``g`` = 8 and
+32. With lognormal σ = 0.1 jitter (measured with the accumulator exposed), the median
+and p90 at ``g = W/32`` come out up to 2.5% low without stragglers (a merged round's mean multiplier spreads
 less than the draws it stands for) and within 0.41% with 2× stragglers, at W = 64, 256
 and 1,024 (``python -m simulator.scale --errors``; W = 64 tested within 2%). What else was tried, and the
 measurements: ``docs/simulator.md``, "At scale".
