@@ -41,6 +41,11 @@ def _point_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emulate", choices=["exact", "stand-in"])
     p.add_argument("--overlap", type=_bool)
     p.add_argument("--tile", type=int)
+    p.add_argument(
+        "--hide-accumulator",
+        type=_bool,
+        help="ring methods: hide the accumulator transfer (3 buffers; default: CUDA yes, CPU no)",
+    )
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ def _config(args) -> PointConfig:
     return PointConfig(
         method=args.method, world=args.world, batch=args.batch, dim=args.dim,
         dtype=args.dtype, autocast=args.autocast, device=args.device, emulate=args.emulate,
-        overlap=args.overlap,
+        overlap=args.overlap, hide_accumulator=args.hide_accumulator,
         tile=args.tile, steps=args.steps, warmup=args.warmup, seed=args.seed,
         timeout_s=args.timeout_s, pg_timeout_s=args.pg_timeout_s,
         profile=not args.no_profile, fault=args.fault,
