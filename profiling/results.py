@@ -41,6 +41,10 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "error", "timeout")
 MAX_TIMEOUT_ATTEMPTS = 2
 _NOT_IN_KEY = ("timeout_s", "pg_timeout_s")
+KEY_OMITS_AT_DEFAULT = {"hide_accumulator": None}
+"""Config fields added after records were first kept, left out of a point's key while
+they hold their default, so that a run directory measured before they existed resumes
+without measuring its points again."""
 
 RECORD_FIELDS = (
     "schema",
@@ -125,7 +129,11 @@ point did not finish."""
 
 def point_key(config: dict) -> str:
     """16 hex digits of SHA-1 over the canonical JSON of the defining config fields."""
-    defining = {k: v for k, v in sorted(config.items()) if k not in _NOT_IN_KEY}
+    defining = {
+        k: v
+        for k, v in sorted(config.items())
+        if k not in _NOT_IN_KEY and not (k in KEY_OMITS_AT_DEFAULT and v == KEY_OMITS_AT_DEFAULT[k])
+    }
     text = json.dumps(defining, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 

@@ -129,3 +129,17 @@ def test_emulated_is_read_from_config_emulate():
     real = {**_record("a", "ok", 2), "measured": measured}
     emulated = {**_record("b", "ok", 64, emulate="stand-in"), "measured": measured}
     assert [r.emulated for r in rows_view.rows([real, emulated])] == [False, True]
+
+
+def test_points_measured_before_a_new_option_keep_their_key():
+    """A run directory kept before ``hide_accumulator`` existed resumes without measuring
+    its points again: the option at its default is not part of the key."""
+    from profiling.results import KEY_OMITS_AT_DEFAULT, point_key
+
+    kept = Path(__file__).resolve().parents[1] / "experiments/results/xeon2-default-run-pooled"
+    records = [json.loads(line) for line in (kept / "results.jsonl").read_text().splitlines()]
+    assert records and all("hide_accumulator" not in r["config"] for r in records)
+    for record in records:
+        today = record["config"] | dict(KEY_OMITS_AT_DEFAULT)
+        assert point_key(today) == record["key"]
+        assert point_key(today | {"hide_accumulator": True}) != record["key"]
