@@ -70,6 +70,19 @@ def is_ring(name: str) -> bool:
     return bool(_method(name).ring)
 
 
+def ring_options(method: str, args) -> dict:
+    """``overlap``, ``tile`` and ``hide_accumulator`` from a model verb's ring options
+    (``cli._ring_options``) for a ring method; none for the others."""
+    if not is_ring(method):
+        return {}
+    options = {"overlap": not args.no_overlap}
+    if args.tile:
+        options["tile"] = args.tile
+    if args.hide_accumulator is not None:
+        options["hide_accumulator"] = args.hide_accumulator == "yes"
+    return options
+
+
 # --- measuring -----------------------------------------------------------------------
 
 

@@ -46,6 +46,18 @@ class _TopFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """``sigsim --help``: the epilog's paragraphs kept apart (they are wrapped already)."""
 
 
+def _ring_options(parser) -> None:
+    """The ring methods' options a model verb takes (the record's names)."""
+    parser.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
+    parser.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
+    parser.add_argument(
+        "--hide-accumulator",
+        choices=("yes", "no"),
+        help="ring methods: hide the accumulator transfer behind the block (3 accumulator "
+        "buffers) or not (2); default: the device's (yes on CUDA, no on CPU)",
+    )
+
+
 def _hardware_option(parser: argparse.ArgumentParser, default_text: str) -> None:
     parser.add_argument(
         "--hardware",
@@ -193,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch", default="1024", help="local batches b (examples per rank)")
     predict.add_argument("--dim", default="512", help="embedding widths d (elements)")
     predict.add_argument("--dtype", default="fp32", choices=sweep_config.DTYPES)
-    predict.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
-    predict.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
+    _ring_options(predict)
     _autocast_option(predict)
     _hardware_option(predict, "this machine's calibrated profile, else h100-sxm")
     predict.add_argument("--json", action="store_true", help="one JSON object per row")
@@ -303,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--slow-link", default="", help="RANK:SLOWDOWN, the link from RANK to RANK+1 slower"
     )
-    simulate.add_argument("--no-overlap", action="store_true", help="ring methods: no overlap")
-    simulate.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
+    _ring_options(simulate)
     simulate.add_argument(
         "--out",
         dest="trace",

@@ -65,11 +65,7 @@ def cmd_predict(args) -> int:
     worlds, batches, dims = (np.array(ints(v)) for v in (args.world, args.batch, args.dim))
     world, batch, dim = (a.ravel() for a in np.meshgrid(worlds, batches, dims, indexing="ij"))
     for method in methods:
-        options = {}
-        if backends.is_ring(method):
-            options["overlap"] = not args.no_overlap
-            if args.tile:
-                options["tile"] = args.tile
+        options = backends.ring_options(method, args)
         if autocast:
             options["autocast"] = autocast
         p = backends.predict(method, world, batch, dim, args.dtype, hardware, **options)

@@ -84,6 +84,8 @@ def _model_options(row_like) -> dict:
         options["overlap"] = row_like.overlap
         if row_like.tile:
             options["tile"] = row_like.tile
+        if getattr(row_like, "hide_accumulator", None) is not None:
+            options["hide_accumulator"] = row_like.hide_accumulator
     return options
 
 

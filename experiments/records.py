@@ -28,6 +28,8 @@ class Row:
     dtype: str
     overlap: bool
     tile: int | None
+    hide_accumulator: bool | None = None
+    """Ring methods: the accumulator policy the point asked for (None: the device's)."""
     emulated: bool
     """True when one process played rank 0 (``config.emulate`` set)."""
     step_time_s: float
@@ -58,6 +60,8 @@ class Row:
         parts = [self.method]
         if not self.overlap:
             parts.append("no-overlap")
+        if self.hide_accumulator is not None:
+            parts.append("hidden-acc" if self.hide_accumulator else "exposed-acc")
         if self.tile:
             parts.append(f"tile={self.tile}")
         return " ".join(parts)
@@ -88,6 +92,7 @@ def row_of(record: dict) -> Row:
         # None: the method's default (on for rings; all-gathers have no such option).
         overlap=config.get("overlap") is not False,
         tile=config.get("tile"),
+        hide_accumulator=config.get("hide_accumulator"),
         emulated=bool(config.get("emulate")),
         step_time_s=_median(step),
         step_time_p10_s=_stat(step, "p10"),

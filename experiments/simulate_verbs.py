@@ -28,11 +28,7 @@ def cmd_simulate(args) -> int:
     from simulator.variability import parse_factors, parse_jitter
 
     hardware = backends.hardware_for(args.hardware)
-    options = {}
-    if backends.is_ring(args.method):
-        options["overlap"] = not args.no_overlap
-        if args.tile:
-            options["tile"] = args.tile
+    options = backends.ring_options(args.method, args)
     sim = simulate(
         args.method,
         args.world,

@@ -7,10 +7,14 @@ median and p90, and, on request, step 0's timeline for a Chrome trace
 (:mod:`simulator.trace`). Durations come from the closed form's pricing
 (:mod:`simulator.program`), so with no jitter, no stragglers and ranks within the cores,
 the simulated step is the closed form's on the GPU profiles: equal for the all-gathers
-and the one-way rings, within one round per ring pass for the overlapped bidirectional
-ring (fill and drain), and without overlap larger for it by one payload and one
-accumulator exchange per two-way round (``tests/test_simulate.py`` pins each; docs/simulator.md, "Agreement with the closed
-form", says where else they part).
+and for the one-way rings whose accumulator transfer is exposed (``hide_accumulator``
+False), within one round per ring pass for the overlapped bidirectional ring (fill and
+drain) and for a ring that hides its accumulator (the first and last transfers), and
+without overlap larger for the bidirectional ring by one payload and one accumulator
+exchange per two-way round (``tests/test_simulate.py`` pins each; docs/simulator.md,
+"Agreement with the closed form", says where else they part). On shared-core profiles
+the profile's preemption (``Hardware.preemption``) adds stalls where ranks fill the
+cores.
 """
 
 from __future__ import annotations
