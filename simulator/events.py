@@ -22,7 +22,8 @@ Operations (``d`` a duration already multiplied by jitter and slowdowns,
 * wait:          ``t ← max(t, e) + sync`` (sync paid on the first wait of an exchange).
 * preemption (``Variability.preemption``, only where a node's ranks fill or outnumber
   its cores): each compute adds ``k·stall`` with ``k ~ Poisson(per_compute_s · d)``, and
-  each wait a rank slept through (``e > t``; every rank in a collective) adds
+  each wait a rank slept through (``e > t``; in a collective, every rank but the last
+  to arrive) adds
   ``k·stall`` with ``k ~ Poisson(per_wake · n)`` (``n`` rounds merged, below).
 
 Where moving bytes needs the cores and no core is free (``Machine.moves_on_cores``), the
@@ -321,11 +322,10 @@ class Engine:
                      np.broadcast_to(leave, self.t.shape), lane=1)  # fmt: skip
         if self.slices is not None and np.any(leave > self.t):
             self._record(f"wait {transfer.label}", "wait", self.t, np.maximum(self.t, leave))
+        slept = self.t < arrive  # the ranks that waited for a later one
         self.t = np.maximum(self.t, leave) + sync
-        if self.preempt is not None and self.preempt.per_wake > 0:  # every rank slept in it
-            self.t = self.t + self.preempt.stalls(
-                self.rng, np.full(self.t.shape, self.preempt.per_wake)
-            )
+        if self.preempt is not None and self.preempt.per_wake > 0:
+            self.t = self.t + self.preempt.stalls(self.rng, slept * self.preempt.per_wake)
 
     def post(self, transfer: Priced, shift: int, direction: int, chains: int = 1) -> _Pending:
         """Exchange: send to ``r + shift``, receive from ``r − shift`` on the chain's link

@@ -14,7 +14,8 @@ event's median is ``base · median(m)`` (above 1) and nothing is counted twice.
   at ``W ≤ cores`` (beyond, processor sharing and ``oversubscribed_wait_us`` price the
   extra). Every case's multipliers are pooled per kind and both distributions are fitted
   to their p10, p25, median, p75 and p90 (least squares on the logs); the closer one is
-  kept.
+  kept. Where the microbenchmark's ranks filled the cores, to p10..p75 only
+  (:data:`BODY_QUANTILES`): the tail above is the scheduler's, priced by ``preemption``.
 * ``compute``: the simulator draws one multiplier per compute event (a block, a phase's
   fixed cost), many per step, while a step is timed whole, so a per-event ``σ`` cannot be
   read off the step's spread. It is fitted through the simulator: the calibration's real
@@ -51,6 +52,10 @@ COMPUTE_POINTS = 12
 """Calibration points the compute fit simulates (spread evenly over the set)."""
 SIM_STEPS = 200
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+BODY_QUANTILES = (0.1, 0.25, 0.5, 0.75)
+"""What a communication jitter is fitted to where the microbenchmark's ranks filled the
+cores: there a call's upper tail is the scheduler's stalls, which the preemption fit
+(:func:`fit_preemption`) prices; fitting the jitter to it as well would count them twice."""
 COMM_KINDS = {"p2p": "p2p", "p2p_bidir": "p2p", "all_gather": "collective",
               "reduce_scatter": "collective"}  # fmt: skip
 
@@ -75,20 +80,22 @@ def _jitter_quantiles(jitter: Jitter, qs=QUANTILES) -> np.ndarray:
     return jitter.median * (1.0 + tail) / (1.0 + jitter.sigma * math.log(2))
 
 
-def fit_direct(m: np.ndarray) -> dict[str, Any]:
+def fit_direct(m: np.ndarray, quantiles: Sequence[float] = QUANTILES) -> dict[str, Any]:
     """The distribution of multipliers ``m`` themselves (one draw per event): each
     candidate's median and σ by least squares on the log of the quantiles
     :data:`QUANTILES` (lognormal: a line in the normal scores; exponential: σ on a grid,
     the median in closed form), the closer one (RMS log error) kept."""
-    observed = np.quantile(m, QUANTILES)
+    observed = np.quantile(m, quantiles)
     logs = np.log(observed)
-    z = np.array([NormalDist().inv_cdf(q) for q in QUANTILES])
+    z = np.array([NormalDist().inv_cdf(q) for q in quantiles])
     sigma, intercept = np.polyfit(z, logs, 1)
     candidates = [Jitter(distribution="lognormal", median=float(np.exp(intercept)),
                          sigma=float(max(sigma, 0.0)))]  # fmt: skip
     best_exp = None
     for s in np.geomspace(1e-3, 50.0, 400):
-        shape = np.log(_jitter_quantiles(Jitter(distribution="exponential", sigma=float(s))))
+        shape = np.log(
+            _jitter_quantiles(Jitter(distribution="exponential", sigma=float(s)), quantiles)
+        )
         log_median = float(np.mean(logs - shape))
         err = float(np.mean((shape + log_median - logs) ** 2))
         if best_exp is None or err < best_exp[0]:
@@ -97,7 +104,7 @@ def fit_direct(m: np.ndarray) -> dict[str, Any]:
         Jitter(distribution="exponential", median=float(np.exp(best_exp[2])), sigma=best_exp[1])
     )
     scored = [
-        (float(np.sqrt(np.mean(np.log(_jitter_quantiles(j) / observed) ** 2))), j)
+        (float(np.sqrt(np.mean(np.log(_jitter_quantiles(j, quantiles) / observed) ** 2))), j)
         for j in candidates
     ]
     err, best = min(scored, key=lambda s: s[0])
@@ -112,7 +119,9 @@ def fit_comm_jitter(cases, cores: int) -> dict[str, dict[str, Any]]:
         pooled.setdefault(COMM_KINDS[op], []).append(multipliers(samples))
     out = {}
     for kind, parts in sorted(pooled.items()):
-        fit = fit_direct(np.concatenate(parts))
+        fills = any(c[1] >= cores for c in within if COMM_KINDS[c[0]] == kind)
+        fit = fit_direct(np.concatenate(parts), BODY_QUANTILES if fills else QUANTILES)
+        fit["quantiles"] = list(BODY_QUANTILES if fills else QUANTILES)
         fit["cases"] = len(parts)
         fit["worlds"] = sorted({c[1] for c in within if COMM_KINDS[c[0]] == kind})
         out[kind] = fit

@@ -146,3 +146,23 @@ def test_sigsim_simulate_draws_the_profiles_jitter_unless_told_otherwise(tmp_pat
     assert main([*base, "--jitter", "lognormal:0"]) == 0
     quiet = json.loads(capsys.readouterr().out)
     assert quiet["p90_s"] == pytest.approx(quiet["median_s"])
+
+
+def test_where_ranks_fill_the_cores_the_stall_tail_is_left_to_preemption():
+    def stalled(n):  # lognormal body, 12% of calls descheduled for 30x their length
+        body = np.exp(0.1 * RNG.standard_normal(n))
+        return np.where(RNG.random(n) < 0.12, 30.0 * body, body)
+
+    cases = _cases(stalled)
+    filled = fit_comm_jitter(cases, cores=2)["p2p"]  # W = 2 on 2 cores
+    free = fit_comm_jitter(cases, cores=4)["p2p"]  # W = 2 on 4 cores
+    assert filled["quantiles"] == [0.1, 0.25, 0.5, 0.75]
+    assert free["quantiles"] == [0.1, 0.25, 0.5, 0.75, 0.9]
+    spread = {name: fit["jitter"] for name, fit in (("filled", filled), ("free", free))}
+    # the body alone is narrow; with the p90 in, the stalls widen the jitter
+    assert _p90_over_median(spread["filled"]) < 1.3 < _p90_over_median(spread["free"])
+
+
+def _p90_over_median(jitter: Jitter) -> float:
+    draws = jitter.draw(np.random.default_rng(0), 20000)
+    return float(np.quantile(draws, 0.9) / np.median(draws))

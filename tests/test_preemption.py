@@ -16,10 +16,10 @@ from simulator.jitter_fit import fit_preemption
 from simulator.variability import Preemption, Variability
 from tests.simulator_fakes import cpu_hardware, profile_dict
 
-STALL = Preemption(stall_s=0.004, per_compute_s=0.0, per_wake=0.3)
+STALL = Preemption(stall_s=0.004, per_compute_s=200.0, per_wake=0.3)
 
 
-def _steps(world, preemption, batch=64, seed=3, method="sigmoid-ring"):
+def _steps(world, preemption, batch=1024, seed=3, method="sigmoid-ring"):
     return simulate(method, world, batch, 64, "fp32", cpu_hardware(), steps=400, seed=seed,
                     jitter={}, preemption=preemption).step_time_s  # fmt: skip
 
@@ -40,10 +40,23 @@ def test_stalls_come_only_where_ranks_fill_the_cores():
     assert np.mean(_steps(4, STALL) > _steps(4, Preemption()) + 1e-9) > 0.2
 
 
+def test_stalls_on_waking_come_to_the_ranks_that_slept():
+    wakes = Preemption(stall_s=0.004, per_wake=0.5)
+    # in lock step nobody waits, so nobody wakes
+    assert np.array_equal(_steps(2, wakes), _steps(2, Preemption()))
+
+    def late(preemption):  # rank 1 computes 1.5x slower: rank 0 waits at every exchange
+        return simulate("sigmoid-allgather", 2, 256, 64, "fp32", cpu_hardware(), steps=400,
+                        seed=5, jitter={}, stragglers={1: 1.5},
+                        preemption=preemption).step_time_s  # fmt: skip
+
+    assert np.mean(late(wakes) > late(Preemption()) + 1e-9) > 0.2
+
+
 def test_stalls_per_compute_second_grow_with_the_step():
     per_second = Preemption(stall_s=0.004, per_compute_s=50.0)
-    short = _steps(2, per_second, batch=16) - _steps(2, Preemption(), batch=16)
-    long = _steps(2, per_second, batch=1024) - _steps(2, Preemption(), batch=1024)
+    short = _steps(2, per_second, batch=128) - _steps(2, Preemption(), batch=128)
+    long = _steps(2, per_second, batch=2048) - _steps(2, Preemption(), batch=2048)
     assert np.mean(long > 0) > np.mean(short > 0)
 
 
@@ -86,10 +99,10 @@ def test_a_profile_carries_its_preemption_and_simulate_adds_it_by_default():
 
 def test_fit_recovers_the_stalls_that_drew_the_steps():
     hw = cpu_hardware()
-    truth = Preemption(stall_s=0.004, per_compute_s=20.0, per_wake=0.05)
-    configs = [
+    truth = Preemption(stall_s=0.004, per_compute_s=20.0)
+    configs = [  # steps of 3 to 50 ms on the fake profile: 0.1 to 2 stalls a step
         {"method": m, "batch": b, "dim": 64, "dtype": "fp32"}
-        for m, b in (("sigmoid-ring", 32), ("softmax-allgather", 128), ("sigmoid-ring", 512))
+        for m, b in (("sigmoid-ring", 1024), ("softmax-allgather", 2048), ("sigmoid-ring", 4096))
     ]
     samples = [
         [
@@ -101,9 +114,9 @@ def test_fit_recovers_the_stalls_that_drew_the_steps():
     ]  # fmt: skip
     fit = fit_preemption(configs, samples, hw, 2)
     got = fit["preemption"]
-    assert got.stall_s in (0.003, 0.004, 0.005)
+    assert got.stall_s in (0.003, 0.004, 0.005) and got.per_compute_s in (10.0, 20.0, 40.0)
     assert fit["log_err"] < 0.05 and fit["points"] == 3 and fit["samples"] == 1800
-    # a fit of stall-free steps finds no stalls worth the name
+    # a fit of stall-free steps finds no stalls
     quiet = [[simulate(c["method"], 2, c["batch"], c["dim"], "fp32", hw, steps=50, jitter={},
                        preemption=Preemption()).step_time_s] * 2 for c in configs]  # fmt: skip
     assert not fit_preemption(configs, quiet, hw, 2)["preemption"].active
