@@ -52,6 +52,7 @@ CONDITIONS = {
     "cpu2-default-run": "quiet",
     "xeon2-default-run": "quiet",
     "xeon2-default-run-pooled": "quiet",
+    "xeon2-default-run-preemption": "quiet (no other job; the load averages in run.json are the run's own ranks)",
     "peers": "quiet",
     "h200-gpu-check": "a machine lent for minutes; other load not recorded",
     "h100-profiler-grid": "a machine lent for minutes; other load not recorded",
@@ -207,7 +208,15 @@ VALIDATION_ROWS = (
     ("step_time_s", "ranks vs cores: oversubscribed", "step time (lower quartile)", "W > cores"),
     ("step_time_median_s", "ranks vs cores: ranks <= cores", "step time (median)", "W ≤ cores"),
     ("step_time_median_s", "ranks vs cores: oversubscribed", "step time (median)", "W > cores"),
-)
+    ("step_time_median_simulated_s", "ranks vs cores: ranks <= cores",
+     "step time (simulated median)", "W ≤ cores"),
+    ("step_time_median_simulated_s", "ranks vs cores: oversubscribed",
+     "step time (simulated median)", "W > cores"),
+    ("step_time_p90_simulated_s", "ranks vs cores: ranks <= cores",
+     "step time (simulated p90)", "W ≤ cores"),
+    ("step_time_p90_simulated_s", "ranks vs cores: oversubscribed",
+     "step time (simulated p90)", "W > cores"),
+)  # fmt: skip
 
 
 @block("default-run-validation")
@@ -232,12 +241,39 @@ def _default_run_validation(results: Path) -> str:
                 geomean, worst = _pct(s["geomean_error_pct"]), _pct(s["max_error_pct"])
                 cells.append(f"{geomean} / {worst} ({s['points']})")
         lines.append(f"| {label} | {regime_label} | " + " | ".join(cells) + " |")
+    floors = [_noise_floor(results / folder) for folder, _, _ in runs]
+    for statistic in ("median", "p90"):
+        for regime, regime_label in (
+            ("ranks <= cores", "W ≤ cores"),
+            ("oversubscribed", "W > cores"),
+        ):
+            cells = [
+                "–" if floor is None or regime not in floor
+                else f"{_pct(floor[regime][statistic + '_pct'])} ({floor[regime]['points']})"
+                for floor in floors
+            ]  # fmt: skip
+            lines.append(
+                f"| noise floor ({statistic}; geomean only) | {regime_label} | "
+                + " | ".join(cells) + " |"
+            )  # fmt: skip
     sources = " ".join(_source(results, f, env, "validation.json") for f, env, _ in runs)
     return (
         "|predicted − measured| / measured, geometric mean / max over points (number of "
         "points); each run validated against the profile it calibrated, with the model of "
-        "its day.\n\n" + "\n".join(lines) + "\n\n" + sources + "\n"
+        "its day. The noise floor (`sigsim noise-floor`, `noise_floor.json` where the run "
+        "has one) is how far a few points' own medians and p90s moved between launches: "
+        "an error below it is as good as the machine can show.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + sources
+        + "\n"
     )
+
+
+def _noise_floor(folder: Path) -> dict | None:
+    """A kept run's ``noise_floor.json`` (``sigsim noise-floor --out RUN_DIR``), if any."""
+    path = folder / "noise_floor.json"
+    return _json(path) if path.exists() else None
 
 
 @block("default-run-bytes-memory")
