@@ -79,7 +79,7 @@ def ring_options(method: str, args) -> dict:
     if args.tile:
         options["tile"] = args.tile
     if args.hide_accumulator is not None:
-        options["hide_accumulator"] = args.hide_accumulator == "yes"
+        options["hide_accumulator"] = args.hide_accumulator
     return options
 
 

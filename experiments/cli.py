@@ -21,6 +21,7 @@ from pathlib import Path
 
 from experiments import commands, model_verbs, noise_floor, simulate_verbs, verbs
 from experiments import config as sweep_config
+from profiling.cli import parse_bool
 
 EPILOG = (
     "Units: W ranks, b examples per rank, N = b·W examples, d elements; "
@@ -52,9 +53,10 @@ def _ring_options(parser) -> None:
     parser.add_argument("--tile", type=int, default=0, help="ring block side (0: b)")
     parser.add_argument(
         "--hide-accumulator",
-        choices=("yes", "no"),
+        type=parse_bool,
+        metavar="true|false",
         help="ring methods: hide the accumulator transfer behind the block (3 accumulator "
-        "buffers) or not (2); default: the device's (yes on CUDA, no on CPU)",
+        "buffers) or not (2); default: the device's (true on CUDA, false on CPU)",
     )
 
 

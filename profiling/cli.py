@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """A command-line boolean: true/false (also 1/0, yes/no), any case."""
     if text.lower() in ("true", "1", "yes"):
         return True
     if text.lower() in ("false", "0", "no"):
@@ -39,11 +40,11 @@ def _point_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autocast", choices=["bf16", "fp16"], help="run the loss inside autocast")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--emulate", choices=["exact", "stand-in"])
-    p.add_argument("--overlap", type=_bool)
+    p.add_argument("--overlap", type=parse_bool)
     p.add_argument("--tile", type=int)
     p.add_argument(
         "--hide-accumulator",
-        type=_bool,
+        type=parse_bool,
         help="ring methods: hide the accumulator transfer (3 buffers; default: CUDA yes, CPU no)",
     )
     p.add_argument("--steps", type=int, default=10)

@@ -184,6 +184,20 @@ def test_predict_prints_one_row_per_point(capsys):
     assert "4096" in out and "step (ms)" in out
 
 
+def test_predict_takes_the_accumulator_policy_as_the_point_verb_spells_it(capsys):
+    def step_ms(*extra):
+        argv = ["predict", "--method", "sigmoid-ring", "--world", "512", "--batch", "1024",
+                "--dim", "768", "--hardware", "h100-sxm", "--json", *extra]  # fmt: skip
+        assert main(argv) == 0
+        return json.loads(capsys.readouterr().out.splitlines()[0])["step_time_s"]
+
+    hidden = step_ms()  # the CUDA profile's default: hidden
+    assert step_ms("--hide-accumulator", "true") == hidden
+    assert step_ms("--hide-accumulator", "false") > hidden
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "--hide-accumulator", "maybe"])
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["predict", "--method", "nope", "--hardware", "h100-sxm"]) == 2
     assert main(["predict", "--hardware", "no-such-profile"]) == 2
