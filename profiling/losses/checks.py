@@ -9,11 +9,24 @@ disagree, or a ring whose ranks post different messages pairing them wrongly. It
 by default and costs ``(W-1)·48`` bytes sent per forward, counted under
 ``all_gather:rank_check`` (on CUDA, one host synchronisation to read the result); turn it
 off with ``check_ranks=False`` once a training loop is known to be consistent.
+
+Host synchronisations. :data:`HOST_SYNCS` is the inventory of every place a training
+step (forward and backward) of a registered method reads a device value on the host,
+i.e. every host synchronisation it makes on CUDA: the cross-rank check's read of the
+gathered fields, and the sigmoid rings' read of whether the ranks' upstream scalars agree
+(which picks the exact second trip; the second trip itself reads nothing). Everything else
+stays on the device: the scale and bias are 0-d tensors throughout, a Python-float scale
+or bias is made on the device by a fill (no copy from the host), and the check's own
+fields go to the device by a non-blocking copy from pinned memory. :func:`host_syncs`
+says which entries a step makes; ``tests/test_host_syncs.py`` counts them (patched
+tensor reads on CPU, ``torch.cuda.set_sync_debug_mode`` on CUDA) and ``sigsim gpu-check``
+counts them on the GPU (``profiling.host_syncs``).
 """
 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import torch
 
@@ -27,6 +40,78 @@ from profiling.losses.precision import TORCH_DTYPES, compute_dtype
 
 SUPPORTED_DTYPES = tuple(TORCH_DTYPES.values())
 _DTYPE_CODE = {dt: i for i, dt in enumerate(SUPPORTED_DTYPES)}
+
+
+@dataclass(frozen=True, slots=True)
+class HostSync:
+    """One place where a training step reads a device value on the host (on CUDA: one
+    host synchronisation each time the step passes it)."""
+
+    path: str
+    """The file making the read, relative to the repository root."""
+    function: str
+    """The function making the read (its ``co_name``)."""
+    purpose: str
+    """Why the host must know the value."""
+    methods: tuple[str, ...] | None
+    """The registered methods that make it; None: every method."""
+    phase: str
+    """"forward" or "backward"."""
+    min_world: int
+    """Made only at W >= this."""
+    needs_check_ranks: bool
+    """Made only with ``check_ranks=True``."""
+    needs_backward: bool
+    """Made only when the step runs backward."""
+
+
+HOST_SYNCS: tuple[HostSync, ...] = (
+    HostSync(
+        path="profiling/losses/checks.py",
+        function="check_ranks",
+        purpose="the cross-rank check reads the all-gathered fields (b, d, dtype, device, "
+        "grad mode, program) to raise the same error on every rank",
+        methods=None,
+        phase="forward",
+        min_world=2,
+        needs_check_ranks=True,
+        needs_backward=False,
+    ),
+    HostSync(
+        path="profiling/losses/sigmoid_ring.py",
+        function="_uniform_upstream",
+        purpose="the sigmoid rings' backward reads whether every rank's upstream scalar is "
+        "the same, to choose between scaling dy (one trip) and the exact second trip",
+        methods=("sigmoid-ring", "sigmoid-ring-bidir"),
+        phase="backward",
+        min_world=2,
+        needs_check_ranks=False,
+        needs_backward=True,
+    ),
+)
+"""Every host synchronisation of a training step of a registered method, in step order;
+nothing else in ``profiling/losses`` reads a device value on the host."""
+
+
+def host_syncs(
+    method: str, *, world: int, check_ranks: bool = True, backward: bool = True
+) -> tuple[HostSync, ...]:
+    """The entries of :data:`HOST_SYNCS` one step of ``method`` makes, once each, in order
+    (the same whether the ranks' upstream scalars agree or the second trip runs)."""
+    from profiling.losses.methods import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; registered: {', '.join(METHODS)}")
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise ValueError(f"world must be a positive int, got {world!r}")
+    return tuple(
+        s
+        for s in HOST_SYNCS
+        if (s.methods is None or method in s.methods)
+        and world >= s.min_world
+        and (check_ranks or not s.needs_check_ranks)
+        and (backward or not s.needs_backward)
+    )
 
 
 def check_features(image_features, text_features) -> None:
@@ -70,7 +155,9 @@ def as_scalar(name: str, value, like: torch.Tensor) -> torch.Tensor:
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
         return value.reshape(()).to(target)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value), dtype=target, device=like.device)
+        # a fill on the device: torch.tensor(value, device=cuda) would copy from the host
+        # and synchronise
+        return torch.full((), float(value), dtype=target, device=like.device)
     raise TypeError(f"{name} must be a float or a one-element tensor, got {type(value).__name__}")
 
 
@@ -89,27 +176,29 @@ def check_ranks(
     autocast cast); ``program`` names the loss and its options."""
     if transport.world_size == 1:
         return
-    mine = torch.tensor(
-        [
-            features.shape[0],
-            features.shape[1],
-            _DTYPE_CODE[wire],
-            features.is_cuda,
-            want_grad,
-            zlib.crc32(program.encode()),
-        ],
-        dtype=torch.int64,
-        device=features.device,
-    )
-    every = transport.all_gather(mine.unsqueeze(0), RANK_CHECK_LABEL).cpu()
+    fields = [
+        features.shape[0],
+        features.shape[1],
+        _DTYPE_CODE[wire],
+        int(features.is_cuda),
+        int(want_grad),
+        zlib.crc32(program.encode()),
+    ]
+    mine = torch.tensor([fields], dtype=torch.int64)
+    if features.is_cuda:  # pinned and non-blocking: the copy to the device does not wait
+        mine = mine.pin_memory().to(features.device, non_blocking=True)
+    elif features.device != mine.device:
+        mine = mine.to(features.device)
+    # The one read on the host (HOST_SYNCS): every comparison below is on Python ints.
+    every = transport.all_gather(mine, RANK_CHECK_LABEL).tolist()
     differ = [
-        name for i, name in enumerate(RANK_CHECK_FIELDS) if (every[:, i] != every[0, i]).any()
+        name for i, name in enumerate(RANK_CHECK_FIELDS) if any(v[i] != every[0][i] for v in every)
     ]
     if not differ:
         return
     rows = ", ".join(
-        f"rank {r}: b={int(v[0])} d={int(v[1])} {SUPPORTED_DTYPES[int(v[2])]}"
-        f" {'cuda' if v[3] else 'cpu'} grad={'on' if v[4] else 'off'} loss#{int(v[5]):08x}"
+        f"rank {r}: b={v[0]} d={v[1]} {SUPPORTED_DTYPES[v[2]]}"
+        f" {'cuda' if v[3] else 'cpu'} grad={'on' if v[4] else 'off'} loss#{v[5]:08x}"
         for r, v in enumerate(every)
     )
     raise ValueError(
