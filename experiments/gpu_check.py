@@ -8,13 +8,18 @@ and, to try the whole path here on the CPU in about a minute (gloo, tiny sizes):
 
     sigsim gpu-check --cpu --out runs/gpu_check_cpu
 
-Three parts, in this order, in one worker process holding a real one-rank process group
+Four parts, in this order, in one worker process holding a real one-rank process group
 (NCCL on the GPU, gloo with ``--cpu``; started by ``profiling.launch``, which kills it at
 the deadline):
 
 1. **correctness** (``experiments.gpu_correctness``), fp32, small ``b, d``: every method
    at W = 1 in the process group, and at an emulated small W (rank 0 on the device, its
    peers as CPU threads), loss and gradients against ``reference_loss``; PASS/FAIL each.
+   Then the **host synchronisations** of one training step of every method at W = 1 (the
+   process group) and emulated W = 2 (stand-in peers), counted under
+   ``torch.cuda.set_sync_debug_mode("warn")`` (``--cpu``: the patched-read count of
+   ``profiling.host_syncs``) against the inventory ``profiling.losses.checks.HOST_SYNCS``;
+   a second or so, inside the correctness share.
 2. **single rank**: every method × dtype at W = 1 through ``profiling.measure``
    (CUDA-event times, allocator peak, NVML used memory when NVML is present, live-tensor
    peak, RSS, torch.profiler byte cross-check).
@@ -41,6 +46,8 @@ record says so: status ``timeout`` (the schema's status for "not measured in tim
 
 Output in ``--out`` (default ``$OUT``): ``gpu_results.jsonl`` (one record per point, the
 grid's schema, ``docs/results-schema.md``, plus ``"part"``), ``gpu_correctness.jsonl``,
+``gpu_host_syncs.jsonl`` (per method and W: synchronisations counted, the inventory's
+number, how they were counted, where),
 ``gpu_log.txt``, ``gpu_summary.txt`` (the table printed at the end) and
 ``gpu_validation.txt``. Files of an earlier run in the same folder are replaced.
 """
@@ -63,7 +70,7 @@ from experiments import gpu_correctness
 from experiments.gpu_summary import summary_text
 from experiments.tables import stdout_to_stderr
 from experiments.verbs import add_gpu_check_arguments
-from profiling import results, traffic
+from profiling import comm, host_syncs, results, traffic
 from profiling.emulate import emulate_point
 from profiling.launch import ConfigError, classify_failure, launch, visible_gpus
 from profiling.losses import METHODS
@@ -75,12 +82,13 @@ from profiling.measure import (
     validate_point,
 )
 
-RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION = (
+RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS = (
     "gpu_results.jsonl",
     "gpu_correctness.jsonl",
     "gpu_log.txt",
     "gpu_summary.txt",
     "gpu_validation.txt",
+    "gpu_host_syncs.jsonl",
 )
 WORKER_MARGIN_S = 15.0
 """The worker stops starting points this long before the deadline (parent's wrap-up)."""
@@ -276,6 +284,58 @@ def _run_correctness(plan: CheckPlan, device, log: Log) -> None:
                 f.write(json.dumps(outcome) + "\n")
 
 
+def _count_host_syncs(method: str, world: int, device) -> dict:
+    """One warm-up step, then the host synchronisations of one training step (fp32, small
+    b, d): W = 1 on the worker's process group, larger W with stand-in peers."""
+    from profiling.emulate import StandInTransport
+
+    transport = comm.current() if world == 1 else StandInTransport(world, device)
+    cuda = device.type == "cuda"
+    with comm.use_transport(transport):
+        host_syncs.step(method, host_syncs.make_inputs(device))
+        inputs = host_syncs.make_inputs(device, seed=1)
+        if cuda:
+            torch.cuda.synchronize(device)
+        counter = host_syncs.count_cuda_syncs() if cuda else host_syncs.count_reads()
+        with counter as reads:
+            host_syncs.step(method, inputs)
+    expected = host_syncs.expected(method, world=world)
+    return {
+        "method": method,
+        "world": world,
+        "counted_by": "cuda sync debug mode" if cuda else "patched reads (cpu)",
+        "syncs": len(reads),
+        "expected": len(expected),
+        "passed": len(reads) == len(expected),
+        "sites": [f"{r.path}:{r.line} {r.function or r.call}".strip() for r in reads],
+        "inventory": [f"{path} {function}" for path, function in expected],
+    }
+
+
+def _run_host_syncs(plan: CheckPlan, device, log: Log) -> None:
+    """Every method's step synchronisations at W = 1 and 2, into ``gpu_host_syncs.jsonl``."""
+    for method in METHODS:
+        for world in (1, 2):
+            if time.time() > plan.part_deadline("single"):
+                outcome = {"method": method, "world": world, "passed": None, "skipped": True}
+                log(f"host syncs {method} W={world}: SKIPPED (part deadline)")
+            else:
+                try:
+                    outcome = _count_host_syncs(method, world, device)
+                    verdict = "PASS" if outcome["passed"] else "FAIL"
+                    log(
+                        f"host syncs {method} W={world}: {verdict} {outcome['syncs']} counted, "
+                        f"{outcome['expected']} in the inventory ({outcome['counted_by']})"
+                    )
+                except Exception as exc:
+                    outcome = {"method": method, "world": world, "passed": False}
+                    outcome["error"] = _one_line(exc)
+                    log(f"host syncs {method} W={world}: FAIL {_one_line(exc)}")
+                    _free(device)
+            with open(plan.path(HOST_SYNCS), "a", encoding="utf-8") as f:
+                f.write(json.dumps(outcome) + "\n")
+
+
 def _measure(part: str, config: PointConfig, device) -> dict:
     if config.emulate is None:
         return measure_point(config, DistGroup(device), traffic.RecordingTransport(), device)
@@ -310,6 +370,7 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
             f"NVML used bytes now: {traffic.nvml_used_bytes(device)} (None: no NVML); fp32 matmul precision: {tf32}"
         )
     _run_correctness(plan, device, log)
+    _run_host_syncs(plan, device, log)
 
     walls: dict = {}
     failed_world: dict = {}  # (method, dtype) -> W that ran out of memory
@@ -443,7 +504,7 @@ def main(argv=None) -> int:
         )
         return 2
     Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
-    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION):
+    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS):
         plan.path(name).unlink(missing_ok=True)
     with stdout_to_stderr(args.json):  # under --json stdout carries only the JSON
         correct, status = _check(plan)

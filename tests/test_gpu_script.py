@@ -1,6 +1,7 @@
 """``sigsim gpu-check --cpu`` (experiments.gpu_check): the whole script runs end to end (correctness
 PASS for every method, one record per planned point in the grid's schema, log and
-summary written); a budget too short for anything records every point as skipped
+summary written; the host synchronisations of every method's step counted against the
+inventory); a budget too short for anything records every point as skipped
 instead of running over; a worker that dies leaves its running point as a failure and
 the rest as skipped; the reference check fails a wrong gradient."""
 
@@ -47,11 +48,16 @@ def test_cpu_mode_end_to_end(tmp_path):
             gpu_check.LOG,
             gpu_check.SUMMARY,
             gpu_check.VALIDATION,
+            gpu_check.HOST_SYNCS,
         ]
     )
     correct = [json.loads(s) for s in (out / gpu_check.CORRECTNESS).read_text().splitlines()]
     assert {(c["method"], c["world"]) for c in correct} == {(m, w) for m in METHODS for w in (1, 3)}
     assert all(c["passed"] for c in correct), correct
+    syncs = [json.loads(s) for s in (out / gpu_check.HOST_SYNCS).read_text().splitlines()]
+    assert {(s["method"], s["world"]) for s in syncs} == {(m, w) for m in METHODS for w in (1, 2)}
+    assert all(s["passed"] and s["counted_by"] == "patched reads (cpu)" for s in syncs), syncs
+    assert all((s["syncs"] > 0) == (s["world"] > 1) for s in syncs), syncs
     records = results.read_records(out / gpu_check.RESULTS)
     assert sorted(r["key"] for r in records) == sorted(planned(out, "--worlds", "2", "8"))
     for record in records:
@@ -89,6 +95,17 @@ def test_short_budget_records_every_point_as_skipped(tmp_path):
     assert all(r["message"].startswith("skipped:") for r in skipped)
     summary = (out / gpu_check.SUMMARY).read_text()
     assert "skipped" in summary
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_host_sync_count_matches_the_inventory(method):
+    """The gpu-check's count at emulated W = 2 (here by patched reads, on CUDA by the
+    device's sync debug mode): the cross-rank check, and the rings' upstream read."""
+    outcome = gpu_check._count_host_syncs(method, 2, torch.device("cpu"))
+    assert outcome["passed"], outcome
+    assert outcome["syncs"] == 1 + method.startswith("sigmoid-ring")
+    assert outcome["sites"][0].startswith("profiling/losses/checks.py:")
+    assert outcome["counted_by"] == "patched reads (cpu)"
 
 
 def test_dead_worker_leaves_running_point_failed_rest_skipped(tmp_path):

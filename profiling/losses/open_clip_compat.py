@@ -188,7 +188,8 @@ class ClipLoss(torch.nn.Module):
         if self.local_loss:
             return _output(self.loss(image_features, text_features, logit_scale), output_dict)
         if not isinstance(logit_scale, torch.Tensor):
-            logit_scale = torch.tensor(float(logit_scale), device=image_features.device)
+            # a fill on the device, not a blocking copy from the host
+            logit_scale = torch.full((), float(logit_scale), device=image_features.device)
         scale = _GradMeanOverRanks.apply(logit_scale, transport)
         local = self.loss(image_features, text_features, scale)
         return _output(_MeanOverRanks.apply(local, transport), output_dict)
