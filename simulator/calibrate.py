@@ -6,7 +6,8 @@ with :mod:`simulator.microbench` and fits the forms :mod:`simulator.model` price
 * real loss steps (CPU, :mod:`simulator.step_fit`): every registered method at ``W = 1``
   on a calibration set of ``(b, d)`` disjoint from the default validation grid, timed
   by the profiler's own method on one thread; fits the fp32 ``matmul_TFLOPs`` and
-  ``pointwise_Gelem_per_s`` (the block math of fp32, bf16 and fp16 inputs),
+  ``pointwise_Gelem_per_s`` (the block math of fp32, bf16 and fp16 inputs; the sigmoid
+  losses') and ``softmax_pointwise_ratio`` (the softmax losses' elementwise rate over it),
   ``step_overhead_us``, ``phase_overhead_us``, ``collective_call_us``; then the same
   configurations at ``W = min(2, cores)``, every rank busy, fitted on the model with
   the communication fits below: ``busy_rank_slowdown`` and ``intra_node.sync_us``;

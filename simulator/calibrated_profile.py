@@ -207,6 +207,10 @@ def _compute_section(compute: dict[str, Any], stamp: str) -> dict[str, Any]:
     section["matmul_TFLOPs"]["fp32"] = _num(one["matmul_rate"] / 1e12, note)
     if np.isfinite(one["pointwise_rate"]):
         section["pointwise_Gelem_per_s"]["fp32"] = _num(one["pointwise_rate"] / 1e9, note)
+    section["softmax_pointwise_ratio"] = _num(
+        one.get("softmax_pointwise_ratio", 1.0),
+        note + "; the softmax losses' elementwise rate over the sigmoid losses' (fp32 steps)",
+    )
     section["phase_overhead_us"] = _num(one["phase_overhead_s"] * 1e6, note)
     section["step_overhead_us"] = _num(one["step_overhead_s"] * 1e6, note)
     section["collective_call_us"] = _num(one["collective_call_s"] * 1e6, note)

@@ -30,6 +30,8 @@ Layout (see ``simulator/hardware/h100-sxm.json``)::
                                 1 + (n − 1)·γ times the one-thread ones
     compute.busy_rank_slowdown  κ ≥ 0 (optional, absent: 0): with q ≤ cores ranks busy
                                 on a node each computes 1 + (q − 1)·κ times slower
+    compute.softmax_pointwise_ratio  ρ > 0 (optional, absent: 1): the softmax losses'
+                                elementwise rate is ρ times pointwise_Gelem_per_s
     intra_node / inter_node:    one network level each (inter_node may be null)
         link.latency_us, link.bandwidth_GBps          (per direction, line rate)
         all_gather / reduce_scatter: base_us, alpha_us, beta_us_per_MB
@@ -136,6 +138,13 @@ class Compute:
     busy_rank_slowdown: float = 0.0
     """κ: with ``q`` ranks busy on a node (``q ≤ cores``), each computes ``1 + (q − 1)·κ``
     times slower than a rank alone."""
+    softmax_pointwise_ratio: float = 1.0
+    """ρ: the softmax losses' elementwise rate over ``pointwise_elems_per_s`` (the
+    sigmoid losses'), every dtype: their passes cost differently per pair."""
+
+    def pointwise_factor(self, kind: str) -> float:
+        """Multiplier of the elementwise rate for a method of loss ``kind``."""
+        return self.softmax_pointwise_ratio if kind == "softmax" else 1.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -229,6 +238,7 @@ SCHEMA: dict[str, Any] = {
         "parallel_efficiency": NUM,
         "thread_overhead_growth": NUM,
         "busy_rank_slowdown": NUM,
+        "softmax_pointwise_ratio": NUM,
     },
     "intra_node": _LEVEL,
     "inter_node": _LEVEL,
@@ -250,6 +260,8 @@ _OPTIONAL_ZERO = {
     "memory_reserve.fragmentation_fraction",
 }
 """Keys added after profiles were first written: absent means 0 (not modelled)."""
+_OPTIONAL_ONE = {"compute.softmax_pointwise_ratio"}
+"""Keys added after profiles were first written: absent means 1 (no difference)."""
 _MAY_BE_NEGATIVE = {"compute.parallel_efficiency"}
 _UNIT_START = re.compile(r"^(.*?)_(?:[A-Z]|(?:us|ms|ns|s|per)(?:_|$))")
 
@@ -284,8 +296,8 @@ class _Reader:
         out = {}
         for key, kind in spec.items():
             path = f"{prefix}{key}"
-            if key not in data and path in _OPTIONAL_ZERO:
-                out[key] = 0.0
+            if key not in data and path in _OPTIONAL_ZERO | _OPTIONAL_ONE:
+                out[key] = 0.0 if path in _OPTIONAL_ZERO else 1.0
                 continue
             if key not in data and path in _OPTIONAL_SECTIONS:
                 out[key] = self.section({}, kind, f"{path}.")
@@ -381,6 +393,7 @@ def parse_profile(data: Any, where: str) -> Hardware:
     for key in ("memory_GiB", "cores", "threads_per_rank"):
         if raw[key] is not None:
             reader.positive(raw[key], key)
+    reader.positive(raw["compute"]["softmax_pointwise_ratio"], "compute.softmax_pointwise_ratio")
     for key in ("cores", "threads_per_rank", "ranks_per_node"):
         if raw[key] is not None and raw[key] != int(raw[key]):
             reader.fail(f"{key!r} must be a whole number")
@@ -429,6 +442,7 @@ def parse_profile(data: Any, where: str) -> Hardware:
             parallel_efficiency=compute["parallel_efficiency"],
             thread_overhead_growth=compute["thread_overhead_growth"],
             busy_rank_slowdown=compute["busy_rank_slowdown"],
+            softmax_pointwise_ratio=compute["softmax_pointwise_ratio"],
         ),
         intra_node=_level(raw["intra_node"]),
         inter_node=None if raw["inter_node"] is None else _level(raw["inter_node"]),

@@ -13,7 +13,8 @@ that the code makes even at ``W = 1`` (``Transfer.called_alone``) and transfers 
 * ``R_mm``, ``R_pw``: matmul and elementwise rates [``compute.matmul_TFLOPs``,
   ``compute.pointwise_Gelem_per_s``], read for the matmul operand dtype and the
   block-math dtype of the point (``Shape.operand_bytes``, ``Shape.compute_bytes``:
-  ``profiling.losses.precision``);
+  ``profiling.losses.precision``); a softmax method's elementwise rate is ``ρ·R_pw``
+  [``ρ``: ``compute.softmax_pointwise_ratio``, absent 1];
 * ``o``, ``o_step``, ``h``: fixed cost per phase repetition, per step outside the phases
   (checks, the autograd Function and engine), and per collective call at ``W = 1``
   [``phase_overhead_us``, ``step_overhead_us``, ``collective_call_us``];
@@ -369,7 +370,7 @@ def predict(
     peak = _exact(sum(terms.values()), sum(float_terms.values()), grid)
 
     wire = wire_dtype(dtype, options.get("autocast"))
-    times = _times(float_schedule, shape, hw, _compute_dtype(wire, shape), world)
+    times = _times(float_schedule, shape, hw, _compute_dtype(wire, shape), world, spec.kind)
     reserve = np.broadcast_to(hw.memory_reserve.reserve_bytes(world), grid).astype(np.float64)
     return Prediction(
         method=spec.name,
@@ -399,11 +400,13 @@ def predict(
     )
 
 
-def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, world):
-    """Time terms of every phase, summed (module docstring)."""
+def _times(schedule: Schedule, shape: Shape, hw: Hardware, compute_dtype: str, world, kind: str):
+    """Time terms of every phase, summed (module docstring); ``kind``: the method's loss,
+    "sigmoid" or "softmax" (the elementwise rate is ``ρ·R_pw`` for softmax)."""
     matmul_dtype, pointwise_dtype = compute_dtype
     matmul_rate = _rate(hw.compute.matmul_flops_per_s, matmul_dtype, "matmul", hw)
     pointwise_rate = _rate(hw.compute.pointwise_elems_per_s, pointwise_dtype, "pointwise", hw)
+    pointwise_rate = pointwise_rate * hw.compute.pointwise_factor(kind)
     w = world.astype(np.float64)
     on_node = w if hw.ranks_per_node is None else np.minimum(w, hw.ranks_per_node)
     threads = 1.0 if hw.threads_per_rank is None else float(hw.threads_per_rank)

@@ -54,8 +54,11 @@ def _without_sync(hw: Hardware) -> Hardware:
 class _Pricer:
     """One repetition of a phase or a transfer, through the closed form's ``_times``."""
 
-    def __init__(self, shape: Shape, hw: Hardware, compute_dtype: str, world: np.ndarray):
+    def __init__(
+        self, shape: Shape, hw: Hardware, compute_dtype: str, world: np.ndarray, kind: str
+    ):
         self.shape, self.hw, self.cdt, self.world = shape, hw, compute_dtype, world
+        self.kind = kind
         base = self._times((), hw)
         self.step_s = float(base["compute_s"])
         self.core_share = float(base["core_share"])
@@ -66,7 +69,7 @@ class _Pricer:
         }
 
     def _times(self, phases, hw) -> dict:
-        return _times(Schedule(tuple(phases)), self.shape, hw, self.cdt, self.world)
+        return _times(Schedule(tuple(phases)), self.shape, hw, self.cdt, self.world, self.kind)
 
     def compute_s(self, phase: Phase) -> float:
         one = dataclasses.replace(phase, repeat=1)
@@ -101,7 +104,7 @@ def build(method: Method, world, batch, dim, dtype: str, hw: Hardware, **options
         raise ValueError("simulate takes one point: world, batch and dim must be single numbers")
     shape = shape_for(hw, world, batch, dim, dtype, **options)
     _, _, schedule, _ = _counts(method, shape)
-    pricer = _Pricer(shape, hw, _compute_dtype(dtype, shape), world)
+    pricer = _Pricer(shape, hw, _compute_dtype(dtype, shape), world, method.kind)
     w = int(world)
     on_node = w if hw.ranks_per_node is None else min(w, hw.ranks_per_node)
     cores_free = not (hw.comm_uses_cores and on_node >= hw.cores)

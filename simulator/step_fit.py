@@ -10,7 +10,12 @@ barrier before each step, ``perf_counter``, max over ranks, then the model's
 on each method's own schedule. With ``P = Σ_p r_p·[phase p computes]``, ``F = Σ_p r_p·F_p``
 and ``E = Σ_p r_p·E_p`` read from the schedule at ``W = 1``::
 
-    W = 1:  t = o_step + o·P + F / R_mm + E / R_pw     → o_step, o, R_mm, R_pw
+    W = 1:  t = o_step + o·P + h·K + F / R_mm + E_sig / R_pw + E_soft / (ρ·R_pw)
+                                                       → o_step, o, h, R_mm, R_pw, ρ
+
+(``E_sig``, ``E_soft``: the elements of the sigmoid and of the softmax losses: their
+elementwise passes cost differently per pair, so the two losses get their own rate;
+``ρ`` is ``compute.softmax_pointwise_ratio``.)
 
 The fit is weighted by ``1/t`` (relative error), with no negative term; points
 whose relative residual exceeds :data:`OUTLIER_FACTOR` times the median one (a step
@@ -77,6 +82,9 @@ class StepPoint:
     collective_calls: float = 0.0
     """K: all-gather / reduce-scatter calls that move nothing at ``W = 1`` (the rank
     check is skipped there by the code, so it is not counted)."""
+    softmax: bool = False
+    """Whether the method's loss is the softmax one (its elementwise rate is fitted apart:
+    ``compute.softmax_pointwise_ratio``)."""
 
 
 def step_points(methods, batches, dims, dtype: str) -> list[StepPoint]:
@@ -99,7 +107,8 @@ def step_points(methods, batches, dims, dtype: str) -> list[StepPoint]:
                     flops += repeat * f
                     elems += repeat * e
                     calls += repeat * sum(t.called_alone for t in phase.transfers)
-                points.append(StepPoint(name, b, d, dtype, phases, flops, elems, calls))
+                softmax = method.kind == "softmax"
+                points.append(StepPoint(name, b, d, dtype, phases, flops, elems, calls, softmax))
     return points
 
 
@@ -138,10 +147,18 @@ def _weighted_nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def features(points: list[StepPoint]) -> np.ndarray:
-    """Columns: 1 (o_step), P (o), K (k), F (1/R_mm), E (1/R_pw)."""
+    """Columns: 1 (o_step), P (o), K (h), F (1/R_mm), E of the sigmoid losses (1/R_pw),
+    E of the softmax losses (1/(ρ·R_pw), ``ρ``: ``softmax_pointwise_ratio``)."""
     return np.array(
         [
-            [1.0, p.compute_phases, p.collective_calls, p.matmul_flops, p.pointwise_elems]
+            [
+                1.0,
+                p.compute_phases,
+                p.collective_calls,
+                p.matmul_flops,
+                0.0 if p.softmax else p.pointwise_elems,
+                p.pointwise_elems if p.softmax else 0.0,
+            ]
             for p in points
         ]
     )
@@ -178,12 +195,18 @@ def fit_one_thread(points: list[StepPoint], seconds) -> dict[str, Any]:
     coef, keep = _robust_fit(x, y)
     if coef[3] <= 0:
         raise ValueError("the step fit found no matmul cost: the calibration blocks are too small")
+    sigmoid_rate = 1.0 / float(coef[4]) if coef[4] > 0 else float("inf")
+    softmax_rate = 1.0 / float(coef[5]) if coef[5] > 0 else float("inf")
+    has_both = x[:, 4].any() and x[:, 5].any()
     return {
         "step_overhead_s": float(coef[0]),
         "phase_overhead_s": float(coef[1]),
         "collective_call_s": float(coef[2]),
         "matmul_rate": 1.0 / float(coef[3]),
-        "pointwise_rate": 1.0 / float(coef[4]) if coef[4] > 0 else float("inf"),
+        "pointwise_rate": sigmoid_rate if x[:, 4].any() else softmax_rate,
+        "softmax_pointwise_ratio": (
+            softmax_rate / sigmoid_rate if has_both and np.isfinite(sigmoid_rate) else 1.0
+        ),
         **_quality(x @ coef, y, keep),
     }
 
@@ -196,7 +219,9 @@ def split_one_thread(points: list[StepPoint], one_thread: dict[str, Any]):
         + x[:, 1] * one_thread["phase_overhead_s"]
         + x[:, 2] * one_thread["collective_call_s"]
     )
-    rates = x[:, 3] / one_thread["matmul_rate"] + x[:, 4] / one_thread["pointwise_rate"]
+    pointwise = one_thread["pointwise_rate"]
+    softmax = pointwise * one_thread.get("softmax_pointwise_ratio", 1.0)
+    rates = x[:, 3] / one_thread["matmul_rate"] + x[:, 4] / pointwise + x[:, 5] / softmax
     return fixed, rates
 
 
@@ -308,7 +333,8 @@ def measure_steps(*, quick: bool, cores: int, timeout_s: float, console) -> dict
         f"  real steps (W=1, 1 thread): per step {one['step_overhead_s'] * 1e6:.0f} us, per "
         f"phase {one['phase_overhead_s'] * 1e6:.1f} us, per collective call "
         f"{one['collective_call_s'] * 1e6:.1f} us, matmul {one['matmul_rate'] / 1e9:.3g} "
-        f"GFLOP/s, elementwise {one['pointwise_rate'] / 1e9:.3g} Gelem/s; median rel err "
+        f"GFLOP/s, elementwise {one['pointwise_rate'] / 1e9:.3g} Gelem/s (softmax x"
+        f"{one['softmax_pointwise_ratio']:.2f}); median rel err "
         f"{one['median_rel_err']:.3f}, max {one['max_rel_err']:.3f} over {one['points']} "
         f"points ({one['dropped']} dropped)"
     )

@@ -12,7 +12,7 @@ from profiling.losses.registry import Phase, Schedule, Transfer
 from simulator import predict, step_fit
 from tests.simulator_fakes import cpu_hardware, make_method, rng
 
-TRUE = {"o_step": 150e-6, "o": 60e-6, "k": 40e-6, "mm": 9e10, "pw": 5e8}
+TRUE = {"o_step": 150e-6, "o": 60e-6, "k": 40e-6, "mm": 9e10, "pw": 5e8, "softmax": 1.8}
 
 
 def _synthetic_points(gen, n=40) -> list[step_fit.StepPoint]:
@@ -23,14 +23,17 @@ def _synthetic_points(gen, n=40) -> list[step_fit.StepPoint]:
         calls = float(gen.choice([0, 2, 4]))
         flops = phases * 6.0 * b * b * d
         points.append(
-            step_fit.StepPoint(f"m{i}", b, d, "fp32", phases, flops, phases * b * b, calls)
+            step_fit.StepPoint(
+                f"m{i}", b, d, "fp32", phases, flops, phases * b * b, calls, softmax=i % 2 == 1
+            )
         )
     return points
 
 
 def _one_thread_times(points, gen, noise=0.01):
     x = step_fit.features(points)
-    coef = np.array([TRUE["o_step"], TRUE["o"], TRUE["k"], 1 / TRUE["mm"], 1 / TRUE["pw"]])
+    coef = np.array([TRUE["o_step"], TRUE["o"], TRUE["k"], 1 / TRUE["mm"], 1 / TRUE["pw"],
+                     1 / (TRUE["softmax"] * TRUE["pw"])])  # fmt: skip
     return (x @ coef) * (1 + noise * gen.standard_normal(len(points)))
 
 
@@ -46,6 +49,7 @@ def test_one_thread_fit_recovers_overheads_and_rates_despite_an_outlier():
     assert fit["collective_call_s"] == pytest.approx(TRUE["k"], rel=0.15)
     assert fit["matmul_rate"] == pytest.approx(TRUE["mm"], rel=0.05)
     assert fit["pointwise_rate"] == pytest.approx(TRUE["pw"], rel=0.1)
+    assert fit["softmax_pointwise_ratio"] == pytest.approx(TRUE["softmax"], rel=0.1)
     assert fit["median_rel_err"] < 0.03
 
 
@@ -81,7 +85,7 @@ def test_busy_rank_fit_recovers_slowdown_and_sync_despite_an_outlier():
 
 def test_too_few_points_is_refused_with_one_line():
     points = _synthetic_points(rng(3), n=3)
-    with pytest.raises(ValueError, match="at least 5 points"):
+    with pytest.raises(ValueError, match="at least 6 points"):
         step_fit.fit_one_thread(points, np.ones(3))
 
 
@@ -174,3 +178,18 @@ def test_the_compute_jitter_is_fitted_on_rate_bound_points_only():
     # with fewer than four such points every point is used
     slow = one | {"step_overhead_s": 1.0}
     assert step_fit.rate_bound_points(configs, slow) == list(range(len(configs)))
+
+
+def test_the_softmax_losses_elementwise_rate_is_its_own():
+    hw = cpu_hardware(**{"compute.softmax_pointwise_ratio": 2.0})
+    same = cpu_hardware()
+    for method, factor in (("softmax-ring", 2.0), ("sigmoid-ring", 1.0)):
+        fast = predict(method, 1, 512, 64, hardware=hw).compute_s.item()
+        slow = predict(method, 1, 512, 64, hardware=same).compute_s.item()
+        elems = sum(
+            float(p.pointwise_elems) for p in step_fit.step_points([method], [512], [64], "fp32")
+        )
+        rate = same.compute.pointwise_elems_per_s["fp32"]
+        # the elementwise seconds shrink by the factor, everything else stays
+        assert slow - fast == pytest.approx(elems / rate * (1 - 1 / factor), rel=1e-9, abs=1e-12)
+    assert same.compute.softmax_pointwise_ratio == 1.0  # absent from the profile: 1
