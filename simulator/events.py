@@ -21,7 +21,9 @@ Operations (``d`` a duration already multiplied by jitter and slowdowns,
   when its receive and its send have, ``e[r] = max(done[r], done[r+a])``.
 * wait:          ``t ← max(t, e) + sync`` (sync paid on the first wait of an exchange).
 * preemption (``Variability.preemption``, only where a node's ranks fill or outnumber
-  its cores): each compute adds ``k·stall`` with ``k ~ Poisson(per_compute_s · d)``, and
+  its cores): each compute adds ``k·stall`` with ``k ~ Poisson(per_compute_s · d)``
+  where the ranks fill the cores exactly (where they outnumber them, processor sharing
+  already slices their time among them: these stalls would count it twice), and
   each wait a rank slept through (``e > t``; in a collective, every rank but the last
   to arrive) adds
   ``k·stall`` with ``k ~ Poisson(per_wake · n)`` (``n`` rounds merged, below).
@@ -289,7 +291,7 @@ class Engine:
         d = (seconds * self.n) * self.slow * self._jitter("compute", self.t.shape)
         if self.share:
             d = self._shared(np.broadcast_to(d, self.t.shape))
-        if self.preempt is not None and self.preempt.per_compute_s > 0:
+        if self.preempt is not None and self.preempt.per_compute_s > 0 and not self.share:
             mean = self.preempt.per_compute_s * np.broadcast_to(d, self.t.shape)
             d = d + self.preempt.stalls(self.rng, mean)
         start = self.t

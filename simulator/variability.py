@@ -20,7 +20,8 @@ closed form's pricing; variability multiplies it:
 * **Preemption** (:class:`Preemption`, shared-core machines only): where a node's ranks
   fill or outnumber its cores, nothing is left for the operating system's other work, so
   now and then a rank loses its core for a whole time slice: a stall of ``stall_s``
-  added to its clock, ``per_compute_s`` times per second of its compute (Poisson) and
+  added to its clock, ``per_compute_s`` times per second of its compute (Poisson; only
+  where the ranks fill the cores exactly: beyond, processor sharing slices the time) and
   ``per_wake`` times per wait it slept through (a rank woken by its peer may find its
   core taken). Additive, not a multiplier: measured on the 2-core VM, the stalled steps of
   every size at ``W = 2`` are 3–4 ms (a scheduler tick) above the rest (``docs/simulator.md``).
