@@ -53,6 +53,7 @@ CONDITIONS = {
     "xeon2-default-run": "quiet",
     "xeon2-default-run-pooled": "quiet",
     "xeon2-default-run-preemption": "quiet (no other job; the load averages in run.json are the run's own ranks)",
+    "xeon2-default-run-family-rates": "quiet (no other job; the load averages in run.json are the run's own ranks)",
     "peers": "quiet",
     "h200-gpu-check": "a machine lent for minutes; other load not recorded",
     "h100-profiler-grid": "a machine lent for minutes; other load not recorded",
