@@ -27,6 +27,10 @@ column log-sum-exps; :func:`softmax_grad` forms
 accumulates ``Dx`` and ``Dy``; :func:`softmax_rows_fused` does loss and gradient of the
 row term in one pass over a full ``b×N`` block (all-gather methods).
 
+With ``SIGSIM_FUSED_BLOCKS=1`` the sigmoid tile and the softmax gradient tile take one
+Triton kernel each for the logits and the elementwise work (:mod:`profiling.losses.fused`),
+same contract, ``G`` in the operand dtype; the gradient matmuls stay here.
+
 Matmul FLOPs per tile of ``m×n`` pairs: ``2·m·n·d`` for the logits, and as much again for
 each of ``Dx`` and ``Dy``.
 """
@@ -35,6 +39,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from profiling.losses import fused
 
 _DOT_CHUNK = 2**31 - 1  # cuBLAS dot takes 32-bit lengths
 
@@ -88,22 +94,29 @@ def _logits(x, y, t):
 
 def _accumulate(dx, dy, g, x, y) -> None:
     """``dx += G·y``, ``dy += Gᵀ·x``, with ``G`` rounded once to the operands' dtype."""
-    if g.dtype == y.dtype:
-        if dx is not None:
-            dx.addmm_(g, y)
-        if dy is not None:
-            dy.addmm_(g.T, x)
-        return
-    gm = g.to(y.dtype)
-    if dx is not None:
-        dx.add_(gm @ y)
-    if dy is not None:
-        dy.add_(gm.T @ x)
+    gm = g if g.dtype == y.dtype else g.to(y.dtype)
+    for acc, a, b in ((dx, gm, y), (dy, gm.T, x)):
+        if acc is None:
+            continue
+        if acc.dtype == gm.dtype:
+            acc.addmm_(a, b)
+        else:  # half operands, block-math accumulator: the product is upcast as it is added
+            acc.add_(a @ b)
 
 
 def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums, g_scale) -> None:
     # One function per tile: its scratch (logits, softplus; G in the operand dtype and a
     # product for half operands) is freed on return.
+    if fused.use_fused(x):
+        want_g = dx is not None or dy is not None
+        g, loss, g_sum = fused.sigmoid_tile(x, y, t, bias, k, g_scale, want_g=want_g)
+        if dx is not None or dy is None:
+            sums[0] += loss
+        if dx is not None:
+            sums[1] += g_sum
+        if want_g:
+            _accumulate(dx, dy, g, x, y)
+        return
     logits = _logits(x, y, t).add_(bias)
     if dx is not None or dy is None:
         sums[0] += F.softplus(logits).sum()
@@ -146,6 +159,10 @@ def softmax_grad(x, y, t, *, tile, row_lse, row_coef, col_lse, col_coef, diag, d
 
 def _softmax_grad_tile(x, y, t, lse, k, dx, dy) -> None:
     row_lse, row_coef, col_lse, col_coef = lse
+    if fused.use_fused(x):
+        g = fused.softmax_grad_tile(x, y, t, row_lse, row_coef, col_lse, col_coef, k)
+        _accumulate(dx, dy, g, x, y)
+        return
     s = _logits(x, y, t)
     g = (s - row_lse[:, None]).exp_().mul_(row_coef)
     g.add_(s.sub_(col_lse[None, :]).exp_().mul_(col_coef))
