@@ -19,7 +19,11 @@ the deadline):
    process group) and emulated W = 2 (stand-in peers), counted under
    ``torch.cuda.set_sync_debug_mode("warn")`` (``--cpu``: the patched-read count of
    ``profiling.host_syncs``) against the inventory ``profiling.losses.checks.HOST_SYNCS``;
-   a second or so, inside the correctness share.
+   a second or so, inside the correctness share. Then the **block kernels**
+   (``experiments.gpu_blocks``): the tile at the target point (``T = 4096``, ``d = 768``)
+   by the torch block math and by the fused Triton kernels, bf16 and fp32 operands, time,
+   rate against the device's measured matmul rate, error against fp64
+   (``gpu_blocks.jsonl``); a few seconds, Triton's compilation included.
 2. **single rank**: every method × dtype at W = 1 through ``profiling.measure``
    (CUDA-event times, allocator peak, NVML used memory when NVML is present, live-tensor
    peak, RSS, torch.profiler byte cross-check).
@@ -48,7 +52,7 @@ Output in ``--out`` (default ``$OUT``): ``gpu_results.jsonl`` (one record per po
 grid's schema, ``docs/results-schema.md``, plus ``"part"``), ``gpu_correctness.jsonl``,
 ``gpu_host_syncs.jsonl`` (per method and W: synchronisations counted, the inventory's
 number, how they were counted, where),
-``gpu_log.txt``, ``gpu_summary.txt`` (the table printed at the end) and
+``gpu_blocks.jsonl`` (the block part), ``gpu_log.txt``, ``gpu_summary.txt`` (the table printed at the end) and
 ``gpu_validation.txt``. Files of an earlier run in the same folder are replaced.
 """
 
@@ -66,7 +70,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from experiments import gpu_correctness
+from experiments import gpu_blocks, gpu_correctness
 from experiments.gpu_summary import summary_text
 from experiments.tables import stdout_to_stderr
 from experiments.verbs import add_gpu_check_arguments
@@ -82,13 +86,14 @@ from profiling.measure import (
     validate_point,
 )
 
-RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS = (
+RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS, BLOCKS = (
     "gpu_results.jsonl",
     "gpu_correctness.jsonl",
     "gpu_log.txt",
     "gpu_summary.txt",
     "gpu_validation.txt",
     "gpu_host_syncs.jsonl",
+    gpu_blocks.BLOCKS,
 )
 WORKER_MARGIN_S = 15.0
 """The worker stops starting points this long before the deadline (parent's wrap-up)."""
@@ -371,6 +376,18 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
         )
     _run_correctness(plan, device, log)
     _run_host_syncs(plan, device, log)
+    try:
+        gpu_blocks.run_block_kernels(
+            plan.target_batch,
+            plan.target_dim,
+            device,
+            plan.path(BLOCKS),
+            plan.part_deadline("single"),
+            log,
+        )
+    except Exception as exc:  # the block part must not cost the measured points
+        log(f"blocks: FAIL {_one_line(exc)}")
+        _free(device)
 
     walls: dict = {}
     failed_world: dict = {}  # (method, dtype) -> W that ran out of memory
@@ -504,7 +521,7 @@ def main(argv=None) -> int:
         )
         return 2
     Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
-    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS):
+    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS, BLOCKS):
         plan.path(name).unlink(missing_ok=True)
     with stdout_to_stderr(args.json):  # under --json stdout carries only the JSON
         correct, status = _check(plan)

@@ -49,8 +49,22 @@ def test_cpu_mode_end_to_end(tmp_path):
             gpu_check.SUMMARY,
             gpu_check.VALIDATION,
             gpu_check.HOST_SYNCS,
+            gpu_check.BLOCKS,
         ]
     )
+    blocks = [json.loads(s) for s in (out / gpu_check.BLOCKS).read_text().splitlines()]
+    assert [(b["kernel"], b["operands"], b["path"]) for b in blocks] == [
+        (k, o, p)
+        for o in ("bf16", "fp32")
+        for k in ("sigmoid_block", "softmax_grad")
+        for p in ("torch", "fused")
+    ]
+    for b in blocks:  # the torch path runs here; the fused one needs CUDA or the interpreter
+        if b["path"] == "torch":
+            assert b["median_s"] > 0 and b["fraction_of_matmul_rate"] > 0, b
+            assert max(b["relative_error_vs_fp64"].values()) < 2e-2, b
+        else:
+            assert "TRITON_INTERPRET" in b["error"], b
     correct = [json.loads(s) for s in (out / gpu_check.CORRECTNESS).read_text().splitlines()]
     assert {(c["method"], c["world"]) for c in correct} == {(m, w) for m in METHODS for w in (1, 3)}
     assert all(c["passed"] for c in correct), correct
