@@ -30,7 +30,9 @@ the deadline):
 3. **targets**: the speed issue's GPU points: every method inside bf16 autocast (fp32
    features, as open_clip's ``--precision amp``), ``b = 16,384``, ``d = 768``, at W = 1
    and emulated W = 8, 64 (``--target-batch``, ``--target-worlds``); a method that runs
-   out of memory is a result (``oom``).
+   out of memory is a result (``oom``). Each point whose blocks the fused kernels cover
+   runs again with them on (part ``targets-fused``, ``SIGSIM_FUSED_BLOCKS=1``; with
+   ``--cpu`` under Triton's interpreter).
 4. **emulated**: every method × dtype (and × ``--autocast``, fp32 features) at each W of
    ``--worlds`` with stand-in peers (``profiling.emulate``), ascending W, so a point
    that runs out of memory is recorded as ``oom`` and the larger W still run for the
@@ -61,6 +63,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 import traceback
@@ -77,7 +80,7 @@ from experiments.verbs import add_gpu_check_arguments
 from profiling import comm, host_syncs, results, traffic
 from profiling.emulate import emulate_point
 from profiling.launch import ConfigError, classify_failure, launch, visible_gpus
-from profiling.losses import METHODS
+from profiling.losses import METHODS, fused, get_method
 from profiling.measure import (
     DistGroup,
     PointConfig,
@@ -95,6 +98,9 @@ RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS, BLOCKS = (
     "gpu_host_syncs.jsonl",
     gpu_blocks.BLOCKS,
 )
+FUSED_METHODS = tuple(m for m in METHODS if get_method(m).ring or get_method(m).kind == "sigmoid")
+"""The methods whose blocks the fused kernels compute (``profiling.losses.fused``): every
+one but ``softmax-allgather``, whose one-pass row block stays in torch."""
 WORKER_MARGIN_S = 15.0
 """The worker stops starting points this long before the deadline (parent's wrap-up)."""
 
@@ -157,7 +163,8 @@ class CheckPlan:
         return self.started_epoch_s + self.budget_s
 
     def part_deadline(self, part: str) -> float:
-        share = {"correctness": 0.15, "single": 0.40, "targets": 0.60, "emulated": 1.0}[part]
+        share = {"correctness": 0.15, "single": 0.40, "targets": 0.60, "targets-fused": 0.60}
+        share = share.get(part, 1.0)  # emulated
         return min(self.started_epoch_s + share * self.budget_s, self.deadline - WORKER_MARGIN_S)
 
     def path(self, name: str) -> Path:
@@ -205,6 +212,8 @@ def planned_points(plan: CheckPlan) -> list[tuple[str, PointConfig]]:
                 pg_timeout_s=60.0,
             )
             points.append(("targets", config))
+            if m in FUSED_METHODS:
+                points.append(("targets-fused", config))
     for world in plan.worlds:
         large = world > plan.large_world
         for dt, amp in precisions(plan):
@@ -342,9 +351,17 @@ def _run_host_syncs(plan: CheckPlan, device, log: Log) -> None:
 
 
 def _measure(part: str, config: PointConfig, device) -> dict:
-    if config.emulate is None:
-        return measure_point(config, DistGroup(device), traffic.RecordingTransport(), device)
-    return emulate_point(config, device)
+    before = os.environ.get(fused.SWITCH)
+    os.environ[fused.SWITCH] = "1" if part == "targets-fused" else ""
+    try:
+        if config.emulate is None:
+            return measure_point(config, DistGroup(device), traffic.RecordingTransport(), device)
+        return emulate_point(config, device)
+    finally:
+        if before is None:
+            os.environ.pop(fused.SWITCH, None)
+        else:
+            os.environ[fused.SWITCH] = before
 
 
 def _estimate_s(walls: dict, part: str, config: PointConfig) -> float:
@@ -364,6 +381,8 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
     device = rank_device(
         PointConfig(method=METHODS[0], world=1, batch=1, dim=1, device=plan.device)
     )
+    if device.type == "cpu":  # the fused kernels' CPU path, set before Triton is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     env = results.environment(plan.backend, plan.device)
     log(f"worker: {env['device_name']}, torch {env['torch']}, {plan.backend} {env['nccl'] or ''}")
     if device.type == "cuda":
@@ -393,7 +412,7 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
     failed_world: dict = {}  # (method, dtype) -> W that ran out of memory
     for part, config in planned_points(plan):
         deadline = plan.part_deadline(part)
-        variant = (config.method, config.dtype, config.autocast, config.batch)
+        variant = (part, config.method, config.dtype, config.autocast, config.batch)
         amp = f" autocast {config.autocast}" if config.autocast else ""
         label = f"{part} {config.method} W={config.world} b={config.batch} {config.dtype}{amp}"
         oom_at = failed_world.get(variant)
