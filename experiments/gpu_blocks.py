@@ -6,8 +6,9 @@ per (block function, operand dtype, path) into ``gpu_blocks.jsonl``:
 
 * the device's **measured matmul rate** for the operand dtype: ``x·yᵀ`` of ``T×d`` by
   ``d×T``, ``2·T²·d`` FLOPs, median of the timed repetitions;
-* the **block time**: ``blocks.sigmoid_block`` with both gradients, and
-  ``blocks.softmax_grad``, each ``6·T²·d`` matmul FLOPs (logits, ``Dx``, ``Dy``), by the
+* the **block time**: ``blocks.sigmoid_block`` with both gradients and
+  ``blocks.softmax_grad``, each ``6·T²·d`` matmul FLOPs (logits, ``Dx``, ``Dy``), and
+  ``blocks.softmax_stats`` (``2·T²·d``, the logits and two log-sum-exps), by the
   torch block math and by the fused Triton kernels (``profiling.losses.fused``,
   ``SIGSIM_FUSED_BLOCKS=1`` for the call), median / p10 / p90 of the repetitions (CUDA
   events on the GPU, ``perf_counter`` on CPU), and the block's FLOP rate as a fraction of
@@ -35,7 +36,8 @@ from profiling.losses.registry import default_tile
 
 BLOCKS = "gpu_blocks.jsonl"
 OPERANDS = {"bf16": torch.bfloat16, "fp32": torch.float32}
-KERNELS = ("sigmoid_block", "softmax_grad")
+KERNELS = {"sigmoid_block": 6, "softmax_stats": 2, "softmax_grad": 6}
+"""The block functions timed, with their matmul FLOPs per pair over ``d`` (``k·T²·d``)."""
 PATHS = ("torch", "fused")
 
 
@@ -88,8 +90,15 @@ def _call(kernel: str, x, y, stats, acc_dtype):
             blocks.sigmoid_block(x, y, t, bias, diag=0, tile=None, dx=dx, dy=dy, sums=sums)
 
         return fn, {"loss": sums[:1], "sum_g": sums[1:], "dx": dx, "dy": dy}
-    coef = torch.tensor(0.5 / x.shape[0], dtype=acc_dtype, device=device)
     lse = {k: v.to(acc_dtype) for k, v in stats.items()}
+    if kernel == "softmax_stats":
+        running = {k: v.clone() for k, v in lse.items()}
+
+        def fn():
+            blocks.softmax_stats(x, y, t, tile=None, diag=0, sums=sums, **running)
+
+        return fn, {"row_lse": running["row_lse"], "col_lse": running["col_lse"], "sum": sums}
+    coef = torch.tensor(0.5 / x.shape[0], dtype=acc_dtype, device=device)
 
     def fn():
         blocks.softmax_grad(
@@ -125,11 +134,11 @@ def run_block_kernels(batch: int, dim: int, device, path: Path, deadline: float,
     time_calls = _timer(device)
     reps, warmup = (10, 2) if device.type == "cuda" else (3, 1)
     x64, y64, stats = _inputs(tile, dim, device)
-    flops = 6 * tile * tile * dim
     for name, dtype in OPERANDS.items():
         x, y = x64.to(dtype), y64.to(dtype)
         rate = _matmul_rate(x, y, time_calls, reps, warmup)
-        for kernel in KERNELS:
+        for kernel, per_pair in KERNELS.items():
+            flops = per_pair * tile * tile * dim
             fn64, want = _call(kernel, x.double(), y.double(), stats, torch.float64)
             fn64()
             for which in PATHS:

@@ -5,7 +5,8 @@ tests pin the kernels' math, masks and diagonal handling in CI; their speed is a
 question (``sigsim gpu-check``). Block level: every tile cut (one tile, tiles that divide
 the block and tiles that do not), positives on and off the main diagonal or absent,
 loss-only, both gradients and the sigmoid rings' second trip (``g_scale``), for fp32 and
-bf16 operands, against the torch block math run in fp64 on the same (rounded) operands.
+bf16 operands, against the torch block math run in fp64 on the same (rounded) operands;
+the softmax ring's statistics tiles (running row and column log-sum-exps, positives) too.
 With bf16 operands the fused logits are accumulated in fp32, so the loss must also beat
 the torch path's, whose product is rounded to bf16 first. Loss level: the rings and the
 all-gathers on two gloo ranks, per-rank upstream scalars and bf16 autocast included,
@@ -130,10 +131,34 @@ def test_switch_refuses_cpu_without_the_interpreter_and_leaves_fp64_alone(monkey
     assert fused.use_fused(torch.zeros(2, 2)) is False
 
 
+def softmax_stats_tiles_match_fp64(dtype):
+    x, y = _operands(dtype, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    start_row, start_col = torch.randn(M, generator=gen), torch.randn(N, generator=gen)
+    t = torch.tensor(13.0)
+
+    def stats(xx, yy, acc):
+        row_lse, col_lse = start_row.to(acc, copy=True), start_col.to(acc, copy=True)
+        sums = torch.zeros(1, dtype=acc)
+        blocks.softmax_stats(
+            xx, yy, t.to(acc), tile=tile, row_lse=row_lse, col_lse=col_lse, diag=diag, sums=sums
+        )
+        return row_lse, col_lse, sums
+
+    for tile in (None, 16, 33):
+        for diag in (None, 0, 9, -4):
+            got = stats(x, y, torch.float32)
+            want = stats(x.double(), y.double(), torch.float64)
+            for name, g, w in zip(("row lse", "column lse", "positives"), got, want, strict=True):
+                _close(g, w, 1e-5, f"{name} tile={tile} diag={diag}")
+
+
 BLOCK_CHECKS = {
     "sigmoid tiles fp32": lambda: sigmoid_tiles_match_fp64(torch.float32),
     "sigmoid tiles bf16": lambda: sigmoid_tiles_match_fp64(torch.bfloat16),
     "bf16 logits not rounded": bf16_logits_are_not_rounded,
+    "softmax stats tiles fp32": lambda: softmax_stats_tiles_match_fp64(torch.float32),
+    "softmax stats tiles bf16": lambda: softmax_stats_tiles_match_fp64(torch.bfloat16),
     "softmax grad tiles fp32": lambda: softmax_grad_tiles_match_fp64(torch.float32),
     "softmax grad tiles bf16": lambda: softmax_grad_tiles_match_fp64(torch.bfloat16),
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import gpu_check
+from experiments import gpu_blocks, gpu_check
 from experiments.reference_check import RankResult, reference_errors
 from profiling import results
 from profiling.launch import LaunchOutcome
@@ -56,7 +56,7 @@ def test_cpu_mode_end_to_end(tmp_path):
     assert [(b["kernel"], b["operands"], b["path"]) for b in blocks] == [
         (k, o, p)
         for o in ("bf16", "fp32")
-        for k in ("sigmoid_block", "softmax_grad")
+        for k in gpu_blocks.KERNELS
         for p in ("torch", "fused")
     ]
     for b in blocks:  # with --cpu the fused kernels run under Triton's interpreter

@@ -27,8 +27,8 @@ column log-sum-exps; :func:`softmax_grad` forms
 accumulates ``Dx`` and ``Dy``; :func:`softmax_rows_fused` does loss and gradient of the
 row term in one pass over a full ``b×N`` block (all-gather methods).
 
-With ``SIGSIM_FUSED_BLOCKS=1`` the sigmoid tile and the softmax gradient tile take one
-Triton kernel each for the logits and the elementwise work (:mod:`profiling.losses.fused`),
+With ``SIGSIM_FUSED_BLOCKS=1`` the sigmoid tile and the softmax ring's statistics and
+gradient tiles take one Triton kernel each for the logits and the elementwise work (:mod:`profiling.losses.fused`),
 same contract, ``G`` in the operand dtype; the gradient matmuls stay here.
 
 Matmul FLOPs per tile of ``m×n`` pairs: ``2·m·n·d`` for the logits, and as much again for
@@ -138,12 +138,17 @@ def softmax_stats(x, y, t, *, tile, row_lse, col_lse, diag=None, sums=None) -> N
     """Fold ``S = t·x·yᵀ`` into running log-sum-exps over rows and columns (in place);
     with ``diag``, add the positives ``Σ S_ii`` to ``sums[0]``."""
     for rows, cols, k in _tiles(x, y, tile, diag):
-        s = _logits(x[rows], y[cols], t)
-        torch.logaddexp(row_lse[rows], torch.logsumexp(s, 1), out=row_lse[rows])
-        torch.logaddexp(col_lse[cols], torch.logsumexp(s, 0), out=col_lse[cols])
+        if fused.use_fused(x):
+            row, col, positives = fused.softmax_stats_tile(x[rows], y[cols], t, k)
+        else:
+            s = _logits(x[rows], y[cols], t)
+            row, col = torch.logsumexp(s, 1), torch.logsumexp(s, 0)
+            positives = s.diagonal(k).sum() if k is not None else None
+            del s
+        torch.logaddexp(row_lse[rows], row, out=row_lse[rows])
+        torch.logaddexp(col_lse[cols], col, out=col_lse[cols])
         if k is not None:
-            sums[0] += s.diagonal(k).sum()
-        del s
+            sums[0] += positives
 
 
 def softmax_grad(x, y, t, *, tile, row_lse, row_coef, col_lse, col_coef, diag, dx, dy):

@@ -13,6 +13,8 @@ for fp32 ones), and from it, in registers:
 * :func:`sigmoid_tile`: ``l = t·S + β``, the loss term ``softplus(l) − [pos]·l``,
   ``G = σ(l) − [pos]`` (times ``g_scale`` for the sigmoid rings' exact second trip),
   written once in the operand dtype, plus one (loss, ``ΣG``) partial per program;
+* :func:`softmax_stats_tile`: ``S ← t·S``, its row and column log-sum-exps (per-program
+  partials, merged by one small ``logsumexp``) and ``Σ S`` over the positives;
 * :func:`softmax_grad_tile`: ``S ← t·S``,
   ``G = c_row·exp(S − lse_row) + c_col·exp(S − lse_col) − (c_row + c_col)·[pos]``,
   written once in the operand dtype.
@@ -179,3 +181,21 @@ def softmax_grad_tile(x, y, t, row_lse, row_coef, col_lse, col_coef, diag):
         BK=BLOCK_K,
     )
     return g
+
+
+def softmax_stats_tile(x, y, t, diag):
+    """``(row lse (m), column lse (n), Σ S on the positives)`` of one tile, ``S = t·x·yᵀ``,
+    fp32; each program folds its pairs into per-row and per-column partial log-sum-exps,
+    merged here (``logsumexp`` over programs: ``(m + n)·programs`` floats)."""
+    x, y = x.contiguous(), y.contiguous()
+    (m, d), n = x.shape, y.shape[0]
+    grid = _grid(m, n)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    row_part, col_part = torch.empty(grid[1], m, **f32), torch.empty(grid[0], n, **f32)
+    pos_part = torch.empty(grid[0] * grid[1], **f32)
+    _kernels().softmax_stats_kernel[grid](
+        x, y, _f32(t), row_part, col_part, pos_part, m, n, d,
+        x.stride(0), y.stride(0), _diag(diag, n),
+        PRECISION=_precision(x), UPCAST=_interpreting(), BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K,
+    )  # fmt: skip
+    return torch.logsumexp(row_part, 0), torch.logsumexp(col_part, 0), pos_part.sum()
