@@ -14,6 +14,8 @@ per (block function, operand dtype, path) into ``gpu_blocks.jsonl``:
   events on the GPU, ``perf_counter`` on CPU), and the block's FLOP rate as a fraction of
   the measured matmul rate: the speed issue's "block compute at ≥ 50 % of the device's
   bf16 matmul rate";
+* **where the time goes**: torch.profiler's top operators by self time on the device
+  (``profile``: the Triton kernel or the chain of torch kernels, per call);
 * **accuracy**: the loss and ``ΣG`` (sigmoid), ``Dx`` and ``Dy``, each as the largest error
   relative to the largest element of the fp64 result on the same operands.
 
@@ -164,11 +166,34 @@ def run_block_kernels(batch: int, dim: int, device, path: Path, deadline: float,
                         block_flops_per_s=flops / median,
                         fraction_of_matmul_rate=flops / median / rate,
                     )
+                    record["profile"] = _breakdown(fn, device)
                 except Exception as exc:  # a path that cannot run here is a result
                     record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 finally:
                     _restore(before)
                 _write(path, record, log)
+
+
+def _breakdown(fn, device, calls: int = 3, top: int = 8) -> list[dict]:
+    """Where one block's time goes: torch.profiler's ``top`` operators by self time on
+    the device (CPU time on CPU) over ``calls`` calls, per call, in seconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0.0), reverse=True)
+    return [
+        {"op": e.key, "self_s_per_call": getattr(e, attr, 0.0) / 1e6 / calls, "count": e.count}
+        for e in rows[:top]
+        if getattr(e, attr, 0.0) > 0
+    ]
 
 
 def _matmul_rate(x, y, time_calls, reps: int, warmup: int) -> float:

@@ -144,13 +144,14 @@ def softmax_stats_kernel(x_ptr, y_ptr, t_ptr, row_part_ptr, col_part_ptr, pos_pa
     program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
     tl.store(pos_part_ptr + program, tl.sum(tl.sum(tl.where(pos, s, 0.0), axis=1), axis=0))
     s = tl.where(inside, s, float("-inf"))
-    # every stored row and column has at least one pair inside; a max of -inf (rows or
-    # columns past the edge) is replaced by 0 only to keep exp() away from -inf - -inf
+    # every stored row and column has at least one pair inside, so its sum of exp() is at
+    # least 1 (its max); rows and columns past the edge (max -inf, sum 0) are never stored,
+    # and 0 and 1 stand in there only to keep -inf - -inf and log(0) out of the arithmetic
     row_max = tl.max(s, axis=1)
     row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-    row_lse = row_max + tl.log(tl.sum(tl.exp(s - row_max[:, None]), axis=1))
+    row_lse = row_max + tl.log(tl.maximum(tl.sum(tl.exp(s - row_max[:, None]), axis=1), 1.0))
     tl.store(row_part_ptr + tl.program_id(1) * m + rows, row_lse, mask=rows < m)
     col_max = tl.max(s, axis=0)
     col_max = tl.where(col_max == float("-inf"), 0.0, col_max)
-    col_lse = col_max + tl.log(tl.sum(tl.exp(s - col_max[None, :]), axis=0))
+    col_lse = col_max + tl.log(tl.maximum(tl.sum(tl.exp(s - col_max[None, :]), axis=0), 1.0))
     tl.store(col_part_ptr + tl.program_id(0) * n + cols, col_lse, mask=cols < n)
