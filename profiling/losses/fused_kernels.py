@@ -18,12 +18,16 @@ def logits_tile(
     d,
     sxm,
     sym,
+    diag,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
 ):
+    """This program's ``BM×BN`` tile of ``x·yᵀ`` (fp32 accumulation), its row and column
+    indices, which pairs lie inside the ``m×n`` block, and which are positives
+    (``column − row = diag``)."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
     ks = tl.arange(0, BK)
@@ -44,7 +48,9 @@ def logits_tile(
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    return acc, rows, cols
+    inside = (rows[:, None] < m) & (cols[None, :] < n)
+    pos = inside & ((cols[None, :] - rows[:, None]) == diag)
+    return acc, rows, cols, inside, pos
 
 
 @triton.jit
@@ -71,10 +77,10 @@ def sigmoid_kernel(
     BN: tl.constexpr,
     BK: tl.constexpr,
 ):
-    s, rows, cols = logits_tile(x_ptr, y_ptr, m, n, d, sxm, sym, PRECISION, UPCAST, BM, BN, BK)
-    inside = (rows[:, None] < m) & (cols[None, :] < n)
+    s, rows, cols, inside, pos = logits_tile(
+        x_ptr, y_ptr, m, n, d, sxm, sym, diag, PRECISION, UPCAST, BM, BN, BK
+    )
     logit = s * tl.load(t_ptr) + tl.load(bias_ptr)
-    pos = inside & ((cols[None, :] - rows[:, None]) == diag)
     e = tl.exp(-tl.abs(logit))  # softplus and sigmoid from one exp, stable both ways
     term = tl.maximum(logit, 0.0) + tl.log(1.0 + e) - tl.where(pos, logit, 0.0)
     g = tl.where(logit >= 0, 1.0 / (1.0 + e), e / (1.0 + e)) - tl.where(pos, 1.0, 0.0)
@@ -116,15 +122,15 @@ def softmax_grad_kernel(
     BN: tl.constexpr,
     BK: tl.constexpr,
 ):
-    s, rows, cols = logits_tile(x_ptr, y_ptr, m, n, d, sxm, sym, PRECISION, UPCAST, BM, BN, BK)
-    inside = (rows[:, None] < m) & (cols[None, :] < n)
+    s, rows, cols, inside, pos = logits_tile(
+        x_ptr, y_ptr, m, n, d, sxm, sym, diag, PRECISION, UPCAST, BM, BN, BK
+    )
     s = s * tl.load(t_ptr)
     row_lse = tl.load(row_lse_ptr + rows, mask=rows < m, other=0.0)
     col_lse = tl.load(col_lse_ptr + cols, mask=cols < n, other=0.0)
     row_coef = tl.load(row_coef_ptr)
     col_coef = tl.load(col_coef_ptr)
     g = row_coef * tl.exp(s - row_lse[:, None]) + col_coef * tl.exp(s - col_lse[None, :])
-    pos = inside & ((cols[None, :] - rows[:, None]) == diag)
     g = g - tl.where(pos, row_coef + col_coef, 0.0)
     tl.store(
         g_ptr + rows[:, None] * sgm + cols[None, :],
@@ -137,10 +143,10 @@ def softmax_grad_kernel(
 def softmax_stats_kernel(x_ptr, y_ptr, t_ptr, row_part_ptr, col_part_ptr, pos_part_ptr,
                          m, n, d, sxm, sym, diag, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
-    s, rows, cols = logits_tile(x_ptr, y_ptr, m, n, d, sxm, sym, PRECISION, UPCAST, BM, BN, BK)
-    inside = (rows[:, None] < m) & (cols[None, :] < n)
+    s, rows, cols, inside, pos = logits_tile(
+        x_ptr, y_ptr, m, n, d, sxm, sym, diag, PRECISION, UPCAST, BM, BN, BK
+    )
     s = s * tl.load(t_ptr)
-    pos = inside & ((cols[None, :] - rows[:, None]) == diag)
     program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
     tl.store(pos_part_ptr + program, tl.sum(tl.sum(tl.where(pos, s, 0.0), axis=1), axis=0))
     s = tl.where(inside, s, float("-inf"))
