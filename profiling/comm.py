@@ -30,9 +30,15 @@ Byte convention (per rank, what a ring algorithm moves; NCCL and gloo both use r
 * point-to-point: the bytes of the tensors themselves, one message per send.
 
 This equals nccl-tests' ``busbw × time`` for the collectives, so measured bytes and
-bus bandwidth agree by construction. ``exposed_s`` is host time spent blocked inside an
-operation (on CPU backends the communication the computation could not hide); on CUDA
-the host does not block on NCCL work, so it is only meaningful with the gloo backend.
+bus bandwidth agree by construction.
+
+Exposed time. ``exposed_s`` is the time the computation waited for communication it
+could not hide. On gloo (and emulated ranks) that is host time blocked inside an
+operation. On NCCL the host does not block: a collective or a p2p ``wait()`` makes the
+compute stream wait for NCCL's stream, so the transport records a CUDA event on the
+compute stream before and after it (:class:`DeviceClock`), and the stall between the two
+is the exposed time; the events are read when the recorder closes (:func:`record`), after
+the step's own synchronisation, so timing adds no host synchronisation inside the step.
 """
 
 from __future__ import annotations
@@ -122,6 +128,21 @@ class CommRecord:
         stats.exposed_s += seconds
         stats.call_s.append(seconds)
 
+    pending: list = field(default_factory=list)
+    """Device-timed waits not yet read: ``(key, start event, end event, timed)``, in call
+    order (:class:`DeviceClock`); :meth:`resolve` turns them into seconds."""
+
+    def resolve(self) -> None:
+        """Read the pending device events (waiting for them) and charge their seconds."""
+        for key, start, end, timed in self.pending:
+            end.synchronize()
+            seconds = start.elapsed_time(end) / 1e3
+            stats = self.ops.setdefault(key, OpStats())
+            stats.exposed_s += seconds
+            if timed:
+                stats.call_s.append(seconds)
+        self.pending.clear()
+
     def call_seconds(self) -> dict[str, list[float]]:
         """Per ``op:label``, each call's own seconds (:attr:`OpStats.call_s`)."""
         return {key: list(s.call_s) for key, s in sorted(self.ops.items())}
@@ -149,6 +170,23 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+class DeviceClock:
+    """Marks on a device's current stream: ``mark()`` records a timing event there.
+
+    Two marks around a wait give the time the stream stalled in it (``CommRecord.resolve``
+    reads them later). ``event`` makes the event; ``torch.cuda.Event`` by default.
+    """
+
+    def __init__(self, device: torch.device, event=None) -> None:
+        self.device = device
+        self.event = event or (lambda: torch.cuda.Event(enable_timing=True))
+
+    def mark(self):
+        event = self.event()
+        event.record()
+        return event
+
+
 class PendingP2P:
     """Handle for posted point-to-point operations; ``wait()`` returns the receive buffers."""
 
@@ -161,10 +199,9 @@ class PendingP2P:
 
     def wait(self) -> list[torch.Tensor]:
         if not self._done:
-            start = time.perf_counter()
-            for work in self._works:
-                work.wait()
-            self._transport._charge_wait(self._key, time.perf_counter() - start)
+            with self._transport._timed(self._key, self._buffers):
+                for work in self._works:
+                    work.wait()
             self._done = True
             self._works = []  # release the sent tensors
         return self._buffers
@@ -187,16 +224,13 @@ class Transport:
     # -- the operations the losses use -------------------------------------------------
     def all_gather(self, tensor: torch.Tensor, label: str) -> torch.Tensor:
         tensor = tensor.contiguous()
-        start = time.perf_counter()
-        out = self._all_gather(tensor)
+        key = f"all_gather:{label}"
         n = _nbytes(tensor) * (self.world_size - 1)
         self._charge(
-            f"all_gather:{label}",
-            messages=self.world_size - 1,
-            sent=n,
-            received=n,
-            exposed_s=time.perf_counter() - start,
+            key, messages=self.world_size - 1, sent=n, received=n, exposed_s=0.0, timed=False
         )
+        with self._timed(key, [tensor]):
+            out = self._all_gather(tensor)
         return out
 
     def reduce_scatter(self, tensor: torch.Tensor, label: str) -> torch.Tensor:
@@ -206,16 +240,13 @@ class Transport:
                 f"reduce_scatter({label}): dim 0 ({tensor.shape[0]}) is not a multiple of "
                 f"the world size ({self.world_size})"
             )
-        start = time.perf_counter()
-        out = self._reduce_scatter(tensor)
-        n = _nbytes(out) * (self.world_size - 1)
+        key = f"reduce_scatter:{label}"
+        n = _nbytes(tensor) // self.world_size * (self.world_size - 1)
         self._charge(
-            f"reduce_scatter:{label}",
-            messages=self.world_size - 1,
-            sent=n,
-            received=n,
-            exposed_s=time.perf_counter() - start,
+            key, messages=self.world_size - 1, sent=n, received=n, exposed_s=0.0, timed=False
         )
+        with self._timed(key, [tensor]):
+            out = self._reduce_scatter(tensor)
         return out
 
     def start_p2p(
@@ -251,6 +282,28 @@ class Transport:
         with self._lock:
             for rec in self._recorders:
                 rec.waited(key, seconds)
+
+    @contextlib.contextmanager
+    def _timed(self, key: str, tensors):
+        """Charge the time the enclosed communication kept the computation waiting to
+        ``key``: host time, or device time where :meth:`_device_clock` says so."""
+        clock = self._device_clock(tensors)
+        if clock is None:
+            start = time.perf_counter()
+            yield
+            self._charge_wait(key, time.perf_counter() - start)
+            return
+        start = clock.mark()
+        yield
+        end = clock.mark()
+        with self._lock:
+            for rec in self._recorders:
+                rec.pending.append((key, start, end, True))
+
+    def _device_clock(self, tensors) -> DeviceClock | None:
+        """A device clock where the host does not block on this transport's work (None:
+        host time)."""
+        return None
 
     # -- to implement --------------------------------------------------------------------
     def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -288,6 +341,11 @@ class TorchDistributedTransport(Transport):
         self.world_size = dist.get_world_size(self.group)
         self.backend = dist.get_backend(self.group)
         self._global = [dist.get_global_rank(self.group, r) for r in range(self.world_size)]
+
+    def _device_clock(self, tensors) -> DeviceClock | None:
+        if self.backend != "nccl" or not tensors or not tensors[0].is_cuda:
+            return None
+        return DeviceClock(tensors[0].device)
 
     def _all_gather(self, tensor):
         out = tensor.new_empty((self.world_size * tensor.shape[0], *tensor.shape[1:]))
@@ -411,3 +469,4 @@ def record(transport: Transport | None = None) -> Iterator[CommRecord]:
     finally:
         with transport._lock:
             transport._recorders.remove(rec)
+        rec.resolve()

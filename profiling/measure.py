@@ -356,7 +356,7 @@ def measure_point(config, group, transport, device, loss=None, real_comm=True) -
         "ranks_agree": _ranks_agree(agree),
         "rank_values": None if _ranks_agree(agree) else agree,
     }
-    measured.update(traffic.overlap(measured["comm_exposed_s"], cross, transport))
+    measured.update(traffic.overlap(measured["comm_exposed_s"], cross))
     return measured
 
 

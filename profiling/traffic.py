@@ -20,9 +20,10 @@
   exactly ``bytes_sent``. Over mixed ops the point's ``algbw_GBps`` / ``busbw_GBps`` are
   ``Σ S / comm_time_s`` and ``Σ bytes_sent / comm_time_s`` (GB = 1e9 bytes).
 * **Overlap.** ``overlap_pct = 100·(1 - exposed / comm_time)`` (medians; clipped to
-  [0, 100]) where exposed is host time blocked in communication (``profiling.comm``).
-  Null with ``overlap_note`` when it is not defined: with NCCL the host does not block
-  on communication, so blocked time is not exposed time; with no traffic or no replay.
+  [0, 100]) where exposed is the time the computation waited in communication
+  (``profiling.comm``: host time blocked on gloo, the compute stream's stall between two
+  CUDA events on NCCL). Null with ``overlap_note`` when it is not defined: with no
+  traffic or no replay.
 """
 
 from __future__ import annotations
@@ -318,13 +319,11 @@ def cross_check(step_fn, transport: RecordingTransport, rec: comm.CommRecord, gr
     return result
 
 
-def overlap(exposed: dict | None, cross: dict, transport) -> dict:
+def overlap(exposed: dict | None, cross: dict) -> dict:
     """``overlap_pct`` and, when it is null, ``overlap_note`` saying why."""
     comm_time_s = cross.get("comm_time_s")
     note = None
-    if getattr(transport, "backend", None) == "nccl":
-        note = "NCCL: the host does not block on communication, exposed time is not observable"
-    elif comm_time_s is None:
+    if comm_time_s is None:
         note = cross.get("profiler_note") or "communication time not measured"
     elif comm_time_s <= 0 or exposed is None:
         note = "no communication"

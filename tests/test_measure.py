@@ -125,21 +125,81 @@ def test_nccl_profiler_events_are_parsed():
 def test_overlap_rules_and_spread():
     exposed = spread([0.1, 0.3, 0.2])
     assert exposed["median"] == 0.2 and exposed["min"] == 0.1 and exposed["max"] == 0.3
+    assert traffic.overlap(exposed, {"comm_time_s": 0.8})["overlap_pct"] == pytest.approx(75.0)
+    assert traffic.overlap(exposed, {"comm_time_s": 0.1})["overlap_pct"] == 0.0
+    assert traffic.overlap(exposed, {"comm_time_s": 0.0})["overlap_note"] == "no communication"
+    assert traffic.overlap(None, {"profiler_note": "no replay"})["overlap_note"] == "no replay"
 
-    class Gloo:
-        backend = "gloo"
 
-    class Nccl:
-        backend = "nccl"
+class _Event:
+    """A stand-in for ``torch.cuda.Event``: ``record()`` reads a shared device clock (ms)."""
 
-    assert traffic.overlap(exposed, {"comm_time_s": 0.8}, Gloo())["overlap_pct"] == (
-        pytest.approx(75.0)
-    )
-    assert traffic.overlap(exposed, {"comm_time_s": 0.1}, Gloo())["overlap_pct"] == 0.0
-    assert traffic.overlap(exposed, {"comm_time_s": 0.0}, Gloo())["overlap_note"] == (
-        "no communication"
-    )
-    assert "NCCL" in traffic.overlap(exposed, {"comm_time_s": 0.8}, Nccl())["overlap_note"]
+    now_ms = 0.0
+
+    def __init__(self):
+        self.at, self.synchronized = None, False
+
+    def record(self):
+        self.at = _Event.now_ms
+
+    def synchronize(self):
+        self.synchronized = True
+
+    def elapsed_time(self, end):
+        return end.at - self.at
+
+
+class _DeviceTimedTransport(comm.Transport):
+    """One rank whose waits are device-timed (as NCCL's are); each op takes 2 ms of
+    device time, and a p2p wait 5 ms, on the stand-in clock."""
+
+    rank, world_size = 0, 2
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def _device_clock(self, tensors):
+        def event():
+            self.events.append(_Event())
+            return self.events[-1]
+
+        return comm.DeviceClock(torch.device("cpu"), event=event)
+
+    def _all_gather(self, tensor):
+        _Event.now_ms += 2.0
+        return torch.cat([tensor, tensor])
+
+    def _post_p2p(self, sends, recvs, tag=0):
+        class Work:
+            def wait(self):
+                _Event.now_ms += 5.0
+
+        return [Work()]
+
+
+def test_device_timed_waits_are_read_when_the_recorder_closes():
+    """On NCCL the host does not block: the stall is read from events around each wait,
+    after the step, in call order (``comm.DeviceClock``, ``CommRecord.resolve``)."""
+    transport = _DeviceTimedTransport()
+    with comm.record(transport) as rec:
+        transport.all_gather(torch.zeros(3), "x")
+        pending = transport.start_p2p([(torch.zeros(4), 1)], [(torch.zeros(4), 1)], "y")
+        _Event.now_ms += 100.0  # compute between posting and waiting: not exposed
+        pending.wait()
+        assert rec.exposed_s == 0.0 and len(rec.pending) == 2  # nothing read mid-step
+    assert rec.pending == [] and all(e.synchronized for e in transport.events[1::2])
+    assert rec.call_seconds() == {"all_gather:x": [0.002], "p2p:y": [0.005]}
+    assert rec.exposed_s == pytest.approx(0.007)
+    assert rec.as_dict()["p2p:y"]["bytes_sent"] == 16 and rec.bytes_sent == 16 + 12
+
+
+def test_host_timed_waits_are_charged_at_once():
+    transport = _DeviceTimedTransport()
+    transport._device_clock = lambda tensors: None  # gloo: host time
+    with comm.record(transport) as rec:
+        transport.all_gather(torch.zeros(3), "x")
+        assert rec.pending == [] and len(rec.call_seconds()["all_gather:x"]) == 1
 
 
 def test_ranks_agree_exact_bytes_and_peak_within_slack():
@@ -160,7 +220,9 @@ def test_per_step_and_per_call_samples(measured):
         steps = rank0["step_samples_s"]
         assert len(steps) == config.steps and len(rank0["compute_samples_s"]) == config.steps
         assert spread(steps)["median"] == pytest.approx(rank0["step_time_s"]["median"], abs=1e-6)
-        assert all(0 < c <= s + 1e-6 for c, s in zip(rank0["compute_samples_s"], steps, strict=True))
+        assert all(
+            0 < c <= s + 1e-6 for c, s in zip(rank0["compute_samples_s"], steps, strict=True)
+        )
         assert set(rank0["comm_calls_s"]) == set(rank0["comm_ops"])
         for key, per_step in rank0["comm_calls_s"].items():
             assert len(per_step) == config.steps, key
