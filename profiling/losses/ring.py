@@ -37,6 +37,13 @@ CPU):
 With ``overlap=False`` every exchange is waited for as soon as it is posted, and either
 mode holds two accumulator-sized buffers (a completed send frees its buffer at once).
 
+Streams on NCCL: the exchanges are ``batch_isend_irecv`` operations, which NCCL runs on
+its own stream; their ``wait()`` makes the compute stream wait for them (an event, not a
+host wait: torch.distributed's asynchronous-work contract, unless
+``TORCH_NCCL_BLOCKING_WAIT`` is set), so a block computes on the compute stream while
+the next round's payload moves, and the host runs ahead. The profiler measures the
+stalls from CUDA events around each wait (``profiling.comm.DeviceClock``).
+
 Memory per chain, independent of W: two payloads (the one being computed and sent, the
 one arriving) and two or three accumulator-sized buffers (above; fewer on rings of one
 round: ``costs.pool_bytes``). Buffers are pooled per chain and never freed mid-pass.
