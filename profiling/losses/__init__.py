@@ -17,8 +17,9 @@ on a rank, uneven accumulation): rank ``r``'s feature gradients are ``Î£_q u_q â
 for upstream scalars ``u_q``. Half-precision features and ``torch.autocast`` follow one
 dtype policy (``precision``): features travel in the half type, matmul operands are half
 on CUDA (fp32 on CPU unless ``SIGSIM_HALF_MATMUL=1``), elementwise math, accumulators and
-the loss are fp32. ``SIGSIM_FUSED_BLOCKS=1`` computes the tiles of every method but softmax-allgather with fused
-Triton kernels (``fused``; opt-in until a GPU has timed them). Double backward (``create_graph=True``) is not supported and raises.
+the loss are fp32. ``SIGSIM_FUSED_BLOCKS=1`` computes the tiles of every method but
+softmax-allgather with fused Triton kernels (``fused``; opt-in until a GPU has timed
+them). Double backward (``create_graph=True``) is not supported and raises.
 
 Importing this package imports nothing (PEP 562): the names below resolve on first use,
 so ``profiling.losses.registry`` and the ``*_cost`` modules load without torch;
