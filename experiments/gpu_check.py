@@ -1,14 +1,27 @@
-"""The one-GPU check: every method, NCCL at W = 1 and emulated W up to what memory allows.
+"""The one-GPU check: every method and its peers, NCCL at W = 1 and emulated W up to what memory allows.
 
-Run once on a machine with one GPU, from the repository root, within 8 minutes::
+Run once on a machine with one GPU, from the repository root, within 5 minutes, the
+device machine's start included (default ``--budget-s 210``: a fresh machine takes a
+minute or more to start, and a lent device's 15 minutes must hold a rerun)::
 
-    sigsim gpu-check --out /some/folder                   # default folder: $OUT
+    sigsim gpu-check --wheels gpu_wheels --out /some/folder   # default folder: $OUT
 
-and, to try the whole path here on the CPU in about a minute (gloo, tiny sizes)::
+The peers' wheels travel with the command, since that machine reaches no package
+registry: fill the git-ignored ``gpu_wheels/`` once on a machine that does
+(``sigsim gpu-check --fetch-wheels gpu_wheels``: ``pip download --no-deps`` of
+open-clip-torch 3.3.0, inf-cl 1.2.1 and siglip-kernel 0.1.2), then call the device tool
+with::
+
+    run(command="python -m experiments gpu-check --wheels gpu_wheels --out $OUT",
+        carry=["gpu_wheels"], timeout_s=300)
+
+(``--wheels DIR``: ``pip install --no-index --no-deps DIR/*.whl`` before the check;
+``python -m experiments`` is ``sigsim``). To try the whole path here on the CPU in about
+a minute (gloo, tiny sizes)::
 
     sigsim gpu-check --cpu --out runs/gpu_check_cpu
 
-Four parts, in this order, in one worker process holding a real one-rank process group
+Five parts, in this order, in one worker process holding a real one-rank process group
 (NCCL on the GPU, gloo with ``--cpu``; started by ``profiling.launch``, which kills it at
 the deadline):
 
@@ -19,21 +32,30 @@ the deadline):
    process group) and emulated W = 2 (stand-in peers), counted under
    ``torch.cuda.set_sync_debug_mode("warn")`` (``--cpu``: the patched-read count of
    ``profiling.host_syncs``) against the inventory ``profiling.losses.checks.HOST_SYNCS``;
-   a second or so, inside the correctness share. Then the **block kernels**
-   (``experiments.gpu_blocks``): the tile at the target point (``T = 4096``, ``d = 768``)
-   by the torch block math and by the fused Triton kernels, bf16 and fp32 operands, time,
-   rate against the device's measured matmul rate, error against fp64
-   (``gpu_blocks.jsonl``); a few seconds, Triton's compilation included.
-2. **single rank**: every method × dtype at W = 1 through ``profiling.measure``
+   a second or so. Then the **block kernels** (``experiments.gpu_blocks``): the tile at
+   the target point (``T = 4096``, ``d = 768``) by the torch block math and by the fused
+   Triton kernels, bf16 and fp32 operands, time, rate against the device's measured
+   matmul rate, error against fp64 (``gpu_blocks.jsonl``); a few seconds, Triton's
+   compilation included.
+2. **peers** (``experiments.gpu_peers``): at the target point (``b = 16,384``,
+   ``d = 768``, fp32 features in bf16 autocast) at W = 1 on the worker's process group,
+   ours (the methods of :data:`FUSED_METHODS` and ``softmax-allgather`` with the torch
+   block math, the ring methods again with the fused kernels) against open_clip's
+   ``SigLipLoss`` (every ``dist_impl``) and ``ClipLoss(local_loss=True,
+   gather_with_grad=True)``, siglip-kernel and inf-cl, interleaved on the same inputs,
+   each checked against the reference: step time, allocator peak, bytes, ratios ours /
+   best peer per loss family (``gpu_peers.jsonl``); a peer that runs out of memory is a
+   result; with ``--cpu`` the CUDA-only peers are records with the reason.
+3. **single rank**: every method × dtype at W = 1 through ``profiling.measure``
    (CUDA-event times, allocator peak, NVML used memory when NVML is present, live-tensor
    peak, RSS, torch.profiler byte cross-check).
-3. **targets**: the speed issue's GPU points: every method inside bf16 autocast (fp32
+4. **targets**: the speed issue's GPU points: every method inside bf16 autocast (fp32
    features, as open_clip's ``--precision amp``), ``b = 16,384``, ``d = 768``, at W = 1
    and emulated W = 8, 64 (``--target-batch``, ``--target-worlds``); a method that runs
    out of memory is a result (``oom``). Each point whose blocks the fused kernels cover
    runs again with them on (part ``targets-fused``, ``SIGSIM_FUSED_BLOCKS=1``; with
    ``--cpu`` under Triton's interpreter).
-4. **emulated**: every method × dtype (and × ``--autocast``, fp32 features) at each W of
+5. **emulated**: every method × dtype (and × ``--autocast``, fp32 features) at each W of
    ``--worlds`` with stand-in peers (``profiling.emulate``), ascending W, so a point
    that runs out of memory is recorded as ``oom`` and the larger W still run for the
    methods that fit.
@@ -43,18 +65,21 @@ record is validated against the closest bundled GPU profile (``simulator.validat
 bytes, allocator peak, step time; ``gpu_validation.txt``), the model's error table the
 memory and simulator issues ask the GPU for.
 
-Budget: a global deadline ``--budget-s`` after the process started (default 440 s,
-under the 8-minute limit); parts 1, 2 and 3 end at 15%, 40% and 60% of it. A point is started
-only if its estimate (the same method's last wall time, scaled by W) ends before its
-part's deadline; otherwise, and for every point left when the deadline passes, the
-record says so: status ``timeout`` (the schema's status for "not measured in time"),
-``"skipped": true`` and the reason. A point killed at the deadline is ``timeout``.
+Budget: a global deadline ``--budget-s`` after the process started (default 210 s);
+correctness with the host synchronisations, the block kernels, the peers, the single-rank
+and the targets parts end at 12%, 20%, 45%, 55% and 75% of it (:data:`PART_SHARES`), the
+emulated part at the deadline. A point is started only if its estimate (the same
+method's last wall time, scaled by W) ends before its part's deadline; otherwise, and
+for every point left when the deadline passes, the record says so: status ``timeout``
+(the schema's status for "not measured in time"), ``"skipped": true`` and the reason. A
+point killed at the deadline is ``timeout``.
 
 Output in ``--out`` (default ``$OUT``): ``gpu_results.jsonl`` (one record per point, the
 grid's schema, ``docs/results-schema.md``, plus ``"part"``), ``gpu_correctness.jsonl``,
 ``gpu_host_syncs.jsonl`` (per method and W: synchronisations counted, the inventory's
-number, how they were counted, where),
-``gpu_blocks.jsonl`` (the block part), ``gpu_log.txt``, ``gpu_summary.txt`` (the table printed at the end) and
+number, how they were counted, where), ``gpu_blocks.jsonl`` (the block part),
+``gpu_peers.jsonl`` (the peers part: ``sigsim peers``'s records and ratios line),
+``gpu_log.txt``, ``gpu_summary.txt`` (the table printed at the end) and
 ``gpu_validation.txt``. Files of an earlier run in the same folder are replaced.
 """
 
@@ -62,6 +87,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import sys
@@ -73,7 +99,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from experiments import gpu_blocks, gpu_correctness
+from experiments import gpu_blocks, gpu_correctness, gpu_peers
 from experiments.gpu_summary import summary_text
 from experiments.tables import stdout_to_stderr
 from experiments.verbs import add_gpu_check_arguments
@@ -89,7 +115,7 @@ from profiling.measure import (
     validate_point,
 )
 
-RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS, BLOCKS = (
+RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS, BLOCKS, PEERS = (
     "gpu_results.jsonl",
     "gpu_correctness.jsonl",
     "gpu_log.txt",
@@ -97,12 +123,23 @@ RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS, BLOCKS = (
     "gpu_validation.txt",
     "gpu_host_syncs.jsonl",
     gpu_blocks.BLOCKS,
+    gpu_peers.PEERS,
 )
 FUSED_METHODS = tuple(m for m in METHODS if get_method(m).ring or get_method(m).kind == "sigmoid")
 """The methods whose blocks the fused kernels compute (``profiling.losses.fused``): every
 one but ``softmax-allgather``, whose one-pass row block stays in torch."""
 WORKER_MARGIN_S = 15.0
 """The worker stops starting points this long before the deadline (parent's wrap-up)."""
+PART_SHARES = {
+    "correctness": 0.12,
+    "blocks": 0.20,
+    "peers": 0.45,
+    "single": 0.55,
+    "targets": 0.75,
+    "targets-fused": 0.75,
+}
+"""Each part's end as a fraction of the budget after the process started (the host
+synchronisations share the block part's); the emulated part runs to the deadline."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -130,8 +167,9 @@ class CheckPlan:
     check_world: int = 4
     check_batch: int = 64
     check_dim: int = 128
-    budget_s: float = 440.0
-    """Seconds from process start to the global deadline."""
+    budget_s: float = 210.0
+    """Seconds from process start to the global deadline (the check and a device
+    machine's start within 5 minutes)."""
     started_epoch_s: float = 0.0
 
     @classmethod
@@ -163,8 +201,7 @@ class CheckPlan:
         return self.started_epoch_s + self.budget_s
 
     def part_deadline(self, part: str) -> float:
-        share = {"correctness": 0.15, "single": 0.40, "targets": 0.60, "targets-fused": 0.60}
-        share = share.get(part, 1.0)  # emulated
+        share = PART_SHARES.get(part, 1.0)  # emulated: the deadline
         return min(self.started_epoch_s + share * self.budget_s, self.deadline - WORKER_MARGIN_S)
 
     def path(self, name: str) -> Path:
@@ -330,7 +367,7 @@ def _run_host_syncs(plan: CheckPlan, device, log: Log) -> None:
     """Every method's step synchronisations at W = 1 and 2, into ``gpu_host_syncs.jsonl``."""
     for method in METHODS:
         for world in (1, 2):
-            if time.time() > plan.part_deadline("single"):
+            if time.time() > plan.part_deadline("blocks"):
                 outcome = {"method": method, "world": world, "passed": None, "skipped": True}
                 log(f"host syncs {method} W={world}: SKIPPED (part deadline)")
             else:
@@ -374,7 +411,7 @@ def _estimate_s(walls: dict, part: str, config: PointConfig) -> float:
 
 
 def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
-    """``profiling.launch`` entry (one rank): the four parts; records go to disk as they end."""
+    """``profiling.launch`` entry (one rank): the five parts; records go to disk as they end."""
     tuples = ("dtypes", "autocast", "worlds", "target_worlds")
     plan = CheckPlan(**{**plan_dict, **{k: tuple(plan_dict[k]) for k in tuples}})
     log = Log(plan)
@@ -401,12 +438,14 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
             plan.target_dim,
             device,
             plan.path(BLOCKS),
-            plan.part_deadline("single"),
+            plan.part_deadline("blocks"),
             log,
         )
     except Exception as exc:  # the block part must not cost the measured points
         log(f"blocks: FAIL {_one_line(exc)}")
         _free(device)
+    gpu_peers.run_peers_part(plan, env, log)
+    _free(device)
 
     walls: dict = {}
     failed_world: dict = {}  # (method, dtype) -> W that ran out of memory
@@ -530,6 +569,11 @@ def make_plan(args) -> CheckPlan:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.fetch_wheels:  # on a machine with registry access; nothing else runs
+        return gpu_peers.fetch_wheels(args.fetch_wheels)
+    if args.wheels and not Path(args.wheels).is_dir():
+        print(f"error: --wheels {args.wheels}: no such folder", file=sys.stderr)
+        return 2
     plan = make_plan(args)
     if plan.device == "cuda" and visible_gpus() == 0:
         print("error: no GPU is visible; use --cpu for the tiny CPU run", file=sys.stderr)
@@ -540,21 +584,33 @@ def main(argv=None) -> int:
         )
         return 2
     Path(plan.out_dir).mkdir(parents=True, exist_ok=True)
-    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS, BLOCKS):
+    for name in (RESULTS, CORRECTNESS, LOG, SUMMARY, VALIDATION, HOST_SYNCS, BLOCKS, PEERS):
         plan.path(name).unlink(missing_ok=True)
     with stdout_to_stderr(args.json):  # under --json stdout carries only the JSON
-        correct, status = _check(plan)
+        correct, status = _check(plan, args.wheels)
     if args.json:  # what the summary tables show, as data
         records = results.read_records(plan.path(RESULTS))
+        peer_lines = results.read_records(plan.path(PEERS))
         print(
-            json.dumps({"out_dir": str(plan.out_dir), "correctness": correct, "records": records})
+            json.dumps(
+                {
+                    "out_dir": str(plan.out_dir),
+                    "correctness": correct,
+                    "records": records,
+                    "peers": peer_lines,
+                }
+            )
         )
     return status
 
 
-def _check(plan: CheckPlan) -> tuple[list[dict], int]:
-    """Run the check into ``plan.out_dir``; the correctness lines and the exit status."""
+def _check(plan: CheckPlan, wheels: str | None = None) -> tuple[list[dict], int]:
+    """Run the check into ``plan.out_dir`` (after installing the peer wheels of
+    ``wheels``, if given); the correctness lines and the exit status."""
     log = Log(plan)
+    if wheels:
+        gpu_peers.install_wheels(wheels, log)
+        importlib.invalidate_caches()
     log(f"plan: {json.dumps(asdict(plan))}")
     log(
         f"{len(planned_points(plan))} measured points planned; deadline in {plan.deadline - time.time():.0f} s"
@@ -568,7 +624,9 @@ def _check(plan: CheckPlan) -> tuple[list[dict], int]:
         pg_timeout_s=60.0,
     )
     log(f"worker: {outcome.status} after {outcome.wall_s:.0f} s {outcome.message or ''}")
-    _fill_missing(plan, outcome, results.environment(plan.backend, plan.device), log)
+    env = results.environment(plan.backend, plan.device)
+    _fill_missing(plan, outcome, env, log)
+    gpu_peers.fill_missing(plan, outcome, env, log)
     text = summary_text(plan.path(RESULTS), plan.path(CORRECTNESS))
     print(text)
     plan.path(SUMMARY).write_text(text + "\n", encoding="utf-8")

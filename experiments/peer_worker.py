@@ -1,7 +1,9 @@
 """The rank side of the peer benchmark: every contender on the same inputs, interleaved.
 
-:func:`peers_rank` is the ``fn`` given to ``profiling.launch``; on each rank of a gloo
-(or NCCL) process group it runs, for every contender of ``experiments.open_clip_peers``:
+:func:`peers_rank` is the ``fn`` given to ``profiling.launch`` (and called directly by
+``sigsim gpu-check``'s peers part on its one-rank group); on each rank of a gloo (or
+NCCL) process group it runs, for every contender of ``experiments.open_clip_peers``
+that the caller found able to run here (``split_available``):
 
 * inputs: ``profiling.measure.make_inputs`` of a registered method of the same kind
   (same seed, so all sigmoid contenders see identical tensors, all softmax ones too);
@@ -22,13 +24,29 @@
   ``profiling.comm``'s ring convention; and, as a cross-check for both, the collectives
   ``torch.profiler`` recorded (``profiling.traffic.profiler_bytes``);
 * check: loss and gradients against ``profiling.losses.reference_loss`` on the global
-  batch (rank 0 rebuilds every rank's inputs): loss as the mean over ranks, rank 0's
-  feature gradients against ``W ×`` the reference's rows, scale/bias gradients as the
-  mean over ranks.
+  batch (rank 0 rebuilds every rank's inputs, on the rank's device): loss as the mean
+  over ranks, rank 0's feature gradients against ``W ×`` the reference's rows,
+  scale/bias gradients as the mean over ranks; a contender's own tolerance
+  (``Contender.tolerance``) replaces the dtype's where it has one;
+* fused: a ``+fused`` contender's every step runs with ``SIGSIM_FUSED_BLOCKS=1``, ours
+  others' with it unset;
+* failures: a contender that raises (out of memory included) is a result, ``oom`` or
+  ``error`` with the one-line message, and leaves the rotation; the others go on. (At
+  W > 1 a failure on one rank only can still stall the others in a collective.)
+* deadline: with ``deadline_epoch_s`` (W = 1 only), no repetition starts that would
+  leave too little time for the memory, bytes and check steps (about four repetitions'
+  worth) before it; the records say how many repetitions ran.
+
+Rank 0 returns ``{contender: {"status", "message", "measured"}}``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import math
+import os
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -39,6 +57,8 @@ from experiments import dist_counter
 from experiments.open_clip_peers import CONTENDER_NAMES, Contender, contender
 from experiments.reference_check import RankResult, reference_errors
 from profiling import comm, traffic
+from profiling.launch import classify_failure
+from profiling.losses import fused
 from profiling.losses.precision import TORCH_DTYPES
 from profiling.measure import (
     PointConfig,
@@ -79,6 +99,9 @@ class PeerConfig:
     """Compare each contender's loss and gradients with the reference."""
     timeout_s: float = 1800.0
     pg_timeout_s: float = 300.0
+    deadline_epoch_s: float | None = None
+    """W = 1 only: start no timed repetition that would end the run after this time
+    (``time.time()``); None: all ``steps``."""
     extra: dict = field(default_factory=dict)
     """Free-form notes carried into the records (e.g. the command line)."""
 
@@ -178,7 +201,7 @@ def check_against_reference(config: PeerConfig, c: Contender, loss, rank, world,
         log_scale_grad=inputs.log_scale.grad,
         bias_grad=None if inputs.bias is None else inputs.bias.grad,
     )
-    return reference_errors(
+    check = reference_errors(
         c.kind,
         point,
         [mine],
@@ -186,59 +209,139 @@ def check_against_reference(config: PeerConfig, c: Contender, loss, rank, world,
         log_scale_grad_mean=mean[1],
         bias_grad_mean=mean[2] if inputs.bias is not None else None,
         autocast=config.autocast,
+        device=device,
     )
+    own = c.tolerance_for(config.autocast or config.dtype)
+    if own is not None:
+        check["tolerance"] = own
+        check["passed"] = all(e <= own for e in check["rel_errors"].values())
+    return check
+
+
+@contextlib.contextmanager
+def blocks_switch(c: Contender):
+    """``SIGSIM_FUSED_BLOCKS`` as contender ``c`` runs: 1 for ``+fused``, unset for ours."""
+    if not c.ours:
+        yield
+        return
+    before = os.environ.get(fused.SWITCH)
+    os.environ[fused.SWITCH] = "1" if c.fused else ""
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(fused.SWITCH, None)
+        else:
+            os.environ[fused.SWITCH] = before
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def peers_rank(rank: int, world: int, config_dict: dict) -> dict | None:
-    """``profiling.launch`` entry; rank 0 returns ``{contender: measured}``."""
+    """``profiling.launch`` entry; rank 0 returns ``{contender: outcome}``."""
     config = PeerConfig(**{**config_dict, "contenders": tuple(config_dict["contenders"])})
     device = rank_device(config)
     chosen = [contender(name) for name in config.contenders]
-    losses = {c.name: c.build(rank, world) for c in chosen}
-    inputs = {kind: make_inputs(config.point(kind), rank, device) for kind in KIND_METHOD}
-    run = {c.name: (losses[c.name], inputs[c.kind]) for c in chosen}
+    failed: dict[str, tuple[str, str]] = {}  # name -> (status, one-line message)
 
     def amp():
         dtype = TORCH_DTYPES[config.autocast] if config.autocast else None
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
+    def attempt(c: Contender, fn):
+        """``fn()`` as ``c`` runs; a failure is recorded and ``c`` leaves the rotation."""
+        if c.name in failed:
+            return None
+        try:
+            with blocks_switch(c), amp():
+                return fn()
+        except Exception as exc:
+            failed[c.name] = (classify_failure(exc), _one_line(exc))
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return None
+
+    if not chosen:
+        return {} if rank == 0 else None
+    inputs = {kind: make_inputs(config.point(kind), rank, device) for kind in KIND_METHOD}
+    losses = {}
+    for c in chosen:
+        built = attempt(c, lambda c=c: c.build(rank, world))
+        if built is not None:
+            losses[c.name] = built
+    run = {c.name: (losses.get(c.name), inputs[c.kind]) for c in chosen}
+
+    def step(c: Contender):
+        forward(*run[c.name]).backward()
+        return True
+
     for _ in range(config.warmup):
         for c in chosen:
-            with amp():
-                forward(*run[c.name]).backward()
+            attempt(c, lambda c=c: step(c))
     local = {c.name: [] for c in chosen}  # per repetition: (fwd, bwd, total)
-    for repetition in range(config.steps):
-        shift = repetition % len(chosen)
+    repetitions, round_s = 0, 0.0
+    while repetitions < config.steps:
+        began = time.time()
+        # a repetition, then the memory, bytes and check steps: about five rounds
+        deadline = config.deadline_epoch_s
+        if repetitions and deadline is not None and began + 5 * round_s > deadline:
+            break
+        shift = repetitions % len(chosen)
         for c in chosen[shift:] + chosen[:shift]:
+            if c.name in failed:
+                continue
             dist.barrier()
-            with amp():
-                local[c.name].append(timed_step(*run[c.name], device))
-    flat = torch.tensor(
-        [t for c in chosen for step in local[c.name] for t in step], dtype=torch.float64
-    )
-    flat = flat.to(device)
+            sample = attempt(c, lambda c=c: timed_step(*run[c.name], device))
+            if sample is not None:
+                local[c.name].append(sample)
+        repetitions += 1
+        round_s = time.time() - began
+    rows = [
+        [t for sample in local[c.name] for t in sample]
+        + [math.nan] * (3 * (repetitions - len(local[c.name])))
+        for c in chosen
+    ]
+    flat = torch.tensor(rows, dtype=torch.float64).reshape(-1).to(device)
     if world > 1:
         dist.all_reduce(flat, dist.ReduceOp.MAX)
-    slowest = flat.cpu().view(len(chosen), config.steps, 3)
+    slowest = flat.cpu().view(len(chosen), repetitions, 3)
 
     out = {}
     for index, c in enumerate(chosen):
-        fwd, bwd, total = (slowest[index, :, j].tolist() for j in range(3))
-        measured = {
-            "side": c.side,
-            "kind": c.kind,
-            "step_time_s": spread(total),
-            "step_time_samples_s": total,
-            "forward_time_s": spread(fwd),
-            "backward_time_s": spread(bwd),
-            "timing_reduction": "max over ranks per step, then over steps",
-        }
-        with amp():
-            measured.update(_memory_step(*run[c.name], device))
-            measured.update(_bytes_step(c, *run[c.name], world))
+        measured = None
+        if c.name not in failed:
+            fwd, bwd, total = (slowest[index, :, j].tolist() for j in range(3))
+            measured = {
+                "side": c.side,
+                "kind": c.kind,
+                "fused_blocks": c.fused if c.ours else None,
+                "repetitions": repetitions,
+                "step_time_s": spread(total),
+                "step_time_samples_s": total,
+                "forward_time_s": spread(fwd),
+                "backward_time_s": spread(bwd),
+                "timing_reduction": "max over ranks per step, then over steps",
+            }
+            for part in (
+                lambda c=c: _memory_step(*run[c.name], device),
+                lambda c=c: _bytes_step(c, *run[c.name], world),
+            ):
+                measured.update(attempt(c, part) or {})
             if config.check:
-                measured["check"] = check_against_reference(
-                    config, c, losses[c.name], rank, world, device
+                check = attempt(
+                    c,
+                    lambda c=c: check_against_reference(
+                        config, c, losses[c.name], rank, world, device
+                    ),
                 )
-        out[c.name] = measured
+                measured["check"] = check
+        status, message = failed.get(c.name, ("ok", None))
+        out[c.name] = {
+            "status": status,
+            "message": message,
+            "measured": measured if status == "ok" else None,
+        }
     return out if rank == 0 else None

@@ -50,15 +50,19 @@ def reference_errors(
     log_scale_grad_mean=None,
     bias_grad_mean=None,
     autocast: str | None = None,
+    device=None,
 ) -> dict:
     """Relative errors of the given ranks against the reference.
 
     ``ranks`` may hold every rank (the means are taken here) or only some (pass the
     means over all ranks, computed by the caller with a collective). ``autocast``: the
     dtype the contenders ran under (the caller runs this inside the same autocast).
+    ``device``: where the reference runs (default the CPU; a GPU's is far faster at
+    the speed issue's ``b = 16,384``).
     """
     world = config.world
-    everyone = [make_inputs(config, r, torch.device("cpu")) for r in range(world)]
+    where = torch.device("cpu") if device is None else torch.device(device)
+    everyone = [make_inputs(config, r, where) for r in range(world)]
     x = torch.cat([i.image.detach() for i in everyone]).double().requires_grad_(True)
     y = torch.cat([i.text.detach() for i in everyone]).double().requires_grad_(True)
     log_scale = everyone[0].log_scale.detach().double().requires_grad_(True)

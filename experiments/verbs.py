@@ -215,7 +215,7 @@ def add_gpu_check_arguments(parser: argparse.ArgumentParser) -> None:
         "--cpu", "--dry-run", action="store_true", dest="cpu", help="tiny CPU run (gloo)"
     )
     parser.add_argument(
-        "--budget-s", type=float, help="seconds from start to the deadline (440; CPU 240)"
+        "--budget-s", type=float, help="seconds from start to the deadline (210; CPU 240)"
     )
     parser.add_argument("--batch", type=int, help="b of the measured points (1024; CPU 16)")
     parser.add_argument("--dim", type=int, help="d of the measured points (768; CPU 32)")
@@ -228,6 +228,16 @@ def add_gpu_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-batch", type=int, help="b of the targets part (16384)")
     parser.add_argument(
         "--target-worlds", type=int, nargs="+", help="W of the targets part (1 8 64)"
+    )
+    parser.add_argument(
+        "--wheels",
+        metavar="DIR",
+        help="first install the peer wheels in DIR offline (pip --no-index --no-deps)",
+    )
+    parser.add_argument(
+        "--fetch-wheels",
+        metavar="DIR",
+        help="only download the peer wheels into DIR (pip download --no-deps), then exit",
     )
     parser.add_argument(
         "--json",

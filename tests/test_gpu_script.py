@@ -1,9 +1,12 @@
 """``sigsim gpu-check --cpu`` (experiments.gpu_check): the whole script runs end to end (correctness
 PASS for every method, one record per planned point in the grid's schema, log and
 summary written; the host synchronisations of every method's step counted against the
-inventory); a budget too short for anything records every point as skipped
-instead of running over; a worker that dies leaves its running point as a failure and
-the rest as skipped; the reference check fails a wrong gradient."""
+inventory; the peers part: ours and open_clip's at the target point with their checks,
+siglip-kernel and inf-cl recorded as needing CUDA, the ratios line); a budget too short
+for anything records every point as skipped instead of running over; a worker that dies
+leaves its running point as a failure and the rest as skipped; the reference check fails
+a wrong gradient; the peer wheels are fetched and installed by the pip commands the
+docstring gives (built, not run: no network in tests)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import gpu_blocks, gpu_check
+from experiments import gpu_blocks, gpu_check, gpu_peers, open_clip_peers
 from experiments.reference_check import RankResult, reference_errors
 from profiling import results
 from profiling.launch import LaunchOutcome
@@ -50,14 +53,12 @@ def test_cpu_mode_end_to_end(tmp_path):
             gpu_check.VALIDATION,
             gpu_check.HOST_SYNCS,
             gpu_check.BLOCKS,
+            gpu_check.PEERS,
         ]
     )
     blocks = [json.loads(s) for s in (out / gpu_check.BLOCKS).read_text().splitlines()]
     assert [(b["kernel"], b["operands"], b["path"]) for b in blocks] == [
-        (k, o, p)
-        for o in ("bf16", "fp32")
-        for k in gpu_blocks.KERNELS
-        for p in ("torch", "fused")
+        (k, o, p) for o in ("bf16", "fp32") for k in gpu_blocks.KERNELS for p in ("torch", "fused")
     ]
     for b in blocks:  # with --cpu the fused kernels run under Triton's interpreter
         assert b["median_s"] > 0 and b["fraction_of_matmul_rate"] > 0, b
@@ -83,18 +84,54 @@ def test_cpu_mode_end_to_end(tmp_path):
     fused_methods = {r["config"]["method"] for r in records if r["part"] == "targets-fused"}
     assert fused_methods == set(gpu_check.FUSED_METHODS) == set(METHODS) - {"softmax-allgather"}
     assert ("emulated", "bf16") in parts
+    check_peers_part(out)
     validation = (out / gpu_check.VALIDATION).read_text()
     assert "against the h100-sxm profile" in validation and "bytes sent" in validation
     assert "PASS" in done.stdout and "measured points" in done.stdout
     assert "correctness: 10/10 PASS" in (out / gpu_check.SUMMARY).read_text()
 
 
+def check_peers_part(out: Path) -> None:
+    """gpu_peers.jsonl of the dry run: every contender at the targets' tiny point in bf16
+    autocast, in order; ours (the fused ones under Triton's interpreter) and open_clip's
+    measured and checked, the CUDA-only peers skipped with the reason; the ratios line."""
+    lines = [json.loads(s) for s in (out / gpu_check.PEERS).read_text().splitlines()]
+    *records, summary = lines
+    assert [r["config"]["method"] for r in records] == list(open_clip_peers.CONTENDER_NAMES)
+    assert summary["type"] == "peer_ratios" and summary["status"] == "ok"
+    assert summary["command"] == "sigsim gpu-check (part peers)"
+    log = (out / gpu_check.LOG).read_text()
+    for record in records:
+        config, m = record["config"], record["measured"]
+        assert (config["world"], config["batch"], config["dim"]) == (1, 24, 16)
+        assert (config["dtype"], config["autocast"], config["backend"]) == ("fp32", "bf16", "gloo")
+        assert f"peers {config['method']} W=1" in log
+        if open_clip_peers.contender(config["method"]).needs_cuda:
+            assert record["status"] == "error" and record["skipped"] and m is None
+            assert record["message"].startswith("skipped: needs CUDA: "), record["message"]
+            continue
+        assert record["status"] == "ok", record["message"]
+        assert m["repetitions"] == 2 and m["step_time_s"]["median"] > 0
+        ours = open_clip_peers.contender(config["method"]).ours
+        assert m["fused_blocks"] == (config["method"].endswith("+fused") if ours else None)
+        errors = m["check"]["rel_errors"]
+        # under bf16 autocast at b = 24 every sigmoid contender, ours and open_clip's alike,
+        # is far off on the near-zero log-scale gradient; loss and features are within
+        assert max(errors[k] for k in errors if k != "log_scale_grad") <= m["check"]["tolerance"]
+        if m["kind"] == "softmax":
+            assert m["check"]["passed"], m["check"]
+    rows = {(r["ours"], r["theirs"], r["metric"]) for r in summary["ratios"]}
+    for family in (("sigmoid ring", "best sigmoid peer"), ("softmax-ring", "best softmax peer")):
+        assert {(*family, "step_time_s"), (*family, "peak_alloc_bytes")} <= rows
+    assert "peers ratio sigmoid ring / best sigmoid peer step_time_s" in log
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_short_budget_records_every_point_as_skipped(tmp_path):
     out = tmp_path / "out"
-    # 16 s from process start: the correctness share (15%) and the single part (40%) are
-    # spent during start-up, and the worker stops starting points 15 s before the end.
+    # 16 s from process start: every part's share ends within the first second or at
+    # most 15 s before the end, when the worker stops starting points: all spent in start-up.
     done = run_script(out, "--worlds", "2", "--budget-s", "16", "--json")
     assert done.returncode == 1  # nothing was checked: not a success
     records = results.read_records(out / gpu_check.RESULTS)
@@ -108,6 +145,10 @@ def test_short_budget_records_every_point_as_skipped(tmp_path):
     assert all(r["message"].startswith("skipped:") for r in skipped)
     summary = (out / gpu_check.SUMMARY).read_text()
     assert "skipped" in summary
+    peer_lines = json.loads(done.stdout)["peers"]
+    assert peer_lines == results.read_records(out / gpu_check.PEERS)
+    assert len(peer_lines) == len(open_clip_peers.CONTENDER_NAMES) + 1  # and the ratios
+    assert all(r["measured"] is None for r in peer_lines[:-1]), peer_lines
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -174,3 +215,51 @@ def test_no_gpu_is_refused_with_one_line(tmp_path, capsys, monkeypatch):
     assert gpu_check.main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no GPU is visible" in err[0]
+
+
+def test_fetch_wheels_builds_the_pip_download_command(tmp_path, monkeypatch):
+    folder = tmp_path / "gpu_wheels"
+    assert gpu_peers.fetch_command(folder) == [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(folder),
+        "open-clip-torch==3.3.0",
+        "inf-cl==1.2.1",
+        "siglip-kernel==0.1.2",
+    ]
+    ran = []
+
+    def fake_run(command, check):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 3)
+
+    monkeypatch.setattr(gpu_peers.subprocess, "run", fake_run)
+    monkeypatch.setattr(gpu_check, "launch", lambda *a, **k: pytest.fail("the check ran"))
+    assert gpu_check.main(["--fetch-wheels", str(folder)]) == 3  # pip's status
+    assert ran == [gpu_peers.fetch_command(folder)] and folder.is_dir()
+
+
+def test_wheels_are_installed_offline(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ValueError, match=r"no wheels in .*--fetch-wheels"):
+        gpu_peers.install_command(tmp_path)
+    for name in ("inf_cl-1.2.1-py3-none-any.whl", "a-1.0-py3-none-any.whl"):
+        (tmp_path / name).write_bytes(b"")
+    command = gpu_peers.install_command(tmp_path)
+    assert command[:6] == [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps"]
+    assert [Path(w).name for w in command[6:]] == [
+        "a-1.0-py3-none-any.whl",
+        "inf_cl-1.2.1-py3-none-any.whl",
+    ]
+    lines = []
+    failed = subprocess.CompletedProcess(command, 1, "", "ERROR: no matching distribution\n")
+    monkeypatch.setattr(gpu_peers.subprocess, "run", lambda *a, **k: failed)
+    assert not gpu_peers.install_wheels(tmp_path, lines.append)
+    assert lines == ["wheels: pip install failed (1): ERROR: no matching distribution"]
+    assert gpu_check.main(["--cpu", "--wheels", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such folder" in err[0]
