@@ -15,7 +15,8 @@ with::
     run(command="python -m experiments gpu-check --wheels gpu_wheels --out $OUT",
         carry=["gpu_wheels"], timeout_s=300)
 
-(``--wheels DIR``: ``pip install --no-index --no-deps DIR/*.whl`` before the check;
+(``--wheels DIR``: ``pip install --no-index --no-deps --target TMP DIR/*.whl`` before the
+check, TMP a fresh directory put first on the path;
 ``python -m experiments`` is ``sigsim``). To try the whole path here on the CPU in about
 a minute (gloo, tiny sizes)::
 
@@ -87,7 +88,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import os
 import sys
@@ -610,7 +610,6 @@ def _check(plan: CheckPlan, wheels: str | None = None) -> tuple[list[dict], int]
     log = Log(plan)
     if wheels:
         gpu_peers.install_wheels(wheels, log)
-        importlib.invalidate_caches()
     log(f"plan: {json.dumps(asdict(plan))}")
     log(
         f"{len(planned_points(plan))} measured points planned; deadline in {plan.deadline - time.time():.0f} s"

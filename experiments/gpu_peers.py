@@ -26,14 +26,18 @@ wheels in a git-ignored folder (:data:`WHEELS_DIR`), filled on a machine that do
 (``pip download --no-deps --only-binary=:all:`` of :data:`open_clip_peers.PACKAGES`:
 open-clip-torch 3.3.0, inf-cl 1.2.1, siglip-kernel 0.1.2, all pure-Python wheels), and on
 the GPU machine ``sigsim gpu-check --wheels gpu_wheels`` installs them offline first
-(``pip install --no-index --no-deps gpu_wheels/*.whl``, :func:`install_command`).
+(``pip install --no-index --no-deps --target TMP gpu_wheels/*.whl``, TMP first on the
+path: :func:`install_wheels`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -64,13 +68,24 @@ def fetch_command(folder: str | Path) -> list[str]:
     ]
 
 
-def install_command(folder: str | Path) -> list[str]:
-    """``pip install`` of the wheels in ``folder`` with no registry and no dependencies;
-    ValueError (one line) if it holds none."""
+def install_command(folder: str | Path, target: str | Path) -> list[str]:
+    """``pip install`` of the wheels in ``folder`` into the directory ``target``, with no
+    registry and no dependencies; ValueError (one line) if ``folder`` holds none."""
     wheels = sorted(str(w) for w in Path(folder).glob("*.whl"))
     if not wheels:
         raise ValueError(f"no wheels in {folder}; fill it with sigsim gpu-check --fetch-wheels")
-    return [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *wheels]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--no-deps",
+        "--upgrade",
+        "--target",
+        str(target),
+        *wheels,
+    ]
 
 
 def fetch_wheels(folder: str | Path) -> int:
@@ -80,21 +95,30 @@ def fetch_wheels(folder: str | Path) -> int:
 
 
 def install_wheels(folder: str | Path, log) -> bool:
-    """Install the wheels of ``folder`` offline (:func:`install_command`); whether pip
-    succeeded. A failure is logged, not raised: the peers it would have installed are
-    then recorded as not installed, and the rest of the check runs."""
+    """Install the wheels of ``folder`` offline (:func:`install_command`) into a fresh
+    temporary directory put first on ``sys.path`` and ``PYTHONPATH`` (so the check's
+    worker, spawned after, imports them too); whether pip succeeded. A directory of its
+    own leaves the machine's Python as it was and needs no write access to it (nor an
+    exemption from PEP 668). A failure is logged, not raised: the peers it would have
+    installed are then recorded as not installed, and the rest of the check runs."""
+    target = tempfile.mkdtemp(prefix="sigsim-peer-wheels-")
     try:
-        command = install_command(folder)
+        command = install_command(folder, target)
     except ValueError as exc:
         log(f"wheels: {exc}")
         return False
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    names = ", ".join(Path(w).name for w in command[7:])
     if done.returncode != 0:
         tail = " ".join((done.stderr or done.stdout).split())[-300:]
         log(f"wheels: pip install failed ({done.returncode}): {tail}")
         return False
-    log(f"wheels: installed {names} (offline, no dependencies)")
+    sys.path.insert(0, target)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [target, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    importlib.invalidate_caches()
+    names = ", ".join(Path(w).name for w in command[command.index(target) + 1 :])
+    log(f"wheels: installed {names} into {target} (offline, no dependencies)")
     return True
 
 

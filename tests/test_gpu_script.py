@@ -246,20 +246,37 @@ def test_fetch_wheels_builds_the_pip_download_command(tmp_path, monkeypatch):
 
 def test_wheels_are_installed_offline(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match=r"no wheels in .*--fetch-wheels"):
-        gpu_peers.install_command(tmp_path)
+        gpu_peers.install_command(tmp_path, tmp_path / "site")
     for name in ("inf_cl-1.2.1-py3-none-any.whl", "a-1.0-py3-none-any.whl"):
         (tmp_path / name).write_bytes(b"")
-    command = gpu_peers.install_command(tmp_path)
-    assert command[:6] == [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps"]
-    assert [Path(w).name for w in command[6:]] == [
+    command = gpu_peers.install_command(tmp_path, tmp_path / "site")
+    assert command[:9] == [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
+                           "--upgrade", "--target", str(tmp_path / "site")]  # fmt: skip
+    assert [Path(w).name for w in command[9:]] == [
         "a-1.0-py3-none-any.whl",
         "inf_cl-1.2.1-py3-none-any.whl",
     ]
-    lines = []
-    failed = subprocess.CompletedProcess(command, 1, "", "ERROR: no matching distribution\n")
-    monkeypatch.setattr(gpu_peers.subprocess, "run", lambda *a, **k: failed)
+    lines, ran = [], []
+
+    def pip(command, **kwargs):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: no matching distribution\n")
+
+    monkeypatch.setattr(gpu_peers.subprocess, "run", pip)
+    monkeypatch.setattr(gpu_peers.sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     assert not gpu_peers.install_wheels(tmp_path, lines.append)
     assert lines == ["wheels: pip install failed (1): ERROR: no matching distribution"]
+    (target,) = [c[c.index("--target") + 1] for c in ran]
+    assert target not in gpu_peers.sys.path  # a failed install changes no path
+    monkeypatch.setattr(
+        gpu_peers.subprocess, "run", lambda c, **k: subprocess.CompletedProcess(c, 0, "", "")
+    )
+    assert gpu_peers.install_wheels(tmp_path, lines.append)
+    target = lines[-1].split(" into ")[1].split(" ")[0]
+    assert gpu_peers.sys.path[0] == target
+    assert gpu_peers.os.environ["PYTHONPATH"] == f"{target}{gpu_peers.os.pathsep}/elsewhere"
+    assert lines[-1].startswith("wheels: installed a-1.0-py3-none-any.whl, inf_cl-1.2.1")
     assert gpu_check.main(["--cpu", "--wheels", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such folder" in err[0]
