@@ -444,7 +444,11 @@ def gpu_worker(rank: int, world: int, plan_dict: dict) -> int:
     except Exception as exc:  # the block part must not cost the measured points
         log(f"blocks: FAIL {_one_line(exc)}")
         _free(device)
-    gpu_peers.run_peers_part(plan, env, log)
+    try:
+        gpu_peers.run_peers_part(plan, env, log)
+    except Exception as exc:  # nor the peers part (its records: gpu_peers.fill_missing)
+        log(f"peers: FAIL {_one_line(exc)}")
+        log(traceback.format_exc())
     _free(device)
 
     walls: dict = {}

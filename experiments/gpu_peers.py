@@ -177,16 +177,20 @@ def run_peers_part(plan, env: dict, log) -> None:
         if row["metric"] in ("step_time_s", "peak_alloc_bytes"):
             target = row["target_max_ratio"]
             verdict = "" if target is None else f" (target <= {target:g}: {row['target_met']})"
+            ratio = "—" if row["ratio"] is None else f"{row['ratio']:.3f}"
             log(
                 f"peers ratio {row['ours']} / {row['theirs']} {row['metric']}: "
-                f"{row['ratio']:.3f} ({row['best_ours']} / {row['best_theirs']}){verdict}"
+                f"{ratio} ({row['best_ours']} / {row['best_theirs']}){verdict}"
             )
 
 
 def _line(record: dict) -> str:
     """One log line: the contender, its status, median step, allocator peak, check."""
     config, m = record["config"], record["measured"]
-    head = f"peers {config['method']} W=1 b={config['batch']} d={config['dim']} autocast bf16"
+    head = (
+        f"peers {config['method']} W={config['world']} b={config['batch']} d={config['dim']} "
+        f"{config['dtype']} autocast {config['autocast']}"
+    )
     if m is None:
         return f"{head}: {record['status']} {record['message'] or ''}"
     step = (m.get("step_time_s") or {}).get("median")
