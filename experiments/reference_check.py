@@ -4,8 +4,11 @@ The contract of ``profiling.losses`` (which open_clip's losses also meet, see
 ``experiments.open_clip_peers``): the mean over ranks of the loss equals the reference
 loss over the global batch; a rank's feature gradients equal ``W ×`` the reference
 gradients of its rows; the mean over ranks of the ``logit_scale`` / ``logit_bias``
-gradients equals the reference's. The reference runs in fp64 on the CPU over every
-rank's inputs, rebuilt from their seeds with ``profiling.measure.make_inputs``.
+gradients equals the reference's. The reference runs in fp64 (on the CPU unless told
+otherwise) over every rank's inputs, rebuilt from their seeds with
+``profiling.measure.make_inputs``; under autocast, on those inputs rounded to the autocast
+dtype first, as autocast rounds a matmul's operands, so that what is compared is what a
+contender does beyond autocast's own rounding (open_clip: its half-precision logits).
 
 Errors are relative to the reference's scale: ``max |a − ref| / max |ref|`` per tensor.
 """
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from profiling.losses import reference_loss
+from profiling.losses.precision import TORCH_DTYPES
 from profiling.measure import PointConfig, make_inputs
 
 TOLERANCE = {"fp64": 1e-9, "fp32": 1e-4, "bf16": 3e-2, "fp16": 5e-3}
@@ -63,8 +67,10 @@ def reference_errors(
     world = config.world
     where = torch.device("cpu") if device is None else torch.device(device)
     everyone = [make_inputs(config, r, where) for r in range(world)]
-    x = torch.cat([i.image.detach() for i in everyone]).double().requires_grad_(True)
-    y = torch.cat([i.text.detach() for i in everyone]).double().requires_grad_(True)
+    x, y = (torch.cat([getattr(i, name).detach() for i in everyone]) for name in ("image", "text"))
+    if autocast is not None:  # the features as autocast hands them to a matmul
+        x, y = (v.to(TORCH_DTYPES[autocast]) for v in (x, y))
+    x, y = (v.double().requires_grad_(True) for v in (x, y))
     log_scale = everyone[0].log_scale.detach().double().requires_grad_(True)
     bias = everyone[0].bias
     bias = None if bias is None else bias.detach().double().requires_grad_(True)
