@@ -12,7 +12,7 @@ registry: fill the git-ignored ``gpu_wheels/`` once on a machine that does
 open-clip-torch 3.3.0, inf-cl 1.2.1 and siglip-kernel 0.1.2), then call the device tool
 with::
 
-    run(command="python -m experiments gpu-check --wheels gpu_wheels --out $OUT",
+    run(command="PYTHONUNBUFFERED=1 python3 -m experiments gpu-check --wheels gpu_wheels --out $OUT",
         carry=["gpu_wheels"], timeout_s=300)
 
 (``--wheels DIR``: ``pip install --no-index --no-deps --target TMP DIR/*.whl`` before the
