@@ -35,13 +35,14 @@ and ``done[r] = max(t[r−a], t[r])``: the transfers cannot hide behind compute,
 the closed form's rule there.
 
 The ring pass follows ``profiling.losses.ring.ring_pass`` line by line: post every
-chain's payload, compute the home block, then per round wait for the payloads, post the
-next ones, and per chain compute the block and post the accumulator on (the last one
-home), waiting for the accumulator the previous rank sent (from the second round on)
-before the block where the ring adds into it (``RingPass.hide_accumulator`` False: it is
-exposed, behind the blocks of the chains computed before it in the round, if any), after
-the block where the ring computes its contribution apart and merges it (True: it hides
-behind the block as the payload does); finally wait for the accumulators coming home.
+chain's payload, then per round wait for the payloads, post the next ones, and per chain
+compute the block and post the accumulator on (the last one home), waiting for the
+accumulator the previous rank sent (from the second round on) before the block where the
+ring adds into it (``RingPass.hide_accumulator`` False: it is exposed, behind the blocks
+of the chains computed before it in the round, if any), after the block where the ring
+computes its contribution apart and merges it (True: it hides behind the block as the
+payload does); finally compute the own (home) block and wait for the accumulators coming
+home, which moved meanwhile. The first round's payload has nothing to hide behind.
 Without overlap every exchange is waited for as soon as it is posted.
 
 Jitter at scale. An event's multipliers are drawn fresh from the seeded generator while
@@ -147,7 +148,7 @@ class RingRounds:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RingPass:
-    """One ``ring_pass``: a home block, then its rounds (``parts`` in order)."""
+    """One ``ring_pass``: its rounds (``parts`` in order), then the own (home) block."""
 
     home: Compute | None
     parts: tuple[RingRounds, ...]
@@ -400,8 +401,6 @@ class Engine:
             incoming[c] = self.post(per_round[0].payload, direction[c], direction[c], chains)
             if not ring.overlap:
                 self.wait(incoming[c])
-        if ring.home is not None:
-            self.compute(ring.home.name, ring.home.seconds)
         for i, n in self._units(per_round, rounds):
             self.n = n
             part = per_round[i - 1]
@@ -430,6 +429,8 @@ class Engine:
                 if not ring.overlap:
                     self.wait(exchange[c])
             self.n = 1
+        if ring.home is not None:  # the own block, while the accumulators come home
+            self.compute(ring.home.name, ring.home.seconds)
         for c in sorted(exchange):
             self.wait(exchange[c])
 

@@ -105,10 +105,12 @@ others, and so is the last (its accumulator goes home after the block); an expos
 accumulator's transfer is exposed in full even where a wait's ``sync_p`` could cover part
 of it. The event simulator (:func:`simulator.simulate`, ``docs/simulator.md``) runs every
 rank's timeline on these same prices and is the reference where the assumptions part: it
-counts a ring's fill and drain (on GPU profiles one-way rings with the accumulator
-exposed equal the closed form to rounding, the first round's missing accumulator wait
-making up for the last one's; with it hidden, and on the bidirectional ring, it stays
-within one round per ring pass), prices each
+counts a ring's fill and drain (on GPU profiles a one-way ring with the accumulator
+exposed differs from the closed form by exactly ``P − max(C, P) + max(C, A) − A`` per
+pass: the code's first round waits for its payload ``P`` with nothing to hide it, and its
+own block ``C``, computed last, covers the accumulator ``A`` coming home, which the first
+round did not wait for; with it hidden, and on the bidirectional ring, it stays within
+one round per ring pass), prices each
 hop on its own network level, shares a node's cores among the ranks busy at the time
 (processor sharing), and, without overlap, waits for the two chains of a bidirectional
 ring one after the other, as the code does, where this form lets them run at once.

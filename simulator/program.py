@@ -5,7 +5,7 @@ it into engine segments (:mod:`simulator.events`):
 
 * consecutive phases whose transfers are ``p2p`` ``<pass>.payload`` (and
   ``<pass>.acc``) form one ring pass (``profiling.losses.ring.ring_pass``); the phase
-  just before them that computes and moves nothing is its home block; each phase's
+  just after them that computes and moves nothing is its own (home) block; each phase's
   ``directions`` is the number of chains active in its rounds; whether an accumulator
   is waited for before or after its block is the shape's ``hide_accumulator``;
 * every other phase computes, then runs its collectives one after the other.
@@ -113,12 +113,7 @@ def build(method: Method, world, batch, dim, dtype: str, hw: Hardware, **options
     phases = schedule.phases
     i = 0
     while i < len(phases):
-        label, home = _ring_label(phases[i]), None
-        if label is None and i + 1 < len(phases) and not phases[i].transfers:
-            label = _ring_label(phases[i + 1])  # a home block, if a ring pass follows
-            if label is not None:
-                home = Compute(name=phases[i].name, seconds=pricer.compute_s(phases[i]) / share)
-                i += 1
+        label = _ring_label(phases[i])
         if label is None:
             segments.extend(_plain(phases[i], pricer, share))
             i += 1
@@ -126,8 +121,11 @@ def build(method: Method, world, batch, dim, dtype: str, hw: Hardware, **options
         end = i
         while end < len(phases) and _ring_label(phases[end]) == label:
             end += 1
+        home = None
+        if end < len(phases) and not phases[end].transfers:  # the own block, last
+            home = Compute(name=phases[end].name, seconds=pricer.compute_s(phases[end]) / share)
         segments.append(_ring(phases[i:end], home, pricer))
-        i = end
+        i = end + (home is not None)
     machine = Machine(
         world=w, ranks_per_node=hw.ranks_per_node, cores=hw.cores, moves_on_cores=not cores_free
     )

@@ -16,13 +16,11 @@ from simulator.hardware import BUNDLED_DIR, parse_profile
 
 
 def ring_schedule(shape: Shape) -> Schedule:
-    """A home block, W−1 overlapped ring rounds (payload p2p) and a backward all-gather."""
+    """W−1 overlapped ring rounds (payload p2p), the own block and a backward all-gather."""
     b, d, w, s = shape.batch, shape.dim, shape.world, shape.elem_bytes
     payload = b * d * s
     return Schedule(
         (
-            Phase(name="home", pass_="forward", repeat=1, matmul_flops=2 * b * b * d,
-                  pointwise_elems=b * b),
             Phase(
                 name="round",
                 pass_="forward",
@@ -35,6 +33,8 @@ def ring_schedule(shape: Shape) -> Schedule:
                 ),
                 overlapped=shape.overlap,
             ),
+            Phase(name="home", pass_="forward", repeat=1, matmul_flops=2 * b * b * d,
+                  pointwise_elems=b * b),
             Phase(
                 name="gather",
                 pass_="backward",

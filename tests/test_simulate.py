@@ -60,11 +60,21 @@ def test_quiet_simulation_reproduces_the_closed_form_on_gpu_profiles():
                         getattr(t, level) for t in (two_way.payload, two_way.acc)
                     )
                     assert diff == pytest.approx(extra, rel=1e-9, abs=1e-15)
-                else:  # one-way rings with the accumulator exposed (or no overlap): the
-                    # home block covers the first payload as a round's block does, the
-                    # accumulator going home is the exposed one the first round does not
-                    # wait for
-                    assert diff == pytest.approx(0.0, abs=1e-12 * sim.predicted_s)
+                else:  # one-way rings with the accumulator exposed (or no overlap). The
+                    # closed form prices every round alike, A + max(C, P); the code's first
+                    # round waits for its payload P with nothing to hide it, and the own
+                    # block C, last, covers the accumulator A coming home, which the first
+                    # round did not wait for: P − max(C, P) + max(C, A) − A per pass
+                    expected = 0.0
+                    if overlap and world > 1:
+                        crosses = hw.ranks_per_node is not None and world > hw.ranks_per_node
+                        level = "inter_s" if crosses else "intra_s"
+                        for ring in passes:
+                            (part,) = ring.parts
+                            own = ring.home.seconds
+                            p, a = (getattr(t, level) for t in (part.payload, part.acc))
+                            expected += p - max(own, p) + max(own, a) - a
+                    assert diff == pytest.approx(expected, rel=1e-9, abs=1e-12 * sim.predicted_s)
                 checked += 1
     # profiles × points × (all-gathers + rings × overlap × accumulator policy)
     assert checked == len(GPU_PROFILES) * 5 * 2 * 2 * 2 * (2 + 3 * 4)

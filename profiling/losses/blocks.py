@@ -60,31 +60,42 @@ def tile_ranges(n: int, tile: int | None):
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
-def _tiles(x, y, tile, diag):
-    """Yield (row slice, col slice, diagonal offset inside the tile or None)."""
-    for i0, i1 in tile_ranges(x.shape[0], tile):
-        for j0, j1 in tile_ranges(y.shape[0], tile):
+def _for_each_tile(x, y, tile, diag, operand, work) -> None:
+    """Call ``work(rows, cols, k, y_tile)`` for every tile: row and column slices, the
+    diagonal offset inside the tile (None where no positive falls in it) and the texts'
+    tile as a matmul operand (``operand(y[cols])``, or the slice itself). Columns run
+    outer, so each text tile is converted once per block and only one exists at a time."""
+    for j0, j1 in tile_ranges(y.shape[0], tile):
+        cols = slice(j0, j1)
+        y_tile = y[cols] if operand is None else operand(y[cols])
+        for i0, i1 in tile_ranges(x.shape[0], tile):
             k = None
             if diag is not None:
                 k = i0 + diag - j0
                 # the tile holds positives only if the diagonal passes through it
                 if not (-(i1 - i0) < k < (j1 - j0)):
                     k = None
-            yield slice(i0, i1), slice(j0, j1), k
+            work(slice(i0, i1), cols, k, y_tile)
+        del y_tile
 
 
-def sigmoid_block(x, y, t, bias, *, diag, tile, dx, dy, sums, g_scale=None) -> None:
+def sigmoid_block(x, y, t, bias, *, diag, tile, dx, dy, sums, g_scale=None, operand=None):
     """Add the sigmoid loss of ``x`` vs ``y`` to ``sums[0]``; ``Dx``, ``Dy`` into ``dx``, ``dy``.
 
     ``sums`` is a 2-vector (loss, dβ), dβ filled when ``dx`` is given; ``dx`` and ``dy``
     None skip the gradient work; ``dx`` None with ``dy`` given computes the text
     gradient alone (the exact second trip of the sigmoid rings' backward), where
-    ``g_scale`` (a 0-d tensor) multiplies ``G`` before it is accumulated.
+    ``g_scale`` (a 0-d tensor) multiplies ``G`` before it is accumulated. ``operand``
+    turns a tile of ``y`` into a matmul operand (:func:`profiling.losses.precision.operand`:
+    rounded to the wire dtype, cast to ``x``'s); None: ``y`` is one already.
     """
-    for rows, cols, k in _tiles(x, y, tile, diag):
+
+    def work(rows, cols, k, y_tile):
         tile_dx = dx[rows] if dx is not None else None
         tile_dy = dy[cols] if dy is not None else None
-        _sigmoid_tile(x[rows], y[cols], t, bias, k, tile_dx, tile_dy, sums, g_scale)
+        _sigmoid_tile(x[rows], y_tile, t, bias, k, tile_dx, tile_dy, sums, g_scale)
+
+    _for_each_tile(x, y, tile, diag, operand, work)
 
 
 def _logits(x, y, t):
@@ -134,14 +145,16 @@ def _sigmoid_tile(x, y, t, bias, k, dx, dy, sums, g_scale) -> None:
     _accumulate(dx, dy, g, x, y)
 
 
-def softmax_stats(x, y, t, *, tile, row_lse, col_lse, diag=None, sums=None) -> None:
+def softmax_stats(x, y, t, *, tile, row_lse, col_lse, diag=None, sums=None, operand=None):
     """Fold ``S = t·x·yᵀ`` into running log-sum-exps over rows and columns (in place);
-    with ``diag``, add the positives ``Σ S_ii`` to ``sums[0]``."""
-    for rows, cols, k in _tiles(x, y, tile, diag):
+    with ``diag``, add the positives ``Σ S_ii`` to ``sums[0]``. ``operand``: as in
+    :func:`sigmoid_block`."""
+
+    def work(rows, cols, k, y_tile):
         if fused.use_fused(x):
-            row, col, positives = fused.softmax_stats_tile(x[rows], y[cols], t, k)
+            row, col, positives = fused.softmax_stats_tile(x[rows], y_tile, t, k)
         else:
-            s = _logits(x[rows], y[cols], t)
+            s = _logits(x[rows], y_tile, t)
             row, col = torch.logsumexp(s, 1), torch.logsumexp(s, 0)
             positives = s.diagonal(k).sum() if k is not None else None
             del s
@@ -150,16 +163,24 @@ def softmax_stats(x, y, t, *, tile, row_lse, col_lse, diag=None, sums=None) -> N
         if k is not None:
             sums[0] += positives
 
+    _for_each_tile(x, y, tile, diag, operand, work)
 
-def softmax_grad(x, y, t, *, tile, row_lse, row_coef, col_lse, col_coef, diag, dx, dy):
+
+def softmax_grad(
+    x, y, t, *, tile, row_lse, row_coef, col_lse, col_coef, diag, dx, dy, operand=None
+):
     """Accumulate the softmax loss's ``Dx``, ``Dy`` over one block (unscaled by ``t``).
 
     ``row_coef``/``col_coef`` are 0-d tensors: upstream gradient / (2b) of the rank that
-    owns the rows (images) and of the rank that owns the columns (texts).
+    owns the rows (images) and of the rank that owns the columns (texts). ``operand``:
+    as in :func:`sigmoid_block`.
     """
-    for rows, cols, k in _tiles(x, y, tile, diag):
+
+    def work(rows, cols, k, y_tile):
         lse = (row_lse[rows], row_coef, col_lse[cols], col_coef)
-        _softmax_grad_tile(x[rows], y[cols], t, lse, k, dx[rows], dy[cols])
+        _softmax_grad_tile(x[rows], y_tile, t, lse, k, dx[rows], dy[cols])
+
+    _for_each_tile(x, y, tile, diag, operand, work)
 
 
 def _softmax_grad_tile(x, y, t, lse, k, dx, dy) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from profiling.losses.registry import Phase, Shape, Transfer
@@ -76,37 +78,83 @@ def tile_scratch(shape: Shape, rows, cols, *, passes: int = 2):
     return np.maximum(full, rows * cols * (c + m) + np.maximum(rows, cols) * d * m)
 
 
-def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True, accumulators=2):
-    """Bytes of the buffers :func:`profiling.losses.ring.ring_pass` holds: (at the last block, at the end).
+def autocast_copies(shape: Shape):
+    """Bytes of the features' two ``b×d`` copies rounded to the autocast dtype, alive
+    through the forward of a method that makes them whole (the all-gather methods; the
+    rings round tile by tile: :func:`ring_operands`); 0 outside autocast."""
+    return 2 * shape.batch * shape.dim * shape.elem_bytes * int(shape.input_bytes is not None)
+
+
+def ring_operands(shape: Shape) -> dict[str, Any]:
+    """Bytes of the matmul operands a ring method makes from the features
+    (``profiling.losses.precision.operand``), keyed by the moment that holds them.
+
+    * ``images``: ``x`` rounded to the wire dtype and cast to the operand dtype, kept
+      whole through a pass: ``b·d·m``, unless the caller's tensor already is one;
+    * ``text tile``: the text tile of the block computing, ``T·d·m``, where the operand
+      dtype is not the wire dtype (a visiting payload is in the wire dtype already);
+    * ``home tile``: the same for the own block, which reads the caller's texts: a copy
+      wherever autocast rounds them too;
+    * ``home rounding``: the wire-dtype tile that exists while it is converted (both
+      casts copy: autocast with upcast operands), before the tile's scratch exists.
+    """
+    b, d, s, m = shape.batch, shape.dim, shape.elem_bytes, shape.operand_bytes
+    side = shape.tile_side
+    rounded, upcast = int(shape.input_bytes is not None), int(m != s)
+    return {
+        "images": b * d * m * max(rounded, upcast),
+        "text tile": side * d * m * upcast,
+        "home tile": side * d * m * max(rounded, upcast),
+        "home rounding": side * d * s * rounded * upcast,
+    }
+
+
+def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True, accumulators=2, reuse_own=False):
+    """Bytes of the buffers :func:`profiling.losses.ring.ring_pass` holds, (at the last
+    ring block, after it, at the own block that follows the rounds).
 
     ``rounds``: each chain's round count (arrays broadcast), in chain order.
     ``accumulators``: the accumulator-sized buffers a chain's steady state holds, 2 (a
     visit adds into the accumulator it has just received) or 3 (``hide_accumulator``:
     the contribution computed apart, the accumulator received and sent on, the one the
-    next arrives in; :func:`accumulator_buffers`). A chain of ``R ≥ 1`` rounds ends up
-    holding ``min(R, 2)`` payloads (the one computed on and the one arriving, or the one
-    whose send just completed) and that many accumulators, or 2 when ``R = 1`` or
-    without overlap (a completed send frees its buffer at once, so the contribution
-    reuses it). All of them exist from the second round on; the one exception is the
-    last chain to compute, if its ring has a single round: its receive buffer is taken
-    only after its block. The owner's own block and the caller's buffers are not
-    included.
+    next arrives in; :func:`accumulator_buffers`). ``reuse_own``: the own payload is the
+    pass's copy (``ring_pass``'s ``home``), counted here, and the first chain receives
+    into it from its second round on.
+
+    At the last block, a chain of ``R ≥ 1`` rounds holds ``min(R, 2)`` payloads (the one
+    computed on and the one arriving, or the one whose send just completed; with
+    ``reuse_own`` the first chain also holds the own copy, which is one of the two from
+    ``R = 2``) and ``min(R, 2)`` accumulators, or 2 when ``R = 1`` or without overlap (a
+    completed send frees its buffer at once, so the contribution reuses it); the last
+    chain to compute, if its ring has a single round, takes its receive buffer only
+    after its block; once it is posted, every payload and accumulator is held. At the
+    own block the payloads are freed, every accumulator is still
+    held (two in flight per chain with overlap, one without) and the own block takes a
+    free one of the first chain's, or a new one where none is free (and on one rank).
+    The caller's buffers are not included.
     """
     if accumulators not in (2, 3):
         raise ValueError(f"accumulators must be 2 or 3, got {accumulators!r}")
     rounds = [np.asarray(r) for r in rounds]
     p, a = np.asarray(payload_bytes), np.asarray(acc_bytes)
     steady = accumulators if overlap else 2
-    full = 0
+    in_flight = 2 if overlap else 1
+    payloads, held = 0, 0
     for r in rounds:
-        n_acc = np.where(r == 0, 0, np.where(r == 1, 2, steady))
-        full = full + p * np.minimum(r, 2) + a * n_acc
+        held = held + np.where(r == 0, 0, np.where(r == 1, 2, steady))
+        payloads = payloads + np.minimum(r, 2)
+    if reuse_own and rounds:
+        payloads = payloads + (rounds[0] == 1)
     # the chain that computes last: the longest, the later one on a tie
-    longest = rounds[0]
+    longest = rounds[0] if rounds else np.asarray(0)
     for r in rounds[1:]:
         longest = np.maximum(longest, r)
-    at_last_block = full - a * (longest == 1)
-    return at_last_block + 0 * p, full + 0 * p
+    at_last_block = p * payloads + a * (held - (longest == 1))
+    first = rounds[0] if rounds else np.asarray(0)
+    first_held = np.where(first == 0, 0, np.where(first == 1, 2, steady))
+    own_new = (first == 0) | (first_held <= in_flight)
+    at_own_block = a * (held + own_new)
+    return at_last_block + 0 * p, p * payloads + a * held, at_own_block + 0 * p
 
 
 def accumulator_buffers(shape: Shape) -> int:

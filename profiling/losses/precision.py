@@ -87,6 +87,15 @@ def matmul_dtype(wire: torch.dtype, device: torch.device) -> torch.dtype:
     return wire if half_matmul(wire, device) else compute_dtype(wire)
 
 
+def operand(wire: torch.dtype, device: torch.device):
+    """The conversion of a tile of features (the caller's or already in ``wire``) into a
+    block-matmul operand: rounded to ``wire``, then cast to :func:`matmul_dtype`. Each
+    ``.to`` that changes nothing returns its input, so no copy is made where none is
+    needed; where two are, the rounded tile is transient."""
+    mdt = matmul_dtype(wire, device)
+    return lambda tile: tile.to(wire).to(mdt)
+
+
 def wire_dtype(features: torch.Tensor) -> torch.dtype:
     """The dtype ``features`` travel in: autocast's where autocast would cast them."""
     target = autocast_dtype(features.device)

@@ -235,16 +235,11 @@ class Method:
         return getattr(importlib.import_module(path), attr)
 
     def peak_terms(self, shape: Shape) -> dict[str, Any]:
-        """The peak memory of one step as named terms: ``memory_terms``, plus, for our
-        methods inside ``torch.autocast`` (``shape.input_bytes`` set), the features
-        rounded to the autocast dtype inside the loss's Function (``precision``): two
-        ``b×d`` copies alive through the forward. Incumbents describe autocast in their
-        own terms. Every consumer (model, simulator, tests) reads this."""
-        terms = self.memory_terms(shape)
-        if self.runnable and shape.input_bytes is not None:
-            copies = 2 * shape.batch * shape.dim * shape.elem_bytes
-            terms = terms | {"autocast copies of x, y": copies}
-        return terms
+        """The peak memory of one step as named terms (``memory_terms``; under
+        ``torch.autocast``, ``shape.input_bytes`` set, they include the rounded copies of
+        the features the method makes). Every consumer (model, simulator, tests) reads
+        this."""
+        return self.memory_terms(shape)
 
 
 def peak_of(*moments: dict[str, Any]) -> dict[str, Any]:

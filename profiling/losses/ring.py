@@ -6,7 +6,19 @@ stop the visiting rank computes one block against its own images (``visit``). A 
 may add a *contribution* to a per-payload accumulator (the text gradients, or the
 running column log-sum-exp); the accumulator follows its payload one round behind and,
 after the payload's last stop, is sent straight home. The owner's own block (the
-positives) stays at home.
+positives) stays at home and is computed last, into a buffer of its own, while the
+accumulators come home; they are merged into it as they arrive.
+
+Why last: computed first, its contribution would be held through the whole pass (one
+more accumulator-sized buffer at every block). Computed last, the accumulators' final
+transfer hides behind it instead, and the first round's payload transfer, which the own
+block used to hide, is exposed: one ``b·d·s`` transfer against one ``b·d·c`` (the same
+in full precision, half of it for half features).
+
+Where the payload is the pass's own copy (features rounded for the wire under autocast),
+the caller passes ``home`` (what the own block reads instead: the caller's tensors) and
+the copy's buffers receive the second round's payload, so the copy costs no buffer of
+its own.
 
 One pass over a chain of ``R`` rounds, per rank:
 
@@ -46,7 +58,9 @@ stalls from CUDA events around each wait (``profiling.comm.DeviceClock``).
 
 Memory per chain, independent of W: two payloads (the one being computed and sent, the
 one arriving) and two or three accumulator-sized buffers (above; fewer on rings of one
-round: ``costs.pool_bytes``). Buffers are pooled per chain and never freed mid-pass.
+round), and at the own block, once the payloads are freed, one accumulator more where no
+pooled one is free (``costs.pool_bytes``). Buffers are pooled per chain and never freed
+mid-pass.
 """
 
 from __future__ import annotations
@@ -97,7 +111,7 @@ class _ChainState:
 
 def ring_pass(
     transport: Transport,
-    payload: Sequence[torch.Tensor],
+    payload: list[torch.Tensor],
     chains: Sequence[Chain],
     visit: Visit,
     *,
@@ -106,25 +120,38 @@ def ring_pass(
     label: str,
     hide_accumulator: bool = False,
     combine: Combine | None = None,
-) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """Run one pass; return the home contribution and each chain's returned accumulator.
+    home: Callable[[], Sequence[torch.Tensor]] | None = None,
+) -> torch.Tensor | None:
+    """Run one pass; return this rank's accumulator, every block's contribution merged
+    (None when the pass has none).
 
-    ``visit(payload, owner_rank, out, fresh)`` is called once for this rank's own payload
-    (first) and once per round and chain for the payload held then; it adds its
+    ``visit(payload, owner_rank, out, fresh)`` is called once per round and chain for
+    the payload held then, and last for this rank's own payload; it adds its
     contribution into ``out``, that payload's accumulator, which it first initialises
     when ``fresh`` (a buffer from ``new_accumulator()``, reused across rounds) and which
     otherwise holds what the payload's earlier stops accumulated; ``out`` is None when
-    the pass has no accumulator (``new_accumulator=None``).
+    the pass has no accumulator (``new_accumulator=None``). ``combine(received,
+    contribution)`` merges a contribution into an accumulator in place and returns it
+    (required with an accumulator).
 
     ``hide_accumulator`` (module docstring): every visit gets a fresh buffer
-    (``fresh=True``), and ``combine(received, contribution)`` merges it into the
-    accumulator received from the previous rank, in place, returning that accumulator;
-    required then when the pass has an accumulator.
+    (``fresh=True``), merged into the accumulator received from the previous rank.
+
+    ``home``: where the payload is the pass's own copy (features rounded for the wire),
+    a function that returns what the own block is computed from instead (the caller's
+    tensors; called after the rounds). ``ring_pass`` then takes the payload's buffers
+    over: it empties the ``payload`` list and, once every chain has sent them, receives
+    the next payload into them. None: the payload is visited at home, kept whole.
     """
-    if hide_accumulator and new_accumulator is not None and combine is None:
-        raise ValueError("ring_pass: hide_accumulator=True needs a combine function")
+    if new_accumulator is not None and combine is None:
+        raise ValueError("ring_pass: a pass with an accumulator needs a combine function")
     rank, world = transport.rank, transport.world_size
     states = {c: _ChainState() for c in chains}
+    own = payload
+    reusable: list[torch.Tensor] | None = None
+    if home is not None:  # the buffers are ours once sent: keep no other reference
+        own, reusable = None, list(payload) if chains else None
+        payload.clear()
 
     def post_payload(chain: Chain, state: _ChainState, tensors) -> None:
         dst, src = (rank + chain.direction) % world, (rank - chain.direction) % world
@@ -160,15 +187,16 @@ def ring_pass(
         return received
 
     for chain, state in states.items():
-        post_payload(chain, state, payload)
-    home = new_accumulator() if new_accumulator is not None else None
-    visit(payload, rank, home, True)
+        post_payload(chain, state, own or reusable)
     for i in range(1, max((c.rounds for c in chains), default=0) + 1):
         active = [c for c in chains if c.rounds >= i]
         for c in active:
             state = states[c]
             previous, state.held = state.held, state.incoming.wait()
-            state.spare = previous  # its send just completed (None: our own input)
+            state.spare = previous  # its send just completed (None: our own payload)
+        if reusable is not None:  # every chain has sent our own payload: receive into it
+            states[chains[0]].spare, reusable = reusable, None
+        previous = None
         for c in active:
             if i < c.rounds:
                 post_payload(c, states[c], states[c].held)
@@ -191,5 +219,17 @@ def ring_pass(
                 acc = take(state) if fresh else collect(state)
                 visit(state.held, owner, acc, fresh)
             post_accumulator(c, state, i, acc)
-    returned = [collect(s) for s in states.values() if s.exchange is not None]
-    return home, returned
+            acc = contribution = None
+    for state in states.values():  # the payload buffers are free
+        state.held = state.spare = state.incoming = None
+    own = own if home is None else home()
+    # the own block last, while the accumulators come home
+    if new_accumulator is None:
+        visit(own, rank, None, True)
+        return None
+    pending = [s for s in states.values() if s.exchange is not None]
+    acc = take(pending[0]) if pending else new_accumulator()
+    visit(own, rank, acc, True)
+    for state in pending:
+        acc = combine(collect(state), acc)
+    return acc

@@ -8,6 +8,7 @@ class the registration names by import path.
 from __future__ import annotations
 
 from profiling.losses.costs import (
+    autocast_copies,
     block_flops,
     operand_copies,
     rank_check_phase,
@@ -61,6 +62,7 @@ def memory_terms(shape: Shape):
         "gathered text gradients": n * d * c,
         "dx": b * d * c + copies * b * d * m,
         "logit block": tile_scratch(shape, b, n),
+        "autocast copies of x, y": autocast_copies(shape),
     }
 
 

@@ -38,21 +38,28 @@ block-math element (4 for half inputs, else ``s``)::
 in ``2(W−1)`` messages plus ``W−1`` each for the two all-gathers. Without gradients
 (eval, no_grad) only the texts (and the check) travel.
 
-Peak memory per rank (training), independent of W; ``T = min(tile, b)``::
+Peak memory per rank (training), independent of W; ``T = min(tile, b)``; at a block in
+mid-ring::
 
-    dx, home dy                    2·b·d·c
-    ring buffers                   2·b·d·s     (payloads: held + arriving)
+    dx                             b·d·c
+    ring buffers                   2·b·d·s     (payloads: held + arriving; under autocast
+                                                the texts' rounded copy is one of them)
                                  + 2·b·d·c     (accumulators: computed into and sent,
                                                 arriving; 3·b·d·c with
                                                 hide_accumulator: + the contribution)
-    block-math copies              2·b·d·m     (x and the held texts upcast: only where
-                                                half features meet fp32 operands, m > s)
+    images operand                 b·d·m       (x rounded to the wire dtype and cast to
+                                                the operand dtype, where that copies:
+                                                under autocast, or m > s)
+    text tile operand              T·d·m       (the held texts' tile, where m > s)
     tile                           2·T²·c      (logits, softplus; with half operands
                                                 m < c, at least T²·(c+m) + T·d·m: G in m
                                                 and one product, ``costs.tile_scratch``)
 
-(fewer buffers for rings of one or two rounds: ``costs.pool_bytes``).
-Under autocast the rounded features are transient (the second trip rounds again).
+The own block comes last (``ring``): the payloads are freed by then, the accumulators
+held (one more where no pooled one is free), and its text tiles are read from the
+caller's texts, rounded tile by tile (``costs.pool_bytes``, ``costs.ring_operands``;
+fewer buffers for rings of one or two rounds). So under autocast the rounded features
+cost the ring ``b·d·m`` for the images and nothing whole for the texts.
 
 Overlap: the next round's texts are posted before the current block is computed. With
 ``hide_accumulator`` (the default on CUDA) the block's dy contribution is computed into a
@@ -72,7 +79,7 @@ import torch
 
 from profiling.losses import blocks, ring
 from profiling.losses.base import RingLoss, first_order_only
-from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
+from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype, operand
 
 
 def _add_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
@@ -85,10 +92,10 @@ class _SigmoidRingFunction(torch.autograd.Function):
     def forward(ctx, x, y, scale, bias, wire, transport, chains, tile, overlap, hide, want_grad):
         ctx.dtypes = (x.dtype, y.dtype, scale.dtype, bias.dtype)
         ctx.save_for_backward(x, y)  # the caller's: no copy is kept for the second trip
-        x, y = x.to(wire), y.to(wire)
         cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
         b = x.shape[0]
-        xm = x.to(mdt)
+        xm = x.to(wire).to(mdt)  # the images as the matmuls take them; texts: per tile
+        to_operand = operand(wire, x.device)
         sums = torch.zeros(2, dtype=cdt, device=x.device)  # loss, dβ
         dx = torch.zeros(x.shape, dtype=cdt, device=x.device) if want_grad else None
 
@@ -96,14 +103,22 @@ class _SigmoidRingFunction(torch.autograd.Function):
             if dy is not None and fresh:
                 dy.zero_()
             diag = 0 if owner == transport.rank else None
-            texts = payload[0].to(mdt)
             blocks.sigmoid_block(
-                xm, texts, scale, bias, diag=diag, tile=tile, dx=dx, dy=dy, sums=sums
+                xm,
+                payload[0],
+                scale,
+                bias,
+                diag=diag,
+                tile=tile,
+                dx=dx,
+                dy=dy,
+                sums=sums,
+                operand=to_operand,
             )
 
-        dy, returned = ring.ring_pass(
+        dy = ring.ring_pass(
             transport,
-            [y],
+            [y.to(wire)],  # the texts travel in the wire dtype
             chains,
             visit,
             new_accumulator=(lambda: torch.empty_like(dx)) if want_grad else None,
@@ -111,11 +126,10 @@ class _SigmoidRingFunction(torch.autograd.Function):
             label="sigmoid",
             hide_accumulator=hide,
             combine=_add_,
+            home=_own_texts(y, wire),
         )
         if want_grad:
-            for part in returned:
-                dy.add_(part)
-            del returned, visit
+            del visit
             dt = blocks.dot(xm.to(cdt), dx) / b  # Σ G⊙(x·yᵀ) = ⟨x, Σ G·y⟩ (``blocks``)
             coef = scale / b
             ctx.grads = (dx.mul_(coef), dy.mul_(coef), dt, sums[1] / b)
@@ -163,9 +177,9 @@ def _uniform_upstream(transport, grad_loss: torch.Tensor) -> bool:
 
 def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, tile, overlap, hide):
     """The second trip: ``dy`` with each block scaled by its computing rank's upstream."""
-    x, y = x.to(wire), y.to(wire)  # the forward's rounding, redone
     cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
-    xm = x.to(mdt)
+    xm = x.to(wire).to(mdt)  # the forward's rounding, redone
+    to_operand = operand(wire, x.device)
     coef = grad_loss * t / x.shape[0]
     unused = torch.zeros(2, dtype=cdt, device=x.device)
 
@@ -173,14 +187,23 @@ def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, til
         if fresh:
             dy.zero_()
         diag = 0 if owner == transport.rank else None
-        texts = payload[0].to(mdt)
         blocks.sigmoid_block(
-            xm, texts, t, beta, diag=diag, tile=tile, dx=None, dy=dy, sums=unused, g_scale=coef
+            xm,
+            payload[0],
+            t,
+            beta,
+            diag=diag,
+            tile=tile,
+            dx=None,
+            dy=dy,
+            sums=unused,
+            g_scale=coef,
+            operand=to_operand,
         )
 
-    dy, returned = ring.ring_pass(
+    return ring.ring_pass(
         transport,
-        [y],
+        [y.to(wire)],
         chains,
         visit,
         new_accumulator=lambda: torch.empty(x.shape, dtype=cdt, device=x.device),
@@ -188,10 +211,15 @@ def _exact_text_gradients(x, y, grad_loss, wire, t, beta, transport, chains, til
         label="sigmoid.bwd",
         hide_accumulator=hide,
         combine=_add_,
+        home=_own_texts(y, wire),
     )
-    for part in returned:
-        dy.add_(part)
-    return dy
+
+
+def _own_texts(y: torch.Tensor, wire: torch.dtype):
+    """``ring_pass``'s ``home`` for texts sent as a rounded copy (autocast): the own block
+    reads the caller's texts, rounded tile by tile, and the copy's buffer is the ring's
+    to reuse; None where the caller's texts travel as they are."""
+    return None if y.dtype == wire else (lambda: [y])
 
 
 class SigmoidRingLoss(RingLoss):

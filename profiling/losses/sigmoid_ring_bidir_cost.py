@@ -23,13 +23,13 @@ def schedule(shape: Shape) -> Schedule:
     return Schedule(
         (
             rank_check_phase(shape),
-            home_block_phase(shape, block_flops(b, b, d)),
             ring_round_phase(
                 shape, name="two-way round", repeat=two_way_rounds, chains=2, label="sigmoid"
             ),
             ring_round_phase(
                 shape, name="one-way round", repeat=one_way_rounds, chains=1, label="sigmoid"
             ),
+            home_block_phase(shape, block_flops(b, b, d)),
             upstream_phase(shape),
         )
     )

@@ -12,9 +12,9 @@ import numpy as np
 from profiling.losses.costs import (
     accumulator_buffers,
     block_flops,
-    operand_copies,
     pool_bytes,
     rank_check_phase,
+    ring_operands,
     symmetric,
     tile_scratch,
 )
@@ -89,10 +89,10 @@ def schedule(shape: Shape) -> Schedule:
     return Schedule(
         (
             rank_check_phase(shape),
-            home_block_phase(shape, block_flops(b, b, d)),
             ring_round_phase(
                 shape, name="ring round", repeat=shape.world - 1, chains=1, label="sigmoid"
             ),
+            home_block_phase(shape, block_flops(b, b, d)),
             upstream_phase(shape),
         )
     )
@@ -109,32 +109,43 @@ def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
     )
     rounds = [shape.world - 1] if rounds is None else rounds
     grads, payload = b * d * c, b * d * s
-    copies = operand_copies(shape) * b * d * m  # x (and the held texts) upcast
-    tile = shape.tile_side
-    at_last_block, pools = pool_bytes(
-        rounds, payload, grads, shape.overlap, accumulator_buffers(shape)
+    operands = ring_operands(shape)
+    tile = tile_scratch(shape, shape.tile_side, shape.tile_side)
+    at_last_block, end_of_rounds, at_own_block = pool_bytes(
+        rounds,
+        payload,
+        grads,
+        shape.overlap,
+        accumulator_buffers(shape),
+        reuse_own=shape.input_bytes is not None,
     )
     computing_a_block = {
-        "dx, home dy": 2 * grads,
+        "dx": grads,
         "ring buffers": at_last_block,
-        "block-math copies": 2 * copies,
-        "tile": tile_scratch(shape, tile, tile),
+        "images operand": operands["images"],
+        "text tile operand": operands["text tile"],
+        "tile": tile,
     }
-    end_of_ring = {
-        "dx, home dy": 2 * grads,
-        "ring buffers": pools,
-        "block-math copies": copies,
+    end_of_ring = {"dx": grads, "ring buffers": end_of_rounds, "images operand": operands["images"]}
+    own_block = {
+        "dx": grads,
+        "ring buffers": at_own_block,
+        "images operand": operands["images"],
+        "text tile operand": operands["home tile"]
+        + np.maximum(0, operands["home rounding"] - tile),
+        "tile": tile,
     }
     scale_gradient = {  # ⟨x, Dx⟩ needs x in the block-math dtype
-        "dx, home dy": 2 * grads,
-        "block-math copies": copies + int(m < c) * grads,
+        "dx": grads,
+        "dy": grads,
+        "images operand": operands["images"] + int(m < c) * grads,
     }
     # backward (one common upstream scalar): u·dy replaces dy, u·dx is made beside them,
     # and both are converted to the caller's dtype when it is not the block-math one
     caller = shape.input_bytes or s
     converted = int(caller != c) * 2 * b * d * caller
-    backward = {"dx, home dy": 2 * grads, "input gradients": grads + converted}
-    return peak_of(computing_a_block, end_of_ring, scale_gradient, backward)
+    backward = {"dx": grads, "dy": grads, "input gradients": grads + converted}
+    return peak_of(computing_a_block, end_of_ring, own_block, scale_gradient, backward)
 
 
 register(

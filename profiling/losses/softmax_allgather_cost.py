@@ -8,6 +8,7 @@ class the registration names by import path.
 from __future__ import annotations
 
 from profiling.losses.costs import (
+    autocast_copies,
     block_flops,
     operand_copies,
     rank_check_phase,
@@ -72,6 +73,7 @@ def memory_terms(shape: Shape):
         "dx, dy": 2 * b * d * c + copies * 2 * b * d * m,
         "logit block": tile_scratch(shape, b, n, passes=1),
         "row statistics": 3 * b * c,
+        "autocast copies of x, y": autocast_copies(shape),
     }
 
 

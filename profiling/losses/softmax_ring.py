@@ -32,15 +32,18 @@ element::
 
 sent and received alike, against ``4(W−1)·b·d`` elements for the all-gather method.
 
-Peak memory per rank, independent of W; ``T = min(tile, b)``: the image gradient and
-the home text gradient (``2·b·d·c``), two payloads in flight (``2·b·d·s`` plus their
-column statistics), two text-gradient buffers (``2·b·d·c``: the one received, computed
-into and sent on, and the one the next arrives in; three with ``hide_accumulator``, the
-block's contribution computed apart: ``ring``), upcast copies of x and the
-held texts where half features meet fp32 operands (``2·b·d·m``, ``m > s``) and two
-``T×T`` tiles (``2·T²·c``: the logits, turned into G in place, and the log-sum-exp's
-scratch or G's second term; with half operands at least ``T²·(c+m) + T·d·m``).
-Saved for backward: only the row and column log-sum-exps (``2·b·c``).
+Peak memory per rank, independent of W; ``T = min(tile, b)``, at a gradient block in
+mid-ring: the image gradient (``b·d·c``), two payloads in flight (``2·b·d·s`` plus their
+column statistics; under autocast the texts' rounded copy is one of them), two
+text-gradient buffers (``2·b·d·c``: the one received, computed into and sent on, and the
+one the next arrives in; three with ``hide_accumulator``, the block's contribution
+computed apart: ``ring``), the images as a matmul operand where that copies
+(``b·d·m``: under autocast, or ``m > s``), the held texts' tile upcast where ``m > s``
+(``T·d·m``) and two ``T×T`` tiles (``2·T²·c``: the logits, turned into G in place, and
+the log-sum-exp's scratch or G's second term; with half operands at least
+``T²·(c+m) + T·d·m``). The own block comes last, the payloads freed, its text tiles read
+from the caller's texts (``costs.pool_bytes``, ``costs.ring_operands``). Saved for
+backward: only the row and column log-sum-exps (``2·b·c``).
 
 Overlap: the next round's texts are posted before the current block is computed. With
 ``hide_accumulator`` (the default on CUDA) each block's column log-sum-exp and text
@@ -59,7 +62,7 @@ import torch
 
 from profiling.losses import blocks, ring
 from profiling.losses.base import RingLoss, first_order_only
-from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype
+from profiling.losses.precision import autocast_off, compute_dtype, matmul_dtype, operand
 
 
 def _logaddexp_(received: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
@@ -75,11 +78,11 @@ class _SoftmaxRingFunction(torch.autograd.Function):
     @autocast_off
     def forward(ctx, x, y, scale, wire, transport, tile, overlap, hide):
         ctx.save_for_backward(x, y)  # the caller's; backward redoes the rounding
-        x, y = x.to(wire), y.to(wire)
         cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
         b = x.shape[0]
         t = scale.detach()
-        xm = x.to(mdt)
+        xm = x.to(wire).to(mdt)  # the images as the matmuls take them; texts: per tile
+        to_operand = operand(wire, x.device)
         row_lse = torch.full((b,), -torch.inf, dtype=cdt, device=x.device)
         positives = torch.zeros(1, dtype=cdt, device=x.device)  # Σ S_ii, from the home block
 
@@ -88,18 +91,19 @@ class _SoftmaxRingFunction(torch.autograd.Function):
                 col_lse.fill_(-torch.inf)
             blocks.softmax_stats(
                 xm,
-                payload[0].to(mdt),
+                payload[0],
                 t,
                 tile=tile,
                 row_lse=row_lse,
                 col_lse=col_lse,
                 diag=0 if owner == transport.rank else None,
                 sums=positives,
+                operand=to_operand,
             )
 
-        col_lse, returned = ring.ring_pass(
+        col_lse = ring.ring_pass(
             transport,
-            [y],
+            [y.to(wire)],  # the texts travel in the wire dtype
             ring.one_way(transport.world_size),
             visit,
             new_accumulator=lambda: torch.empty_like(row_lse),
@@ -107,9 +111,8 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             label="softmax.fwd",
             hide_accumulator=hide,
             combine=_logaddexp_,
+            home=None if y.dtype == wire else (lambda: [y]),
         )
-        for part in returned:
-            _logaddexp_(col_lse, part)
         loss = (row_lse.sum() + col_lse.sum() - 2 * positives[0]) / (2 * b)
         ctx.lse = (row_lse, col_lse)
         ctx.setup = (wire, t, transport, tile, overlap, hide, scale.dtype)
@@ -122,15 +125,15 @@ class _SoftmaxRingFunction(torch.autograd.Function):
         x_in, y_in = ctx.saved_tensors
         row_lse, col_lse = ctx.lse
         wire, t, transport, tile, overlap, hide, scale_dtype = ctx.setup
-        x, y = x_in.to(wire), y_in.to(wire)
-        cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x.device)
-        b = x.shape[0]
-        xm = x.to(mdt)
+        cdt, mdt = compute_dtype(wire), matmul_dtype(wire, x_in.device)
+        b = x_in.shape[0]
+        xm = x_in.to(wire).to(mdt)  # the forward's rounding, redone
+        to_operand = operand(wire, x_in.device)
         coef = grad_loss.to(cdt) / (2 * b)
-        dx = torch.zeros(x.shape, dtype=cdt, device=x.device)
+        dx = torch.zeros(x_in.shape, dtype=cdt, device=x_in.device)
 
         def visit(payload, owner, dy, fresh):
-            texts, stats = payload[0].to(mdt), payload[1]
+            texts, stats = payload
             if fresh:
                 dy.zero_()
             blocks.softmax_grad(
@@ -145,12 +148,16 @@ class _SoftmaxRingFunction(torch.autograd.Function):
                 diag=0 if owner == transport.rank else None,
                 dx=dx,
                 dy=dy,
+                operand=to_operand,
             )
 
-        stats = torch.cat([col_lse, coef.reshape(1)])
-        dy, returned = ring.ring_pass(
+        def own_payload():  # the texts, their column log-sum-exps and upstream scalar
+            return [y_in, torch.cat([col_lse, coef.reshape(1)])]
+
+        copied = y_in.dtype != wire  # a rounded copy travels: the ring reuses its buffers
+        dy = ring.ring_pass(
             transport,
-            [y, stats],
+            [y_in.to(wire), *own_payload()[1:]],
             ring.one_way(transport.world_size),
             visit,
             new_accumulator=lambda: torch.empty_like(dx),
@@ -158,10 +165,9 @@ class _SoftmaxRingFunction(torch.autograd.Function):
             label="softmax.bwd",
             hide_accumulator=hide,
             combine=_add_,
+            home=own_payload if copied else None,
         )
-        for part in returned:
-            dy.add_(part)
-        del returned, visit
+        del visit
         dt = blocks.dot(xm.to(cdt), dx)  # Σ G⊙(x·yᵀ) over this rank's blocks (``blocks``)
         dx.mul_(t), dy.mul_(t)
         none = (None,) * 5

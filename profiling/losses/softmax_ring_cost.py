@@ -7,11 +7,13 @@ class the registration names by import path.
 
 from __future__ import annotations
 
+import numpy as np
+
 from profiling.losses.costs import (
     accumulator_buffers,
-    operand_copies,
     pool_bytes,
     rank_check_phase,
+    ring_operands,
     symmetric,
     tile_scratch,
 )
@@ -41,7 +43,6 @@ def schedule(shape: Shape) -> Schedule:
     return Schedule(
         (
             rank_check_phase(shape),
-            block("home block (statistics)", "forward", logits),
             block(
                 "ring round (statistics)",
                 "forward",
@@ -49,7 +50,7 @@ def schedule(shape: Shape) -> Schedule:
                 repeat=w - 1,
                 transfers=(p2p("softmax.fwd.payload", texts), p2p("softmax.fwd.acc", b * c)),
             ),
-            block("home block (gradients)", "backward", 3 * logits),
+            block("home block (statistics)", "forward", logits),
             block(
                 "ring round (gradients)",
                 "backward",
@@ -60,6 +61,7 @@ def schedule(shape: Shape) -> Schedule:
                     p2p("softmax.bwd.acc", b * d * c),
                 ),
             ),
+            block("home block (gradients)", "backward", 3 * logits),
         )
     )
 
@@ -74,39 +76,79 @@ def memory_terms(shape: Shape):
     )
     rounds = [shape.world - 1]
     grads, payload, lse = b * d * c, b * d * s, b * c
-    copies = operand_copies(shape) * b * d * m
-    tile = shape.tile_side
-    stats_last_block, _ = pool_bytes(
-        rounds, payload, lse, shape.overlap, accumulator_buffers(shape)
+    operands = ring_operands(shape)
+    reuse = shape.input_bytes is not None  # a rounded copy travels: the ring reuses it
+    buffers = accumulator_buffers(shape)
+
+    def own_tile(scratch):  # the own block's text tile, or its rounding before the scratch
+        return operands["home tile"] + np.maximum(0, operands["home rounding"] - scratch)
+
+    stats_tile = 2 * shape.tile_side**2 * c
+    stats_last_block, stats_end, stats_own_block = pool_bytes(
+        rounds, payload, lse, shape.overlap, buffers, reuse_own=reuse
     )
-    at_last_block, pools = pool_bytes(
-        rounds, payload + lse + c, grads, shape.overlap, accumulator_buffers(shape)
+    # the gradient pass's payload: texts, their column lse and the owner's upstream scalar
+    own_stats = lse + c
+    at_last_block, end_of_rounds, at_own_block = pool_bytes(
+        rounds, payload + own_stats, grads, shape.overlap, buffers, reuse_own=reuse
     )
-    statistics_pass = {
-        "row and column lse": 2 * lse,
+    grad_tile = tile_scratch(shape, shape.tile_side, shape.tile_side)
+    statistics_block = {
+        "row and column lse": lse,
         "ring buffers": stats_last_block,
-        "block-math copies": 2 * copies,
-        "tile": 2 * tile * tile * c,
+        "images operand": operands["images"],
+        "text tile operand": operands["text tile"],
+        "tile": stats_tile,
     }
-    gradient_pass_block = {
-        "row and column lse": 2 * lse + (lse + c),
-        "dx, home dy": 2 * grads,
+    statistics_end = {
+        "row and column lse": lse,
+        "ring buffers": stats_end,
+        "images operand": operands["images"],
+    }
+    statistics_own_block = {
+        "row and column lse": lse,
+        "ring buffers": stats_own_block,
+        "images operand": operands["images"],
+        "text tile operand": own_tile(stats_tile),
+        "tile": stats_tile,
+    }
+    gradient_block = {
+        "row and column lse": 2 * lse + own_stats * (not reuse),
+        "dx": grads,
         "ring buffers": at_last_block,
-        "block-math copies": 2 * copies,
-        "tile": tile_scratch(shape, tile, tile),
+        "images operand": operands["images"],
+        "text tile operand": operands["text tile"],
+        "tile": grad_tile,
     }
-    gradient_pass_end = {
-        "row and column lse": 2 * lse + (lse + c),
-        "dx, home dy": 2 * grads,
-        "ring buffers": pools,
-        "block-math copies": copies,
+    gradient_end = {
+        "row and column lse": 2 * lse + own_stats * (not reuse),
+        "dx": grads,
+        "ring buffers": end_of_rounds,
+        "images operand": operands["images"],
+    }
+    gradient_own_block = {
+        "row and column lse": 2 * lse + own_stats,
+        "dx": grads,
+        "ring buffers": at_own_block,
+        "images operand": operands["images"],
+        "text tile operand": own_tile(grad_tile),
+        "tile": grad_tile,
     }
     scale_gradient = {  # ⟨x, Dx⟩ needs x in the block-math dtype
         "row and column lse": 2 * lse,
-        "dx, home dy": 2 * grads,
-        "block-math copies": copies + int(m < c) * grads,
+        "dx": grads,
+        "dy": grads,
+        "images operand": operands["images"] + int(m < c) * grads,
     }
-    return peak_of(statistics_pass, gradient_pass_block, gradient_pass_end, scale_gradient)
+    return peak_of(
+        statistics_block,
+        statistics_end,
+        statistics_own_block,
+        gradient_block,
+        gradient_end,
+        gradient_own_block,
+        scale_gradient,
+    )
 
 
 register(
