@@ -390,12 +390,16 @@ def _gpu_check(results: Path) -> str:
 
 
 PEER_RUNS = (
-    ("fp32", "peers-xeon2-b512-d512-fp32-2buf.jsonl"),
-    ("bf16 autocast", "peers-xeon2-b512-d512-amp-bf16-2buf.jsonl"),
-    ("autocast, `SIGSIM_HALF_MATMUL=1`", "peers-xeon2-b512-d512-amp-bf16-half-matmul-2buf.jsonl"),
+    ("fp32", "peers-xeon2-b512-d512-fp32-ownlast.jsonl"),
+    ("bf16 autocast", "peers-xeon2-b512-d512-amp-bf16-ownlast.jsonl"),
+    (
+        "autocast, `SIGSIM_HALF_MATMUL=1`",
+        "peers-xeon2-b512-d512-amp-bf16-half-matmul-ownlast.jsonl",
+    ),
 )
-"""The kept ``sigsim peers`` records of the code as it is (rings with two accumulator
-buffers, a82453a); the files without ``-2buf`` hold the three-buffer rings before it."""
+"""The kept ``sigsim peers`` records of the code as it is (rings that compute the own
+block last, af96ea2); ``-2buf`` files hold the rings before it (two accumulator buffers,
+a82453a), files without a suffix the three-buffer rings before that."""
 
 
 @block("peers")
@@ -413,8 +417,10 @@ def _peers(results: Path) -> str:
     comparisons = sorted({(w, ours) for (lab, w, ours, _) in ratios if lab == fp32})
     headers = [f"{label}: step time" for label, _ in PEER_RUNS]
     lines = [
-        "| W | comparison | " + " | ".join(headers) + " | allocator peak (fp32) | bytes (fp32) |",
-        "|---|---|" + "---|" * (len(headers) + 2),
+        "| W | comparison | "
+        + " | ".join(headers)
+        + " | allocator peak (fp32) | allocator peak (autocast) | bytes (fp32) |",
+        "|---|---|" + "---|" * (len(headers) + 3),
     ]
     for world, ours in comparisons:
         cells = []
@@ -423,13 +429,14 @@ def _peers(results: Path) -> str:
             cells.append(
                 "–" if row is None else f"{row['ratio']:.2f} ({row['paired_median_ratio']:.2f})"
             )
-        peak = ratios[(fp32, world, ours, "peak_alloc_bytes")]
+        for label in (fp32, PEER_RUNS[1][0]):
+            peak = ratios[(label, world, ours, "peak_alloc_bytes")]
+            cells.append(
+                f"{peak['ratio']:.3f} ({peak['ours_value'] / MiB:.1f} vs "
+                f"{peak['theirs_value'] / MiB:.1f} MiB)"
+            )
         sent = ratios[(fp32, world, ours, "bytes_sent")]
         theirs = peak["theirs"]
-        cells.append(
-            f"{peak['ratio']:.2f} ({peak['ours_value'] / MiB:.0f} vs "
-            f"{peak['theirs_value'] / MiB:.0f} MiB)"
-        )
         cells.append(f"{sent['ratio']:.2f}")
         lines.append(f"| {world} | {ours} vs {theirs} (best of each) | " + " | ".join(cells) + " |")
     return (
@@ -437,7 +444,7 @@ def _peers(results: Path) -> str:
         "per-repetition median in brackets), b = d = 512, 10 interleaved repetitions.\n\n"
         + "\n".join(lines)
         + "\n\n"
-        + _source(results, "peers", env, "peers-xeon2-b512-d512-*-2buf.jsonl")
+        + _source(results, "peers", env, "peers-xeon2-b512-d512-*-ownlast.jsonl")
         + "\n"
     )
 
