@@ -33,6 +33,11 @@ that the caller found able to run here (``split_available``):
 * failures: a contender that raises (out of memory included) is a result, ``oom`` or
   ``error`` with the one-line message, and leaves the rotation; the others go on. (At
   W > 1 a failure on one rank only can still stall the others in a collective.)
+* profile (``profile=True``): three more untimed steps under ``torch.profiler`` on
+  every rank; rank 0's self time per step, per operator group (:data:`OP_GROUPS`: matmuls,
+  communication, copies and casts, other ATen operators, the rest) and its top
+  operators go into the record (``time_breakdown``): CPU time of the rank's thread on
+  CPU, kernel time on CUDA;
 * deadline: with ``deadline_epoch_s`` (W = 1 only), no repetition starts that would
   leave too little time for the memory, bytes and check steps (about four repetitions'
   worth) before it; the records say how many repetitions ran.
@@ -71,6 +76,19 @@ from profiling.measure import (
 )
 from profiling.memory import AllocatorTracker, LiveTensorTracker
 
+OP_GROUPS = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul")),
+    ("communication", ("gloo", "nccl", "c10d", "send", "recv", "wait", "all_gather",
+                       "reduce_scatter", "all_reduce", "broadcast", "barrier")),
+    ("copies and casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone",
+                          "aten::contiguous", "aten::cat", "aten::stack")),
+)  # fmt: skip
+"""How ``profile`` groups operators (``time_breakdown``): an operator joins the first
+group that names it (matmul, copies; its in-place form too) or one of whose patterns it
+contains (communication, lower case); other ``aten::`` operators are "elementwise and reductions", the rest
+(Python-level ranges, autograd's bookkeeping) "other"."""
+OTHER_ATEN, OTHER = "elementwise and reductions", "other"
+
 KIND_METHOD = {"sigmoid": "sigmoid-ring", "softmax": "softmax-ring"}
 """A registered method of each kind, whose inputs (bias or not) every contender shares."""
 
@@ -97,6 +115,8 @@ class PeerConfig:
     contenders: tuple[str, ...] = CONTENDER_NAMES
     check: bool = True
     """Compare each contender's loss and gradients with the reference."""
+    profile: bool = False
+    """Record where one step's time goes (``time_breakdown``: torch.profiler, rank 0)."""
     timeout_s: float = 1800.0
     pg_timeout_s: float = 300.0
     deadline_epoch_s: float | None = None
@@ -175,6 +195,50 @@ def _memory_step(loss, inputs: StepInputs, device) -> dict:
         "peak_alloc_bytes": allocator.peak_bytes,
         "peak_reserved_bytes": allocator.peak_reserved_bytes,
         "peak_live_bytes": tracker.peak_bytes,
+    }
+
+
+def op_group(name: str) -> str:
+    """The :data:`OP_GROUPS` group of the operator called ``name``."""
+    for group, patterns in OP_GROUPS:
+        if group == "communication":
+            if any(p in name.lower() for p in patterns):
+                return group
+        elif any(name.rstrip("_") == p.rstrip("_") for p in patterns):  # in place too
+            return group
+    return OTHER_ATEN if name.startswith("aten::") else OTHER
+
+
+def _time_breakdown(loss, inputs: StepInputs, device, steps: int = 3, top: int = 8) -> dict:
+    """``steps`` steps under torch.profiler: self time per step, per operator group and
+    of the ``top`` operators, seconds (``profile`` in the module docstring)."""
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with traffic._stderr_silenced(), profile(activities=activities) as prof:
+        for _ in range(steps):
+            forward(loss, inputs).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [
+        (e.key, getattr(e, attr, 0.0) / 1e6 / steps, e.count / steps) for e in prof.key_averages()
+    ]
+    groups = dict.fromkeys([g for g, _ in OP_GROUPS] + [OTHER_ATEN, OTHER], 0.0)
+    for name, seconds, _ in events:
+        groups[op_group(name)] += seconds
+    events.sort(key=lambda e: e[1], reverse=True)
+    return {
+        "time_breakdown": {
+            "clock": "kernel time (CUDA)" if device.type == "cuda" else "self CPU time, rank 0",
+            "steps": steps,
+            "groups_s": groups,
+            "top": [
+                {"op": n, "group": op_group(n), "self_s": t, "count": k}
+                for n, t, k in events[:top]
+                if t > 0
+            ],
+        }
     }
 
 
@@ -328,6 +392,7 @@ def peers_rank(rank: int, world: int, config_dict: dict) -> dict | None:
             for part in (
                 lambda c=c: _memory_step(*run[c.name], device),
                 lambda c=c: _bytes_step(c, *run[c.name], world),
+                *([lambda c=c: _time_breakdown(*run[c.name], device)] if config.profile else []),
             ):
                 measured.update(attempt(c, part) or {})
             if config.check:

@@ -289,6 +289,31 @@ def _fmt(value, scale=1.0, digits=2) -> str:
     return "—" if value is None else f"{value / scale:,.{digits}f}"
 
 
+def _print_breakdown(console: Console, config: PeerConfig, records: list[dict]) -> None:
+    """With ``--profile``: one step's time per operator group, per contender (ms)."""
+    rows = [(r["config"]["method"], (r["measured"] or {}).get("time_breakdown")) for r in records]
+    rows = [(name, b) for name, b in rows if b]
+    if not rows:
+        return
+    groups = list(rows[0][1]["groups_s"])
+    table = Table(
+        title=f"W={config.world}: where one step's time goes ({rows[0][1]['clock']}, ms)",
+        title_justify="left",
+    )
+    for header in ("method", *groups, "top operator"):
+        table.add_column(
+            header, justify="left" if header in ("method", "top operator") else "right"
+        )
+    for name, b in rows:
+        top = b["top"][0] if b["top"] else None
+        table.add_row(
+            name,
+            *(_fmt(b["groups_s"][g], 1e-3, 1) for g in groups),
+            f"{top['op']} {top['self_s'] * 1e3:.1f}" if top else "",
+        )
+    console.print(table)
+
+
 def print_world(console: Console, config: PeerConfig, records: list[dict], summary: dict) -> None:
     title = (
         f"W={config.world}  b={config.batch}  d={config.dim}  {config.dtype}  "
@@ -326,6 +351,7 @@ def print_world(console: Console, config: PeerConfig, records: list[dict], summa
             f"{verdict} {worst:.0e}" if worst is not None else verdict,
         )
     console.print(table)
+    _print_breakdown(console, config, records)
     ratio_table = Table(
         title=f"W={config.world}: ours / best peer (lower is better)", title_justify="left"
     )
@@ -383,6 +409,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             contenders=tuple(args.contenders or CONTENDER_NAMES),
             check=not args.no_check,
+            profile=args.profile,
             timeout_s=args.timeout_s,
             extra={"argv": sys.argv[1:] if argv is None else list(argv)},
         )

@@ -190,6 +190,11 @@ def add_peers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contenders", nargs="+", default=None, help="default: all")
     parser.add_argument("--no-check", action="store_true", help="skip the reference check")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also record where one step's time goes (torch.profiler, rank 0, by operator group)",
+    )
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="per W")
     parser.add_argument(
         "--out",

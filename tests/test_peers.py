@@ -167,7 +167,7 @@ def test_autocast_reaches_both_sides(tmp_path, capsys):
     argv = ["--world", "2", "--batch", "8", "--dim", "16", "--steps", "1", "--warmup", "1"]
     contenders = ["sigmoid-ring", "open_clip:siglip-shift"]
     assert peers.main([*argv, "--autocast", "bf16", "--contenders", *contenders,
-                       "--out", str(out), "--json"]) in (0, 1)  # fmt: skip
+                       "--profile", "--out", str(out), "--json"]) in (0, 1)  # fmt: skip
     lines = [json.loads(s) for s in out.read_text().splitlines()]
     assert [json.loads(s) for s in capsys.readouterr().out.splitlines()] == lines
     ours = next(r for r in lines if r.get("config", {}).get("method") == "sigmoid-ring")
@@ -175,6 +175,25 @@ def test_autocast_reaches_both_sides(tmp_path, capsys):
     ops = ours["measured"]["comm_ops"]
     assert ops["p2p:sigmoid.payload"]["bytes_sent"] == 8 * 16 * 2  # bf16, one round at W = 2
     assert ops["p2p:sigmoid.acc"]["bytes_sent"] == 8 * 16 * 4  # fp32 accumulators
+    # --profile: both sides' step broken down by operator group, matmuls and
+    # communication found on both
+    for record in (r for r in lines if "measured" in r):
+        breakdown = record["measured"]["time_breakdown"]
+        groups = breakdown["groups_s"]
+        assert set(groups) == {g for g, _ in peer_worker.OP_GROUPS} | {
+            peer_worker.OTHER_ATEN, peer_worker.OTHER}, groups  # fmt: skip
+        assert groups["matmul"] > 0 and groups["communication"] > 0, groups
+        assert breakdown["top"] and breakdown["top"][0]["self_s"] > 0
+
+
+def test_operators_are_grouped_by_name():
+    group = peer_worker.op_group
+    assert group("aten::mm") == group("aten::addmm") == group("aten::addmm_") == "matmul"
+    assert group("aten::mmx") != "matmul"  # a prefix of a name is not the name
+    assert group("gloo:send") == group("c10d::allgather_") == "communication"
+    assert group("aten::copy_") == group("aten::_to_copy") == "copies and casts"
+    assert group("aten::exp") == peer_worker.OTHER_ATEN
+    assert group("autograd::engine::evaluate_function: MmBackward0") == peer_worker.OTHER
 
 
 def _measured(time_s, peak, sent, samples=None):
