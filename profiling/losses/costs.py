@@ -157,6 +157,32 @@ def pool_bytes(rounds, payload_bytes, acc_bytes, overlap=True, accumulators=2, r
     return at_last_block + 0 * p, p * payloads + a * held, at_own_block + 0 * p
 
 
+def ring_pass_moments(pools, scratch, operands, held, held_at_own=None) -> tuple[dict, ...]:
+    """The three moments of one ring pass that can hold its peak, as named byte terms:
+    a block in mid-ring, the end of the rounds, the own block.
+
+    ``pools``: :func:`pool_bytes`'s triple; ``scratch``: one tile's scratch;
+    ``operands``: :func:`ring_operands`; ``held``: what the loss holds throughout the
+    pass (gradients, statistics), ``held_at_own`` where that differs at the own block.
+    The own block's text tile is read from the caller's texts: its rounding tile exists
+    before the scratch does, so the larger of the two counts.
+    """
+    at_last_block, end_of_rounds, at_own_block = pools
+    images = {"images operand": operands["images"]}
+    own_tile = operands["home tile"] + np.maximum(0, operands["home rounding"] - scratch)
+    return (
+        held
+        | {"ring buffers": at_last_block}
+        | images
+        | {"text tile operand": operands["text tile"], "tile": scratch},
+        held | {"ring buffers": end_of_rounds} | images,
+        (held if held_at_own is None else held_at_own)
+        | {"ring buffers": at_own_block}
+        | images
+        | {"text tile operand": own_tile, "tile": scratch},
+    )
+
+
 def accumulator_buffers(shape: Shape) -> int:
     """Accumulator-sized buffers per ring chain in steady state: 3 where the shape hides
     the accumulator transfer (``Shape.hide_accumulator``), else 2 (``ring``)."""

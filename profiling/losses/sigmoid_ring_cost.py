@@ -15,6 +15,7 @@ from profiling.losses.costs import (
     pool_bytes,
     rank_check_phase,
     ring_operands,
+    ring_pass_moments,
     symmetric,
     tile_scratch,
 )
@@ -111,7 +112,7 @@ def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
     grads, payload = b * d * c, b * d * s
     operands = ring_operands(shape)
     tile = tile_scratch(shape, shape.tile_side, shape.tile_side)
-    at_last_block, end_of_rounds, at_own_block = pool_bytes(
+    pools = pool_bytes(
         rounds,
         payload,
         grads,
@@ -119,22 +120,7 @@ def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
         accumulator_buffers(shape),
         reuse_own=shape.input_bytes is not None,
     )
-    computing_a_block = {
-        "dx": grads,
-        "ring buffers": at_last_block,
-        "images operand": operands["images"],
-        "text tile operand": operands["text tile"],
-        "tile": tile,
-    }
-    end_of_ring = {"dx": grads, "ring buffers": end_of_rounds, "images operand": operands["images"]}
-    own_block = {
-        "dx": grads,
-        "ring buffers": at_own_block,
-        "images operand": operands["images"],
-        "text tile operand": operands["home tile"]
-        + np.maximum(0, operands["home rounding"] - tile),
-        "tile": tile,
-    }
+    ring_pass = ring_pass_moments(pools, tile, operands, {"dx": grads})
     scale_gradient = {  # ⟨x, Dx⟩ needs x in the block-math dtype
         "dx": grads,
         "dy": grads,
@@ -145,7 +131,7 @@ def memory_terms(shape: Shape, rounds=None) -> dict[str, np.ndarray]:
     caller = shape.input_bytes or s
     converted = int(caller != c) * 2 * b * d * caller
     backward = {"dx": grads, "dy": grads, "input gradients": grads + converted}
-    return peak_of(computing_a_block, end_of_ring, own_block, scale_gradient, backward)
+    return peak_of(*ring_pass, scale_gradient, backward)
 
 
 register(

@@ -7,13 +7,12 @@ class the registration names by import path.
 
 from __future__ import annotations
 
-import numpy as np
-
 from profiling.losses.costs import (
     accumulator_buffers,
     pool_bytes,
     rank_check_phase,
     ring_operands,
+    ring_pass_moments,
     symmetric,
     tile_scratch,
 )
@@ -80,75 +79,31 @@ def memory_terms(shape: Shape):
     reuse = shape.input_bytes is not None  # a rounded copy travels: the ring reuses it
     buffers = accumulator_buffers(shape)
 
-    def own_tile(scratch):  # the own block's text tile, or its rounding before the scratch
-        return operands["home tile"] + np.maximum(0, operands["home rounding"] - scratch)
-
     stats_tile = 2 * shape.tile_side**2 * c
-    stats_last_block, stats_end, stats_own_block = pool_bytes(
-        rounds, payload, lse, shape.overlap, buffers, reuse_own=reuse
-    )
+    stats_pools = pool_bytes(rounds, payload, lse, shape.overlap, buffers, reuse_own=reuse)
     # the gradient pass's payload: texts, their column lse and the owner's upstream scalar
     own_stats = lse + c
-    at_last_block, end_of_rounds, at_own_block = pool_bytes(
+    grad_pools = pool_bytes(
         rounds, payload + own_stats, grads, shape.overlap, buffers, reuse_own=reuse
     )
     grad_tile = tile_scratch(shape, shape.tile_side, shape.tile_side)
-    statistics_block = {
-        "row and column lse": lse,
-        "ring buffers": stats_last_block,
-        "images operand": operands["images"],
-        "text tile operand": operands["text tile"],
-        "tile": stats_tile,
-    }
-    statistics_end = {
-        "row and column lse": lse,
-        "ring buffers": stats_end,
-        "images operand": operands["images"],
-    }
-    statistics_own_block = {
-        "row and column lse": lse,
-        "ring buffers": stats_own_block,
-        "images operand": operands["images"],
-        "text tile operand": own_tile(stats_tile),
-        "tile": stats_tile,
-    }
-    gradient_block = {
-        "row and column lse": 2 * lse + own_stats * (not reuse),
-        "dx": grads,
-        "ring buffers": at_last_block,
-        "images operand": operands["images"],
-        "text tile operand": operands["text tile"],
-        "tile": grad_tile,
-    }
-    gradient_end = {
-        "row and column lse": 2 * lse + own_stats * (not reuse),
-        "dx": grads,
-        "ring buffers": end_of_rounds,
-        "images operand": operands["images"],
-    }
-    gradient_own_block = {
-        "row and column lse": 2 * lse + own_stats,
-        "dx": grads,
-        "ring buffers": at_own_block,
-        "images operand": operands["images"],
-        "text tile operand": own_tile(grad_tile),
-        "tile": grad_tile,
-    }
+    statistics_pass = ring_pass_moments(
+        stats_pools, stats_tile, operands, {"row and column lse": lse}
+    )
+    gradient_pass = ring_pass_moments(
+        grad_pools,
+        grad_tile,
+        operands,
+        {"row and column lse": 2 * lse + own_stats * (not reuse), "dx": grads},
+        {"row and column lse": 2 * lse + own_stats, "dx": grads},
+    )
     scale_gradient = {  # ⟨x, Dx⟩ needs x in the block-math dtype
         "row and column lse": 2 * lse,
         "dx": grads,
         "dy": grads,
         "images operand": operands["images"] + int(m < c) * grads,
     }
-    return peak_of(
-        statistics_block,
-        statistics_end,
-        statistics_own_block,
-        gradient_block,
-        gradient_end,
-        gradient_own_block,
-        scale_gradient,
-    )
+    return peak_of(*statistics_pass, *gradient_pass, scale_gradient)
 
 
 register(
