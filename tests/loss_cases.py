@@ -247,3 +247,29 @@ def run_cases(rank: int, world: int, cases: list[Case]) -> list[dict]:
             with _half_matmul(case.half_matmul):
                 results.append(check_case(case, transport))
     return results
+
+
+def eval_losses(rank: int, world: int, cases: list[Case]) -> list[dict]:
+    """Worker: each case's forward without gradients (``torch.no_grad``, as an evaluation
+    loop calls the loss; inside autocast where the case says so) on the whole group, with
+    this rank's reference loss beside it."""
+    from profiling.comm import TorchDistributedTransport
+
+    transport = TorchDistributedTransport(dist.group.WORLD)
+    results = []
+    for case in cases:
+        kind = get_method(case.method).kind
+        x_all, y_all, scale, bias = global_inputs(case)
+        rows = slice(rank * case.batch, (rank + 1) * case.batch)
+        dt = x_all.dtype if case.dtype == "fp64" else torch.float32
+        t = torch.tensor(scale, dtype=dt)
+        b = torch.tensor(bias, dtype=dt) if kind == "sigmoid" else None
+        loss_fn = build_loss(case.method, **dict(case.options))
+        autocast = torch.autocast(
+            "cpu", dtype=TORCH_DTYPES[case.autocast or "bf16"], enabled=case.autocast is not None
+        )
+        with comm.use_transport(transport), torch.no_grad(), autocast:
+            loss = loss_fn(x_all[rows], y_all[rows], t, b)
+        reference = _reference(case, kind, x_all, y_all, scale, bias)[0][rank]
+        results.append({"case": case, "loss": loss, "reference": reference})
+    return results

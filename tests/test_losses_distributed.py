@@ -10,7 +10,9 @@ fp64 reference with the tolerances in ``loss_cases``, the rings also with
 ``hide_accumulator=True`` (CUDA's default accumulator policy, forced on CPU: each block's
 contribution computed apart and merged; the sigmoid rings' exact second trip too); and
 each rank's bytes per
-operation equal to the method's documented formula exactly (for the sigmoid rings with
+operation equal to the method's documented formula exactly; and each loss's value
+without gradients (``torch.no_grad``, with and without autocast), as an evaluation loop
+computes it (for the sigmoid rings with
 different upstream scalars: plus the exact second trip, ``sigmoid_ring_cost.second_trip_phase``).
 """
 
@@ -19,7 +21,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from loss_cases import Case, run_cases
+import torch
+from loss_cases import Case, eval_losses, run_cases, tolerance
 from spawn import run_world
 
 from profiling.losses import METHODS, get_method
@@ -174,3 +177,24 @@ def test_bytes_equal_formula(results, method):
         assert r["measured_ops"] == r["predicted_ops"], r["case"].name
         ring_traffic = r["case"].world > 1
         assert (r["bytes_sent"] > 0) == ring_traffic, r["case"].name
+
+
+@pytest.mark.multiprocess
+def test_values_without_gradients_match_the_reference():
+    # as an evaluation loop calls the loss: under torch.no_grad, with and without
+    # autocast (no gradient buffers or accumulators travel; under autocast the rings'
+    # own block reads the caller's texts, the rounded copy having become a ring buffer)
+    seed = itertools.count(7000)
+    cases = [
+        Case(method, 3, 5, 8, "fp32", autocast=autocast, seed=next(seed))
+        for method in METHODS
+        for autocast in (None, "bf16")
+    ]
+    for rank_results in run_world(3, eval_losses, cases, timeout_s=300):
+        assert len(rank_results) == len(cases)
+        for r in rank_results:
+            rtol, atol, _ = tolerance(r["case"], torch.device("cpu"))
+            assert not r["loss"].requires_grad, r["case"].name
+            torch.testing.assert_close(
+                r["loss"].double(), r["reference"], rtol=rtol, atol=atol, msg=r["case"].name
+            )
