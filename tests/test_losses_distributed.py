@@ -10,10 +10,10 @@ fp64 reference with the tolerances in ``loss_cases``, the rings also with
 ``hide_accumulator=True`` (CUDA's default accumulator policy, forced on CPU: each block's
 contribution computed apart and merged; the sigmoid rings' exact second trip too); and
 each rank's bytes per
-operation equal to the method's documented formula exactly; and each loss's value
-without gradients (``torch.no_grad``, with and without autocast), as an evaluation loop
-computes it (for the sigmoid rings with
-different upstream scalars: plus the exact second trip, ``sigmoid_ring_cost.second_trip_phase``).
+operation equal to the method's documented formula exactly (for the sigmoid rings with
+different upstream scalars: plus the exact second trip, ``sigmoid_ring_cost.second_trip_phase``);
+and each loss's value without gradients (``torch.no_grad``, with and without autocast),
+as an evaluation loop computes it.
 """
 
 from __future__ import annotations
