@@ -1,7 +1,8 @@
 """Peak memory: the model equals the allocator, rings stay flat in W, all-gathers grow.
 
 One 8-rank gloo group runs every method at fixed (b, d) for W = 1…8, plus a grid over
-b, d, dtype (fp64, fp32, bf16), tile, overlap and the accumulator policy
+b, d, dtype (fp64, fp32, bf16; fp32 features under bf16 autocast for the rings), tile,
+overlap and the accumulator policy
 (``hide_accumulator``: three accumulator buffers per chain, CUDA's default, forced on
 CPU), each case one forward and backward
 under the allocator tracker and the live-tensor tracker (``profiling.memory``, via
@@ -53,6 +54,12 @@ def _cases():
                 cases.append(Case(m, w, 32, 32, "fp32", options=opts, seed=next(seed)))
             for w, opts in ((3, RING_OPTIONS[3]), (8, RING_OPTIONS[3]), (8, RING_OPTIONS[5])):
                 cases.append(Case(m, w, 24, 16, "bf16", options=opts, seed=next(seed)))
+            # fp32 features under bf16 autocast, d > b: the texts' rounded copy reused as a
+            # ring buffer (two rounds and more), the own block's tiles rounded from fp32
+            for w, opts in itertools.product((4, 8), ((), *RING_OPTIONS[1:3], RING_OPTIONS[4])):
+                cases.append(
+                    Case(m, w, 16, 128, "fp32", autocast="bf16", options=opts, seed=next(seed))
+                )
     return cases
 
 
