@@ -196,7 +196,7 @@ def ring_pass(
             state.spare = previous  # its send just completed (None: our own payload)
         if reusable is not None:  # every chain has sent our own payload: receive into it
             states[chains[0]].spare, reusable = reusable, None
-        previous = None
+        previous = None  # no local reference may outlive the buffers' use (memory model)
         for c in active:
             if i < c.rounds:
                 post_payload(c, states[c], states[c].held)
@@ -219,7 +219,7 @@ def ring_pass(
                 acc = take(state) if fresh else collect(state)
                 visit(state.held, owner, acc, fresh)
             post_accumulator(c, state, i, acc)
-            acc = contribution = None
+            acc = contribution = None  # likewise: the pool holds them, nothing else
     for state in states.values():  # the payload buffers are free
         state.held = state.spare = state.incoming = None
     own = own if home is None else home()
